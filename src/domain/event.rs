@@ -1,0 +1,474 @@
+//! Events as the orchestrators send them, and their validation.
+//!
+//! `EventInput` is the wire shape (unknown fields refused); `Event` is what is
+//! left once every rule of the API contract has been checked. Only an `Event`
+//! ever reaches the writer, so nothing invalid can be stored.
+
+use super::{Millis, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+const MAX_ID_BYTES: usize = 200;
+const MAX_LABEL_BYTES: usize = 200;
+const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+const MAX_ERROR_BYTES: usize = 4096;
+const MAX_ATTRIBUTES: usize = 64;
+const MAX_ATTRIBUTE_KEY_BYTES: usize = 128;
+const MAX_ATTRIBUTE_VALUE_BYTES: usize = 4096;
+
+/// Every event type of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "process.queued")]
+    ProcessQueued,
+    #[serde(rename = "process.started")]
+    ProcessStarted,
+    #[serde(rename = "process.progress")]
+    ProcessProgress,
+    #[serde(rename = "process.heartbeat")]
+    ProcessHeartbeat,
+    #[serde(rename = "process.succeeded")]
+    ProcessSucceeded,
+    #[serde(rename = "process.failed")]
+    ProcessFailed,
+    #[serde(rename = "process.cancelled")]
+    ProcessCancelled,
+    #[serde(rename = "process.timed_out")]
+    ProcessTimedOut,
+    #[serde(rename = "task.started")]
+    TaskStarted,
+    #[serde(rename = "task.progress")]
+    TaskProgress,
+    #[serde(rename = "task.succeeded")]
+    TaskSucceeded,
+    #[serde(rename = "task.failed")]
+    TaskFailed,
+    #[serde(rename = "task.cancelled")]
+    TaskCancelled,
+    #[serde(rename = "task.skipped")]
+    TaskSkipped,
+}
+
+/// Whether an event is about the process itself or about one of its tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Process,
+    Task,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 14] = [
+        EventType::ProcessQueued,
+        EventType::ProcessStarted,
+        EventType::ProcessProgress,
+        EventType::ProcessHeartbeat,
+        EventType::ProcessSucceeded,
+        EventType::ProcessFailed,
+        EventType::ProcessCancelled,
+        EventType::ProcessTimedOut,
+        EventType::TaskStarted,
+        EventType::TaskProgress,
+        EventType::TaskSucceeded,
+        EventType::TaskFailed,
+        EventType::TaskCancelled,
+        EventType::TaskSkipped,
+    ];
+
+    pub fn scope(self) -> Scope {
+        use EventType::*;
+        match self {
+            ProcessQueued | ProcessStarted | ProcessProgress | ProcessHeartbeat
+            | ProcessSucceeded | ProcessFailed | ProcessCancelled | ProcessTimedOut => {
+                Scope::Process
+            }
+            TaskStarted | TaskProgress | TaskSucceeded | TaskFailed | TaskCancelled
+            | TaskSkipped => Scope::Task,
+        }
+    }
+
+    /// The status a terminal event puts its process or task in; `None` for
+    /// the non-terminal events.
+    pub fn terminal_status(self) -> Option<Status> {
+        use EventType::*;
+        match self {
+            ProcessSucceeded | TaskSucceeded => Some(Status::Succeeded),
+            ProcessFailed | TaskFailed => Some(Status::Failed),
+            ProcessCancelled | TaskCancelled => Some(Status::Cancelled),
+            ProcessTimedOut => Some(Status::TimedOut),
+            TaskSkipped => Some(Status::Skipped),
+            _ => None,
+        }
+    }
+
+    /// Only failures, time-outs and cancellations may carry an `error`.
+    pub fn may_carry_error(self) -> bool {
+        matches!(
+            self.terminal_status(),
+            Some(Status::Failed | Status::TimedOut | Status::Cancelled)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use EventType::*;
+        match self {
+            ProcessQueued => "process.queued",
+            ProcessStarted => "process.started",
+            ProcessProgress => "process.progress",
+            ProcessHeartbeat => "process.heartbeat",
+            ProcessSucceeded => "process.succeeded",
+            ProcessFailed => "process.failed",
+            ProcessCancelled => "process.cancelled",
+            ProcessTimedOut => "process.timed_out",
+            TaskStarted => "task.started",
+            TaskProgress => "task.progress",
+            TaskSucceeded => "task.succeeded",
+            TaskFailed => "task.failed",
+            TaskCancelled => "task.cancelled",
+            TaskSkipped => "task.skipped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorInfo {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The wire shape of one event. Field names are the API's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    #[serde(default)]
+    pub event_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub process_id: String,
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub occurred_at: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub process_type: Option<String>,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    #[serde(default)]
+    pub error: Option<ErrorInfo>,
+    #[serde(default)]
+    pub attributes: Option<BTreeMap<String, String>>,
+}
+
+/// A validated event. `occurred_at` stays `None` when the sender gave none,
+/// so that a resend hashes to the same fingerprint; the writer substitutes
+/// the receive time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: Option<String>,
+    pub kind: EventType,
+    pub process_id: String,
+    pub task_id: Option<String>,
+    pub occurred_at: Option<Millis>,
+    pub name: Option<String>,
+    pub process_type: Option<String>,
+    pub correlation_id: Option<String>,
+    pub progress: Option<Progress>,
+    pub error: Option<ErrorInfo>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Which field of an event broke which rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidField {
+    pub field: String,
+    pub detail: String,
+}
+
+impl InvalidField {
+    pub fn new(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        InvalidField {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// True for a process or task id: 1 to 200 bytes of `[A-Za-z0-9._:~-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=MAX_ID_BYTES).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'~' | b'-'))
+}
+
+/// True for an event id (an idempotency key): 1 to 200 bytes of printable ASCII.
+pub fn is_valid_event_id(id: &str) -> bool {
+    (1..=MAX_ID_BYTES).contains(&id.len()) && id.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Parses an RFC 3339 timestamp with any offset to UTC milliseconds.
+pub fn parse_timestamp(text: &str) -> Option<Millis> {
+    let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    Millis::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), InvalidField> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!("`{field}` must be 1 to 200 bytes of letters, digits and . _ : ~ -"),
+        ))
+    }
+}
+
+fn check_label(field: &str, value: &Option<String>) -> Result<(), InvalidField> {
+    match value {
+        Some(text) if text.len() > MAX_LABEL_BYTES => Err(InvalidField::new(
+            field,
+            format!(
+                "`{field}` is {} bytes; at most {MAX_LABEL_BYTES} are allowed",
+                text.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl EventInput {
+    /// Checks every rule of the contract. `fallback_event_id` is the
+    /// `Idempotency-Key` or `webhook-id` header, used when the body has no
+    /// `event_id`.
+    pub fn validate(self, fallback_event_id: Option<&str>) -> Result<Event, InvalidField> {
+        let event_id = match self.event_id {
+            Some(id) => Some(id),
+            None => fallback_event_id.map(str::to_owned),
+        };
+        if let Some(id) = &event_id {
+            if !is_valid_event_id(id) {
+                return Err(InvalidField::new(
+                    "event_id",
+                    "`event_id` must be 1 to 200 bytes of printable ASCII",
+                ));
+            }
+        }
+        check_id("process_id", &self.process_id)?;
+        match (self.kind.scope(), &self.task_id) {
+            (Scope::Task, None) => {
+                return Err(InvalidField::new(
+                    "task_id",
+                    format!("`task_id` is required for `{}` events", self.kind.as_str()),
+                ))
+            }
+            (Scope::Process, Some(_)) => return Err(InvalidField::new(
+                "task_id",
+                format!(
+                    "`task_id` is not allowed on `{}`: process events are about the whole process",
+                    self.kind.as_str()
+                ),
+            )),
+            (_, Some(task_id)) => check_id("task_id", task_id)?,
+            (Scope::Process, None) => {}
+        }
+        let occurred_at = match &self.occurred_at {
+            None => None,
+            Some(text) => Some(parse_timestamp(text).ok_or_else(|| {
+                InvalidField::new(
+                    "occurred_at",
+                    "`occurred_at` must be an RFC 3339 timestamp such as 2026-11-25T10:00:00Z",
+                )
+            })?),
+        };
+        check_label("name", &self.name)?;
+        check_label("process_type", &self.process_type)?;
+        check_label("correlation_id", &self.correlation_id)?;
+        if let Some(progress) = &self.progress {
+            validate_progress(progress)?;
+        }
+        if let Some(error) = &self.error {
+            if !self.kind.may_carry_error() {
+                return Err(InvalidField::new(
+                    "error",
+                    format!(
+                        "`error` is only allowed on failed, timed_out and cancelled events, not on `{}`",
+                        self.kind.as_str()
+                    ),
+                ));
+            }
+            if error.code.len() + error.message.len() > MAX_ERROR_BYTES {
+                return Err(InvalidField::new(
+                    "error",
+                    format!("`error.code` and `error.message` together must be at most {MAX_ERROR_BYTES} bytes"),
+                ));
+            }
+        }
+        let attributes = self.attributes.unwrap_or_default();
+        validate_attributes(&attributes)?;
+        Ok(Event {
+            event_id,
+            kind: self.kind,
+            process_id: self.process_id,
+            task_id: self.task_id,
+            occurred_at,
+            name: self.name,
+            process_type: self.process_type,
+            correlation_id: self.correlation_id,
+            progress: self.progress,
+            error: self.error,
+            attributes,
+        })
+    }
+}
+
+fn validate_progress(progress: &Progress) -> Result<(), InvalidField> {
+    if let Some(percent) = progress.percent {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(InvalidField::new(
+                "progress.percent",
+                "`progress.percent` must be within 0 and 100",
+            ));
+        }
+    }
+    if let (Some(current), Some(total)) = (progress.current, progress.total) {
+        if current > total {
+            return Err(InvalidField::new(
+                "progress.current",
+                format!("`progress.current` ({current}) is larger than `progress.total` ({total})"),
+            ));
+        }
+    }
+    if let Some(message) = &progress.message {
+        if message.len() > MAX_PROGRESS_MESSAGE_BYTES {
+            return Err(InvalidField::new(
+                "progress.message",
+                format!("`progress.message` must be at most {MAX_PROGRESS_MESSAGE_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(InvalidField::new(
+            "attributes",
+            format!(
+                "at most {MAX_ATTRIBUTES} attributes are allowed, got {}",
+                attributes.len()
+            ),
+        ));
+    }
+    for (key, value) in attributes {
+        if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY_BYTES {
+            return Err(InvalidField::new(
+                format!("attributes.{key}"),
+                format!("attribute keys must be 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes"),
+            ));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(InvalidField::new(
+                format!("attributes.{key}"),
+                format!("attribute values must be at most {MAX_ATTRIBUTE_VALUE_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: &str) -> EventInput {
+        serde_json::from_str(json).expect("test input parses")
+    }
+
+    #[test]
+    fn ids_follow_the_contract() {
+        assert!(is_valid_id("08585409812345678901234567890CU12"));
+        assert!(is_valid_id("a.b_c:d~e-f"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("has space"));
+        assert!(!is_valid_id("slash/inside"));
+        assert!(is_valid_id(&"x".repeat(200)));
+        assert!(!is_valid_id(&"x".repeat(201)));
+        assert!(is_valid_event_id("any printable !@#$ ok"));
+        assert!(!is_valid_event_id("tab\tinside"));
+    }
+
+    #[test]
+    fn header_key_is_used_only_when_the_body_has_none() {
+        let from_body = input(r#"{"type":"process.started","process_id":"p","event_id":"body"}"#)
+            .validate(Some("header"))
+            .unwrap();
+        assert_eq!(from_body.event_id.as_deref(), Some("body"));
+        let from_header = input(r#"{"type":"process.started","process_id":"p"}"#)
+            .validate(Some("header"))
+            .unwrap();
+        assert_eq!(from_header.event_id.as_deref(), Some("header"));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases = [
+            (r#"{"type":"task.started","process_id":"p"}"#, "task_id"),
+            (
+                r#"{"type":"process.started","process_id":"p","task_id":"t"}"#,
+                "task_id",
+            ),
+            (
+                r#"{"type":"process.started","process_id":"p q"}"#,
+                "process_id",
+            ),
+            (
+                r#"{"type":"process.started","process_id":"p","occurred_at":"yesterday"}"#,
+                "occurred_at",
+            ),
+            (
+                r#"{"type":"process.progress","process_id":"p","progress":{"percent":101}}"#,
+                "progress.percent",
+            ),
+            (
+                r#"{"type":"process.progress","process_id":"p","progress":{"current":5,"total":4}}"#,
+                "progress.current",
+            ),
+            (
+                r#"{"type":"process.succeeded","process_id":"p","error":{"code":"x","message":"y"}}"#,
+                "error",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = input(json).validate(None).unwrap_err();
+            assert_eq!(err.field, field, "for {json}");
+        }
+    }
+
+    #[test]
+    fn timestamps_accept_any_offset() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_timestamp("1970-01-01T01:00:01.5+01:00"), Some(1500));
+        assert_eq!(parse_timestamp("1970-01-01 00:00:01"), None);
+    }
+}

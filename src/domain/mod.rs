@@ -1,0 +1,22 @@
+//! Processes, tasks, events and the transition rules: pure data and pure
+//! functions, no I/O. The writer thread is the only caller that persists what
+//! these rules decide; everything here is testable without a store.
+
+mod event;
+mod rules;
+mod status;
+
+pub use event::{
+    is_valid_event_id, is_valid_id, parse_timestamp, ErrorInfo, Event, EventInput, EventType,
+    InvalidField, Progress, Scope,
+};
+pub use rules::{apply, Attempt, Outcome, Process, Task};
+pub use status::{Status, TaskCounts};
+
+/// Milliseconds since the Unix epoch, UTC. Every stored timestamp uses it:
+/// the API promises millisecond precision, and an integer orders and
+/// compares without surprises.
+pub type Millis = i64;
+
+#[cfg(test)]
+mod rules_tests;

@@ -1,0 +1,350 @@
+//! The transition rules, checked rule by rule and against a plain reference
+//! model over generated event sequences.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+fn event(kind: EventType, task: Option<&str>) -> Event {
+    Event {
+        event_id: None,
+        kind,
+        process_id: "p".into(),
+        task_id: task.map(str::to_owned),
+        occurred_at: None,
+        name: None,
+        process_type: None,
+        correlation_id: None,
+        progress: None,
+        error: None,
+        attributes: Default::default(),
+    }
+}
+
+/// A process with its tasks, driven the way the writer drives the rules.
+#[derive(Default)]
+struct Harness {
+    process: Option<Process>,
+    tasks: Vec<Task>,
+}
+
+impl Harness {
+    fn send(&mut self, kind: EventType, task_id: Option<&str>, at: Millis) -> Outcome {
+        let event = event(kind, task_id);
+        let process = self
+            .process
+            .get_or_insert_with(|| Process::new("p".into(), 0));
+        let Some(task_id) = task_id else {
+            return apply(process, None, false, &event, at);
+        };
+        match self.tasks.iter().position(|t| t.id == task_id) {
+            Some(index) => apply(process, Some(&mut self.tasks[index]), false, &event, at),
+            None => {
+                let mut task = Task::new(task_id.into(), 0);
+                let outcome = apply(process, Some(&mut task), true, &event, at);
+                if outcome == Outcome::Accepted {
+                    self.tasks.push(task);
+                }
+                outcome
+            }
+        }
+    }
+
+    fn process_status(&self) -> Status {
+        self.process.as_ref().map_or(Status::Pending, |p| p.status)
+    }
+
+    fn task(&self, id: &str) -> &Task {
+        self.tasks.iter().find(|t| t.id == id).expect("task exists")
+    }
+}
+
+use EventType::*;
+
+#[test]
+fn an_unknown_process_and_task_are_created_by_any_event() {
+    let mut h = Harness::default();
+    assert_eq!(h.send(TaskProgress, Some("t"), 10), Outcome::Accepted);
+    assert_eq!(h.process_status(), Status::Running);
+    assert_eq!(h.task("t").status, Status::Running);
+    assert_eq!(h.task("t").attempt, 1);
+}
+
+#[test]
+fn a_process_moves_pending_running_terminal() {
+    let mut h = Harness::default();
+    assert_eq!(h.send(ProcessQueued, None, 10), Outcome::Accepted);
+    assert_eq!(h.process_status(), Status::Pending);
+    assert_eq!(h.send(ProcessHeartbeat, None, 20), Outcome::Accepted);
+    assert_eq!(h.process_status(), Status::Running);
+    assert_eq!(h.process.as_ref().unwrap().started_at, Some(20));
+    assert_eq!(
+        h.send(ProcessQueued, None, 30),
+        Outcome::Stale,
+        "never back to pending"
+    );
+    assert_eq!(h.send(ProcessSucceeded, None, 40), Outcome::Accepted);
+    let p = h.process.as_ref().unwrap();
+    assert_eq!(
+        (p.status, p.finished_at, p.duration_ms()),
+        (Status::Succeeded, Some(40), Some(20))
+    );
+}
+
+#[test]
+fn a_terminal_event_ends_a_pending_process_directly() {
+    let mut h = Harness::default();
+    assert_eq!(h.send(ProcessQueued, None, 10), Outcome::Accepted);
+    assert_eq!(h.send(ProcessCancelled, None, 20), Outcome::Accepted);
+    assert_eq!(h.process_status(), Status::Cancelled);
+}
+
+#[test]
+fn terminal_is_sticky_same_is_stale_different_is_conflict() {
+    let mut h = Harness::default();
+    h.send(ProcessStarted, None, 10);
+    h.send(ProcessFailed, None, 20);
+    assert_eq!(h.send(ProcessFailed, None, 30), Outcome::Stale);
+    assert_eq!(h.send(ProcessProgress, None, 30), Outcome::Stale);
+    assert_eq!(
+        h.send(ProcessSucceeded, None, 30),
+        Outcome::Conflict {
+            current_status: Status::Failed
+        }
+    );
+    assert_eq!(h.process_status(), Status::Failed);
+}
+
+#[test]
+fn a_failed_task_is_retried_with_a_record_per_attempt() {
+    let mut h = Harness::default();
+    h.send(TaskStarted, Some("t"), 10);
+    h.send(TaskFailed, Some("t"), 20);
+    assert_eq!(h.send(TaskStarted, Some("t"), 30), Outcome::Accepted);
+    assert_eq!(h.send(TaskSucceeded, Some("t"), 40), Outcome::Accepted);
+    let task = h.task("t");
+    assert_eq!(task.attempt, 2);
+    let summary: Vec<_> = task
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.status, a.started_at, a.finished_at))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, Status::Failed, Some(10), Some(20)),
+            (2, Status::Succeeded, Some(30), Some(40)),
+        ]
+    );
+    let counts: Vec<_> = h.process.as_ref().unwrap().task_counts.non_zero().collect();
+    assert_eq!(counts, vec![(Status::Succeeded, 1)]);
+}
+
+#[test]
+fn a_start_older_than_the_failure_is_not_a_retry() {
+    let mut h = Harness::default();
+    h.send(TaskFailed, Some("t"), 20);
+    assert_eq!(h.send(TaskStarted, Some("t"), 10), Outcome::Stale);
+    assert_eq!(h.task("t").attempt, 1);
+}
+
+#[test]
+fn a_late_task_completion_on_a_finished_process_is_applied() {
+    let mut h = Harness::default();
+    h.send(TaskStarted, Some("t"), 10);
+    h.send(ProcessSucceeded, None, 20);
+    assert_eq!(h.send(TaskProgress, Some("t"), 25), Outcome::Stale);
+    assert_eq!(h.send(TaskSucceeded, Some("t"), 30), Outcome::Accepted);
+    assert_eq!(h.task("t").status, Status::Succeeded);
+    assert_eq!(h.process_status(), Status::Succeeded);
+    assert_eq!(h.send(TaskStarted, Some("new"), 40), Outcome::Stale);
+    assert!(
+        h.tasks.iter().all(|t| t.id != "new"),
+        "a stale event creates nothing"
+    );
+}
+
+#[test]
+fn an_older_non_terminal_update_does_not_turn_back_time() {
+    let mut h = Harness::default();
+    let mut progress = event(ProcessProgress, None);
+    progress.progress = Some(Progress {
+        percent: Some(60.0),
+        ..Progress::default()
+    });
+    let p = h.process.get_or_insert_with(|| Process::new("p".into(), 0));
+    assert_eq!(apply(p, None, false, &progress, 20), Outcome::Accepted);
+    progress.progress = Some(Progress {
+        percent: Some(40.0),
+        ..Progress::default()
+    });
+    assert_eq!(apply(p, None, false, &progress, 10), Outcome::Stale);
+    assert_eq!(p.progress.as_ref().and_then(|p| p.percent), Some(60.0));
+    assert_eq!(p.updated_at, 20);
+    // A terminal event is applied whatever its time; updated_at never goes back.
+    assert_eq!(
+        apply(p, None, false, &event(ProcessSucceeded, None), 15),
+        Outcome::Accepted
+    );
+    assert_eq!((p.finished_at, p.updated_at), (Some(15), 20));
+}
+
+// ---- the reference model -------------------------------------------------
+
+/// The contract's rules written as plainly as possible, status by status.
+#[derive(Default, Debug)]
+struct Model {
+    process: Option<ModelEntity>,
+    tasks: HashMap<String, ModelEntity>,
+}
+
+#[derive(Clone, Debug)]
+struct ModelEntity {
+    status: Status,
+    last: Option<Millis>,
+    finished: Option<Millis>,
+    attempt: u32,
+}
+
+impl ModelEntity {
+    fn new() -> Self {
+        ModelEntity {
+            status: Status::Pending,
+            last: None,
+            finished: None,
+            attempt: 0,
+        }
+    }
+}
+
+/// What a rule of the model decided.
+enum Decision {
+    Accept(ModelEntity),
+    Stale,
+    Conflict,
+}
+
+impl Model {
+    fn send(&mut self, kind: EventType, task: Option<&str>, at: Millis) -> Outcome {
+        let process = self.process.get_or_insert_with(ModelEntity::new).clone();
+        let (decision, current_status) = match task {
+            None => (
+                Self::process_rule(process.clone(), kind, at),
+                process.status,
+            ),
+            Some(id) => {
+                let current = self.tasks.get(id).cloned().unwrap_or_else(ModelEntity::new);
+                let status = current.status;
+                (Self::task_rule(process.status, current, kind, at), status)
+            }
+        };
+        match (decision, task) {
+            (Decision::Accept(entity), None) => self.process = Some(entity),
+            (Decision::Accept(entity), Some(id)) => {
+                self.tasks.insert(id.to_owned(), entity);
+                let p = self.process.as_mut().expect("process was just made");
+                if p.status == Status::Pending {
+                    p.status = Status::Running;
+                }
+            }
+            (Decision::Stale, _) => return Outcome::Stale,
+            (Decision::Conflict, _) => return Outcome::Conflict { current_status },
+        }
+        Outcome::Accepted
+    }
+
+    fn process_rule(mut p: ModelEntity, kind: EventType, at: Millis) -> Decision {
+        match (p.status.is_terminal(), kind.terminal_status()) {
+            (true, Some(t)) if t == p.status => Decision::Stale,
+            (true, Some(_)) => Decision::Conflict,
+            (true, None) => Decision::Stale,
+            (false, Some(t)) => {
+                p.status = t;
+                Decision::Accept(p)
+            }
+            (false, None) => {
+                if p.last.is_some_and(|l| at < l) {
+                    return Decision::Stale;
+                }
+                match (kind, p.status) {
+                    (ProcessQueued, Status::Running) => return Decision::Stale,
+                    (ProcessQueued, _) => {}
+                    _ => p.status = Status::Running,
+                }
+                p.last = Some(at);
+                Decision::Accept(p)
+            }
+        }
+    }
+
+    fn task_rule(process: Status, mut t: ModelEntity, kind: EventType, at: Millis) -> Decision {
+        if t.attempt == 0 {
+            t.attempt = 1;
+        }
+        match (t.status.is_terminal(), kind.terminal_status()) {
+            (true, Some(s)) if s == t.status => Decision::Stale,
+            (true, Some(_)) => Decision::Conflict,
+            (false, Some(s)) => {
+                t.status = s;
+                t.finished = Some(at);
+                t.last = Some(t.last.map_or(at, |l| l.max(at)));
+                Decision::Accept(t)
+            }
+            (_, None) if process.is_terminal() => Decision::Stale,
+            (true, None) => {
+                let retry = kind == TaskStarted
+                    && t.status == Status::Failed
+                    && t.finished.is_some_and(|f| at >= f);
+                if !retry {
+                    return Decision::Stale;
+                }
+                t.attempt += 1;
+                t.status = Status::Running;
+                t.finished = None;
+                t.last = Some(t.last.map_or(at, |l| l.max(at)));
+                Decision::Accept(t)
+            }
+            (false, None) => {
+                if t.last.is_some_and(|l| at < l) {
+                    return Decision::Stale;
+                }
+                t.status = Status::Running;
+                t.last = Some(at);
+                Decision::Accept(t)
+            }
+        }
+    }
+}
+
+fn arbitrary_step() -> impl Strategy<Value = (EventType, Option<&'static str>, Millis)> {
+    let kind = prop::sample::select(EventType::ALL.to_vec());
+    let task = prop::sample::select(vec!["a", "b", "c"]);
+    (kind, task, 0..8i64).prop_map(|(kind, task, at)| {
+        let task = (kind.scope() == Scope::Task).then_some(task);
+        (kind, task, at)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn the_rules_agree_with_the_reference_model(steps in prop::collection::vec(arbitrary_step(), 1..40)) {
+        let mut real = Harness::default();
+        let mut model = Model::default();
+        for (kind, task, at) in steps {
+            let got = real.send(kind, task, at);
+            let want = model.send(kind, task, at);
+            prop_assert_eq!(got, want, "{:?} on {:?} at {}", kind, task, at);
+            prop_assert_eq!(real.process_status(), model.process.as_ref().unwrap().status);
+            for (id, t) in &model.tasks {
+                let actual = real.task(id);
+                prop_assert_eq!((actual.status, actual.attempt), (t.status, t.attempt), "task {}", id);
+                prop_assert_eq!(actual.attempts.len() as u32, actual.attempt);
+            }
+            prop_assert_eq!(real.tasks.len(), model.tasks.len());
+            let counted: u32 = real.process.as_ref().unwrap().task_counts.0.iter().sum();
+            prop_assert_eq!(counted as usize, real.tasks.len());
+        }
+    }
+}
