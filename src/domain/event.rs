@@ -134,13 +134,9 @@ impl EventType {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Progress {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
@@ -282,13 +278,15 @@ impl EventInput {
                     format!("`task_id` is required for `{}` events", self.kind.as_str()),
                 ))
             }
-            (Scope::Process, Some(_)) => return Err(InvalidField::new(
-                "task_id",
-                format!(
+            (Scope::Process, Some(_)) => {
+                return Err(InvalidField::new(
+                    "task_id",
+                    format!(
                     "`task_id` is not allowed on `{}`: process events are about the whole process",
                     self.kind.as_str()
                 ),
-            )),
+                ))
+            }
             (_, Some(task_id)) => check_id("task_id", task_id)?,
             (Scope::Process, None) => {}
         }

@@ -1,0 +1,313 @@
+//! Read queries over one MVCC snapshot. Readers never block the writer, and
+//! the writer never blocks them.
+//!
+//! Every list is driven by an index in descending ordinal order (ordinals
+//! are handed out in creation order, and creation times never go backwards
+//! in that order), so a keyset cursor, the position of the last process
+//! shown, resumes a walk exactly where it stopped: processes created after
+//! the walk began sort above it and are never shown, none is shown twice.
+
+use super::schema::{
+    decode_or_corrupt, history_seq, record_key, record_kind_end, Counters, HistoryRecord, Kind,
+    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, META_COUNTERS, PROCESS_IDS, RECORDS,
+};
+use super::StoreError;
+use crate::domain::{Millis, Process, Status, Task};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase};
+
+/// A consistent view of the store as of one commit.
+pub struct Snapshot {
+    txn: ReadTransaction,
+}
+
+/// A position in a newest-first listing: the last process shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListPosition {
+    pub created_at: Millis,
+    pub ordinal: u64,
+}
+
+/// The filters of `GET /v1/processes`, combined with AND.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub statuses: Vec<Status>,
+    pub process_type: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Strictly after, strictly before.
+    pub created_after: Option<Millis>,
+    pub created_before: Option<Millis>,
+    pub limit: usize,
+    pub after: Option<ListPosition>,
+}
+
+pub struct ListPage {
+    pub items: Vec<Process>,
+    /// Where the next page starts, when there may be one.
+    pub next: Option<ListPosition>,
+}
+
+pub struct HistoryPage {
+    pub items: Vec<HistoryRecord>,
+    /// The last seq shown, when there are more.
+    pub next_after_seq: Option<u64>,
+}
+
+type Ordinals<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
+
+impl Snapshot {
+    pub fn begin(db: &impl ReadableDatabase) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            txn: db.begin_read()?,
+        })
+    }
+
+    fn records(&self) -> Result<ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        Ok(self.txn.open_table(RECORDS)?)
+    }
+
+    pub fn counters(&self) -> Result<Counters, StoreError> {
+        let meta = self.txn.open_table(META)?;
+        let bytes = meta.get(META_COUNTERS)?;
+        match bytes {
+            Some(bytes) => decode_or_corrupt("counters", bytes.value()),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    pub fn ordinal_of(&self, process_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .txn
+            .open_table(PROCESS_IDS)?
+            .get(process_id)?
+            .map(|ordinal| ordinal.value()))
+    }
+
+    fn process_at(
+        &self,
+        records: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+        ordinal: u64,
+    ) -> Result<Option<Process>, StoreError> {
+        match records.get(record_key(ordinal, Kind::Process, &[]).as_slice())? {
+            Some(bytes) => decode_or_corrupt("process record", bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn process(&self, process_id: &str) -> Result<Option<Process>, StoreError> {
+        match self.ordinal_of(process_id)? {
+            Some(ordinal) => self.process_at(&self.records()?, ordinal),
+            None => Ok(None),
+        }
+    }
+
+    /// The process and its tasks in order of first sight, read in one scan.
+    pub fn process_with_tasks(
+        &self,
+        process_id: &str,
+    ) -> Result<Option<(Process, Vec<Task>)>, StoreError> {
+        let Some(ordinal) = self.ordinal_of(process_id)? else {
+            return Ok(None);
+        };
+        let records = self.records()?;
+        let start = record_key(ordinal, Kind::Process, &[]);
+        let end = record_kind_end(ordinal, Kind::Task);
+        let mut process = None;
+        let mut tasks = Vec::new();
+        for entry in records.range(start.as_slice()..end.as_slice())? {
+            let (key, value) = entry?;
+            if key.value().get(8) == Some(&(Kind::Process as u8)) {
+                process = Some(decode_or_corrupt::<Process>(
+                    "process record",
+                    value.value(),
+                )?);
+            } else {
+                tasks.push(decode_or_corrupt::<Task>("task record", value.value())?);
+            }
+        }
+        Ok(process.map(|process| (process, tasks)))
+    }
+
+    /// Events of a process with seq above `after_seq`, in seq order; `None`
+    /// when there is no such process.
+    pub fn history(
+        &self,
+        process_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Option<HistoryPage>, StoreError> {
+        let Some(ordinal) = self.ordinal_of(process_id)? else {
+            return Ok(None);
+        };
+        let records = self.records()?;
+        let start = record_key(
+            ordinal,
+            Kind::History,
+            &after_seq.saturating_add(1).to_be_bytes(),
+        );
+        let end = record_kind_end(ordinal, Kind::History);
+        let mut items = Vec::new();
+        let mut more = false;
+        for entry in records.range(start.as_slice()..end.as_slice())? {
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let (key, value) = entry?;
+            if history_seq(key.value()).is_none() {
+                continue;
+            }
+            items.push(decode_or_corrupt::<HistoryRecord>(
+                "history record",
+                value.value(),
+            )?);
+        }
+        let next_after_seq = if more {
+            items.last().map(|record| record.seq)
+        } else {
+            None
+        };
+        Ok(Some(HistoryPage {
+            items,
+            next_after_seq,
+        }))
+    }
+
+    /// Every history record of a process, for admin tools.
+    pub fn full_history(&self, process_id: &str) -> Result<Vec<HistoryRecord>, StoreError> {
+        Ok(self
+            .history(process_id, 0, usize::MAX)?
+            .map(|page| page.items)
+            .unwrap_or_default())
+    }
+
+    /// One page of processes, newest created first.
+    pub fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let by_created = self.txn.open_table(BY_CREATED)?;
+        // The created range, as BY_CREATED keys: [low, high).
+        let low = (
+            query
+                .created_after
+                .map_or(Millis::MIN, |after| after.saturating_add(1)),
+            0u64,
+        );
+        let mut high = (Millis::MAX, u64::MAX);
+        if let Some(before) = query.created_before {
+            high = high.min((before, 0));
+        }
+        if let Some(after) = query.after {
+            high = high.min((after.created_at, after.ordinal));
+        }
+        if low >= high {
+            return Ok(ListPage {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        // The same range as ordinals, for the other indexes: [first, end).
+        let first_key = by_created.range(low..high)?.next().transpose()?;
+        let Some(first) = first_key.map(|(key, _)| key.value().1) else {
+            return Ok(ListPage {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        let end = match by_created.range(high..)?.next().transpose()? {
+            Some((key, _)) => key.value().1,
+            None => u64::MAX,
+        };
+
+        let ordinals: Ordinals<'_> = if let Some(correlation_id) = &query.correlation_id {
+            let table = self.txn.open_table(BY_CORRELATION)?;
+            let range =
+                table.range((correlation_id.as_str(), first)..(correlation_id.as_str(), end))?;
+            Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+        } else if let Some(process_type) = &query.process_type {
+            let table = self.txn.open_table(BY_TYPE)?;
+            let range =
+                table.range((process_type.as_str(), first)..(process_type.as_str(), end))?;
+            Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+        } else if !query.statuses.is_empty() {
+            let table = self.txn.open_table(BY_STATUS)?;
+            let mut streams = Vec::new();
+            for status in &query.statuses {
+                let range = table.range((status.code(), first)..(status.code(), end))?;
+                let stream: Ordinals<'_> =
+                    Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)));
+                streams.push(stream.peekable());
+            }
+            Box::new(MergeDescending { streams })
+        } else {
+            let range = by_created.range(low..high)?;
+            Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+        };
+
+        let records = self.records()?;
+        let mut items = Vec::with_capacity(query.limit.min(1024));
+        let mut next = None;
+        for ordinal in ordinals {
+            let ordinal = ordinal?;
+            let Some(process) = self.process_at(&records, ordinal)? else {
+                continue;
+            };
+            if !matches_filters(&process, query) {
+                continue;
+            }
+            if items.len() == query.limit {
+                next = items
+                    .last()
+                    .map(|(ordinal, process): &(u64, Process)| ListPosition {
+                        created_at: process.created_at,
+                        ordinal: *ordinal,
+                    });
+                break;
+            }
+            items.push((ordinal, process));
+        }
+        Ok(ListPage {
+            items: items.into_iter().map(|(_, process)| process).collect(),
+            next,
+        })
+    }
+}
+
+/// The filters not already implied by the index that drove the walk.
+fn matches_filters(process: &Process, query: &ListQuery) -> bool {
+    (query.statuses.is_empty() || query.statuses.contains(&process.status))
+        && query
+            .process_type
+            .as_ref()
+            .is_none_or(|wanted| process.process_type.as_ref() == Some(wanted))
+        && query
+            .correlation_id
+            .as_ref()
+            .is_none_or(|wanted| process.correlation_id.as_ref() == Some(wanted))
+}
+
+/// Merges several descending ordinal streams into one, for a filter on
+/// several statuses. A process is in exactly one status, so no ordinal
+/// appears in two streams.
+struct MergeDescending<'a> {
+    streams: Vec<std::iter::Peekable<Ordinals<'a>>>,
+}
+
+impl Iterator for MergeDescending<'_> {
+    type Item = Result<u64, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut best: Option<(usize, u64)> = None;
+        for (index, stream) in self.streams.iter_mut().enumerate() {
+            match stream.peek() {
+                Some(Ok(ordinal)) => {
+                    if best.is_none_or(|(_, top)| *ordinal > top) {
+                        best = Some((index, *ordinal));
+                    }
+                }
+                // Surface errors as soon as they are met.
+                Some(Err(_)) => return stream.next(),
+                None => {}
+            }
+        }
+        let (index, _) = best?;
+        self.streams[index].next()
+    }
+}

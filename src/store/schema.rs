@@ -1,0 +1,174 @@
+//! Every table of the store, how its keys are laid out, and the records kept
+//! beside the domain's own.
+//!
+//! Each process gets an ordinal in creation order. All records of one
+//! process (the process, its tasks, its task-id map, its dedup keys and its
+//! history) live in one table under keys that start with that ordinal, so a
+//! commit of events for recently active processes dirties few pages, and
+//! reading one process with its tasks is a single range scan.
+
+use super::codec;
+use crate::domain::{Event, Millis, Status};
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+/// Bump when the layout or a record changes; `open` refuses other versions.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `schema_version` and `counters`.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// process id -> ordinal.
+pub const PROCESS_IDS: TableDefinition<&str, u64> = TableDefinition::new("process_ids");
+/// (ordinal, record kind, sub-key) -> record; see `record_key`.
+pub const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// (created_at, ordinal): newest-first listing and the created_after/before filters.
+pub const BY_CREATED: TableDefinition<(i64, u64), ()> = TableDefinition::new("by_created");
+/// (status code, ordinal).
+pub const BY_STATUS: TableDefinition<(u8, u64), ()> = TableDefinition::new("by_status");
+/// (process_type, ordinal).
+pub const BY_TYPE: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_type");
+/// (correlation_id, ordinal).
+pub const BY_CORRELATION: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_correlation");
+
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+pub const META_COUNTERS: &str = "counters";
+
+/// The names of every table, for telling a ProcessManager store from other files.
+pub const TABLE_NAMES: [&str; 7] = [
+    "meta",
+    "process_ids",
+    "records",
+    "by_created",
+    "by_status",
+    "by_type",
+    "by_correlation",
+];
+
+/// Record kinds, the byte after the ordinal in a `RECORDS` key. Their order
+/// puts a process right before its tasks, so one scan reads both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// sub-key empty; value `domain::Process`.
+    Process = 0,
+    /// sub-key: task ordinal, u32 big-endian; value `domain::Task`.
+    Task = 1,
+    /// sub-key: task id; value: task ordinal, u32 big-endian.
+    TaskId = 2,
+    /// sub-key: event id; value `DedupRecord`.
+    Dedup = 3,
+    /// sub-key: seq, u64 big-endian; value `HistoryRecord`.
+    History = 4,
+}
+
+/// A `RECORDS` key. Big-endian numbers make byte order the numeric order.
+pub fn record_key(ordinal: u64, kind: Kind, sub_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + sub_key.len());
+    key.extend_from_slice(&ordinal.to_be_bytes());
+    key.push(kind as u8);
+    key.extend_from_slice(sub_key);
+    key
+}
+
+/// The first key after every record of `kind` for `ordinal`.
+pub fn record_kind_end(ordinal: u64, kind: Kind) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.extend_from_slice(&ordinal.to_be_bytes());
+    key.push(kind as u8 + 1);
+    key
+}
+
+/// Every key of a process: from its first record up to the next ordinal.
+pub fn process_range(ordinal: u64) -> (Vec<u8>, Vec<u8>) {
+    (
+        ordinal.to_be_bytes().to_vec(),
+        ordinal.saturating_add(1).to_be_bytes().to_vec(),
+    )
+}
+
+/// The sequence number of a history key.
+pub fn history_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
+}
+
+pub fn task_ordinal_bytes(ordinal: u32) -> [u8; 4] {
+    ordinal.to_be_bytes()
+}
+
+pub fn task_ordinal_from(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// What was decided for a stored event. Conflicts are never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredResult {
+    Accepted,
+    Stale,
+}
+
+impl StoredResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredResult::Accepted => "accepted",
+            StoredResult::Stale => "stale",
+        }
+    }
+}
+
+/// One event in a process's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub seq: u64,
+    pub result: StoredResult,
+    pub received_at: Millis,
+    pub event: Event,
+}
+
+impl HistoryRecord {
+    pub fn occurred_at(&self) -> Millis {
+        self.event.occurred_at.unwrap_or(self.received_at)
+    }
+}
+
+/// What an idempotency key was first answered with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    pub seq: u64,
+    pub result: StoredResult,
+    /// SHA-256 (first 16 bytes) of the event as first sent.
+    pub fingerprint: [u8; 16],
+}
+
+/// Store-wide numbers kept by the writer and written once per commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub last_seq: u64,
+    pub next_ordinal: u64,
+    /// Creation times never go backwards in ordinal order, so that the
+    /// `BY_CREATED` order and the ordinal order are one and the same.
+    pub last_created_at: Millis,
+    pub events_total: u64,
+    pub processes_by_status: [u64; 7],
+}
+
+impl Counters {
+    pub fn processes_total(&self) -> u64 {
+        self.processes_by_status.iter().sum()
+    }
+
+    pub fn count_status(&mut self, status: Status, change: i64) {
+        let slot = &mut self.processes_by_status[usize::from(status.code())];
+        *slot = slot.saturating_add_signed(change);
+    }
+}
+
+/// A value of the `META` table or `RECORDS` table that could not be read.
+pub fn decode_or_corrupt<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, super::StoreError> {
+    codec::decode(bytes).map_err(|source| super::StoreError::Corrupt {
+        what: what.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,333 @@
+//! Applying events and deletions inside one redb write transaction.
+//!
+//! Only the writer thread uses this. A `WriteBatch` sees the state as it
+//! stands inside its transaction, so several events for the same process in
+//! one group commit build on each other exactly as if committed one by one.
+
+use super::schema::{
+    self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecord, Kind, StoredResult,
+    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, META_COUNTERS, PROCESS_IDS, RECORDS,
+};
+use super::{codec, StoreError};
+use crate::domain::{self, Event, Millis, Outcome, Process, Scope, Status, Task};
+use redb::{ReadableTable, Table, WriteTransaction};
+
+/// One validated event on its way to the store.
+#[derive(Clone, Debug)]
+pub struct IncomingEvent {
+    pub event: Event,
+    /// Identifies the event's content for the idempotency check.
+    pub fingerprint: [u8; 16],
+    /// Server clock when the request arrived.
+    pub received_at: Millis,
+}
+
+/// What the store did with one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Stored now, as accepted or stale.
+    Stored {
+        result: StoredResult,
+        seq: u64,
+        process_status: Status,
+        task_status: Option<Status>,
+    },
+    /// Stored earlier under the same idempotency key with the same content.
+    Duplicate {
+        original: StoredResult,
+        seq: u64,
+        process_status: Status,
+    },
+    /// A different terminal status than the current one; not stored.
+    Conflict { current_status: Status },
+    /// The idempotency key was used before for different content; not stored.
+    KeyReused { seq: u64 },
+}
+
+/// The tables of one write transaction, and the counters as they will be
+/// once it commits.
+pub struct WriteBatch<'txn> {
+    process_ids: Table<'txn, &'static str, u64>,
+    records: Table<'txn, &'static [u8], &'static [u8]>,
+    by_created: Table<'txn, (i64, u64), ()>,
+    by_status: Table<'txn, (u8, u64), ()>,
+    by_type: Table<'txn, (&'static str, u64), ()>,
+    by_correlation: Table<'txn, (&'static str, u64), ()>,
+    meta: Table<'txn, &'static str, &'static [u8]>,
+    pub counters: Counters,
+}
+
+/// Reads the counters as last committed.
+pub fn load_counters(txn: &WriteTransaction) -> Result<Counters, StoreError> {
+    let meta = txn.open_table(META)?;
+    let bytes = meta.get(META_COUNTERS)?;
+    match bytes {
+        Some(bytes) => decode_or_corrupt("counters", bytes.value()),
+        None => Ok(Counters::default()),
+    }
+}
+
+impl<'txn> WriteBatch<'txn> {
+    pub fn open(txn: &'txn WriteTransaction, counters: Counters) -> Result<Self, StoreError> {
+        Ok(WriteBatch {
+            process_ids: txn.open_table(PROCESS_IDS)?,
+            records: txn.open_table(RECORDS)?,
+            by_created: txn.open_table(BY_CREATED)?,
+            by_status: txn.open_table(BY_STATUS)?,
+            by_type: txn.open_table(BY_TYPE)?,
+            by_correlation: txn.open_table(BY_CORRELATION)?,
+            meta: txn.open_table(META)?,
+            counters,
+        })
+    }
+
+    /// Writes the counters; call once, before committing.
+    pub fn finish(mut self) -> Result<Counters, StoreError> {
+        self.meta
+            .insert(META_COUNTERS, codec::encode(&self.counters).as_slice())?;
+        Ok(self.counters)
+    }
+
+    fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.records.get(key)? {
+            Some(bytes) => decode_or_corrupt(what, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_record(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.records.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Applies one event with the domain rules; `now` is the server clock.
+    pub fn apply(
+        &mut self,
+        incoming: &IncomingEvent,
+        now: Millis,
+    ) -> Result<EventOutcome, StoreError> {
+        let event = &incoming.event;
+        let known_ordinal = self
+            .process_ids
+            .get(event.process_id.as_str())?
+            .map(|o| o.value());
+
+        if let (Some(ordinal), Some(event_id)) = (known_ordinal, &event.event_id) {
+            let key = record_key(ordinal, Kind::Dedup, event_id.as_bytes());
+            if let Some(seen) = self.get_record::<DedupRecord>("idempotency record", &key)? {
+                if seen.fingerprint != incoming.fingerprint {
+                    return Ok(EventOutcome::KeyReused { seq: seen.seq });
+                }
+                let process = self.load_process(ordinal)?;
+                return Ok(EventOutcome::Duplicate {
+                    original: seen.result,
+                    seq: seen.seq,
+                    process_status: process.status,
+                });
+            }
+        }
+
+        let (ordinal, mut process) = match known_ordinal {
+            Some(ordinal) => (ordinal, self.load_process(ordinal)?),
+            None => {
+                let ordinal = self.counters.next_ordinal;
+                let created_at = now.max(self.counters.last_created_at);
+                (ordinal, Process::new(event.process_id.clone(), created_at))
+            }
+        };
+        let before = process.clone();
+        let at = event.occurred_at.unwrap_or(incoming.received_at);
+
+        let (outcome, task_status) = match event.kind.scope() {
+            Scope::Process => (domain::apply(&mut process, None, false, event, at), None),
+            Scope::Task => {
+                let task_id = event.task_id.as_deref().unwrap_or_default();
+                let (task_ordinal, mut task, is_new) =
+                    self.load_or_new_task(ordinal, &process, task_id, now)?;
+                let outcome = domain::apply(&mut process, Some(&mut task), is_new, event, at);
+                if outcome == Outcome::Accepted {
+                    if is_new {
+                        process.task_total += 1;
+                        let map_key = record_key(ordinal, Kind::TaskId, task_id.as_bytes());
+                        self.put_record(&map_key, &schema::task_ordinal_bytes(task_ordinal))?;
+                    }
+                    let task_key = record_key(
+                        ordinal,
+                        Kind::Task,
+                        &schema::task_ordinal_bytes(task_ordinal),
+                    );
+                    self.put_record(&task_key, &codec::encode(&task))?;
+                }
+                let task_exists = outcome == Outcome::Accepted || !is_new;
+                (outcome, task_exists.then_some(task.status))
+            }
+        };
+        let result = match outcome {
+            Outcome::Conflict { current_status } => {
+                return Ok(EventOutcome::Conflict { current_status })
+            }
+            Outcome::Accepted => StoredResult::Accepted,
+            Outcome::Stale => StoredResult::Stale,
+        };
+
+        let seq = self.counters.last_seq + 1;
+        self.counters.last_seq = seq;
+        self.counters.events_total += 1;
+        process.event_count += 1;
+        process.last_seq = seq;
+        let history = HistoryRecord {
+            seq,
+            result,
+            received_at: incoming.received_at,
+            event: event.clone(),
+        };
+        self.put_record(
+            &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
+            &codec::encode(&history),
+        )?;
+        if let Some(event_id) = &event.event_id {
+            let dedup = DedupRecord {
+                seq,
+                result,
+                fingerprint: incoming.fingerprint,
+            };
+            self.put_record(
+                &record_key(ordinal, Kind::Dedup, event_id.as_bytes()),
+                &codec::encode(&dedup),
+            )?;
+        }
+        self.put_record(
+            &record_key(ordinal, Kind::Process, &[]),
+            &codec::encode(&process),
+        )?;
+        match known_ordinal {
+            Some(_) => self.reindex(ordinal, &before, &process)?,
+            None => self.index_new(ordinal, &process)?,
+        }
+        Ok(EventOutcome::Stored {
+            result,
+            seq,
+            process_status: process.status,
+            task_status,
+        })
+    }
+
+    fn load_process(&self, ordinal: u64) -> Result<Process, StoreError> {
+        self.get_record("process record", &record_key(ordinal, Kind::Process, &[]))?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("process record of ordinal {ordinal}"),
+                source: codec::CodecError::Empty,
+            })
+    }
+
+    fn load_or_new_task(
+        &self,
+        ordinal: u64,
+        process: &Process,
+        task_id: &str,
+        now: Millis,
+    ) -> Result<(u32, Task, bool), StoreError> {
+        let map_key = record_key(ordinal, Kind::TaskId, task_id.as_bytes());
+        let task_ordinal = match self.records.get(map_key.as_slice())? {
+            Some(bytes) => schema::task_ordinal_from(bytes.value()),
+            None => None,
+        };
+        match task_ordinal {
+            Some(task_ordinal) => {
+                let key = record_key(
+                    ordinal,
+                    Kind::Task,
+                    &schema::task_ordinal_bytes(task_ordinal),
+                );
+                let task =
+                    self.get_record("task record", &key)?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: format!("task record {task_id} of process {}", process.id),
+                            source: codec::CodecError::Empty,
+                        })?;
+                Ok((task_ordinal, task, false))
+            }
+            None => Ok((process.task_total, Task::new(task_id.to_owned(), now), true)),
+        }
+    }
+
+    fn index_new(&mut self, ordinal: u64, process: &Process) -> Result<(), StoreError> {
+        self.counters.next_ordinal = ordinal + 1;
+        self.counters.last_created_at = process.created_at;
+        self.counters.count_status(process.status, 1);
+        self.process_ids.insert(process.id.as_str(), ordinal)?;
+        self.by_created.insert((process.created_at, ordinal), ())?;
+        self.by_status
+            .insert((process.status.code(), ordinal), ())?;
+        if let Some(process_type) = &process.process_type {
+            self.by_type.insert((process_type.as_str(), ordinal), ())?;
+        }
+        if let Some(correlation_id) = &process.correlation_id {
+            self.by_correlation
+                .insert((correlation_id.as_str(), ordinal), ())?;
+        }
+        Ok(())
+    }
+
+    fn reindex(
+        &mut self,
+        ordinal: u64,
+        before: &Process,
+        after: &Process,
+    ) -> Result<(), StoreError> {
+        if before.status != after.status {
+            self.by_status.remove((before.status.code(), ordinal))?;
+            self.by_status.insert((after.status.code(), ordinal), ())?;
+            self.counters.count_status(before.status, -1);
+            self.counters.count_status(after.status, 1);
+        }
+        if before.process_type != after.process_type {
+            if let Some(old) = &before.process_type {
+                self.by_type.remove((old.as_str(), ordinal))?;
+            }
+            if let Some(new) = &after.process_type {
+                self.by_type.insert((new.as_str(), ordinal), ())?;
+            }
+        }
+        if before.correlation_id != after.correlation_id {
+            if let Some(old) = &before.correlation_id {
+                self.by_correlation.remove((old.as_str(), ordinal))?;
+            }
+            if let Some(new) = &after.correlation_id {
+                self.by_correlation.insert((new.as_str(), ordinal), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a process with its tasks, history, idempotency keys and index
+    /// entries. Returns false when there is no such process.
+    pub fn delete_process(&mut self, process_id: &str) -> Result<bool, StoreError> {
+        let Some(ordinal) = self.process_ids.remove(process_id)?.map(|o| o.value()) else {
+            return Ok(false);
+        };
+        let process = self.load_process(ordinal)?;
+        let (start, end) = schema::process_range(ordinal);
+        self.records
+            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+        self.by_created.remove((process.created_at, ordinal))?;
+        self.by_status.remove((process.status.code(), ordinal))?;
+        if let Some(process_type) = &process.process_type {
+            self.by_type.remove((process_type.as_str(), ordinal))?;
+        }
+        if let Some(correlation_id) = &process.correlation_id {
+            self.by_correlation
+                .remove((correlation_id.as_str(), ordinal))?;
+        }
+        self.counters.count_status(process.status, -1);
+        self.counters.events_total = self
+            .counters
+            .events_total
+            .saturating_sub(process.event_count);
+        Ok(true)
+    }
+}

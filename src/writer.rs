@@ -1,0 +1,246 @@
+//! The one thread that writes to the store, and the handle that reaches it.
+//!
+//! Requests queue on a bounded crossbeam channel. The writer blocks for the
+//! first, takes whatever else is queued (up to `max_group_events`), applies
+//! all of it in one redb write transaction, commits once (one fsync for the
+//! whole group), and only then answers each request. The group grows by
+//! itself under load; there is no timer and no added latency when idle.
+//!
+//! Shutdown is dropping every `WriterHandle`: the channel disconnects once
+//! drained, the writer commits what it has, and the thread ends.
+
+use crate::domain::Millis;
+use crate::store::schema::Counters;
+use crate::store::write::{load_counters, EventOutcome, IncomingEvent, WriteBatch};
+use crate::store::StoreError;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use redb::Database;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+/// Why a write was not applied. Both are worth retrying later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("the disk holding the store is full")]
+    StorageFull,
+    #[error("the store could not commit")]
+    Storage,
+    #[error("the writer has stopped")]
+    Stopped,
+}
+
+/// Why a request could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is at capacity: answer 429 at once, never wait.
+    Full,
+    /// The writer is gone (shutting down).
+    Closed,
+}
+
+/// What the writer decided for one command.
+pub enum Answer {
+    Events(Vec<EventOutcome>),
+    Deleted(bool),
+}
+
+enum Work {
+    Ingest(Vec<IncomingEvent>),
+    Delete(String),
+}
+
+struct Command {
+    work: Work,
+    /// Answered after the commit; a requester that went away is no loss,
+    /// the write stands either way.
+    reply: oneshot::Sender<Result<Answer, WriteFailure>>,
+}
+
+impl Command {
+    fn weight(&self) -> usize {
+        match &self.work {
+            Work::Ingest(events) => events.len().max(1),
+            Work::Delete(_) => 1,
+        }
+    }
+
+    fn answer(self, answer: Result<Answer, WriteFailure>) {
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// A cloneable way to hand work to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    /// Bounded, so that a flood of webhooks turns into 429s rather than memory.
+    sender: Sender<Command>,
+}
+
+/// The running writer thread; join it after the last handle is dropped.
+pub struct WriterThread {
+    thread: JoinHandle<()>,
+}
+
+impl WriterThread {
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WriterSettings {
+    /// Requests that may wait in the queue.
+    pub queue_capacity: usize,
+    /// Events applied in one transaction at most.
+    pub max_group_events: usize,
+}
+
+/// Loads the counters and starts the writer thread.
+pub fn spawn(
+    db: Arc<Database>,
+    settings: WriterSettings,
+) -> Result<(WriterHandle, WriterThread), StoreError> {
+    let counters = {
+        let txn = db.begin_write()?;
+        let counters = load_counters(&txn)?;
+        txn.abort()?;
+        counters
+    };
+    let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
+    let thread = std::thread::Builder::new()
+        .name("pm-writer".into())
+        .spawn(move || run(db, receiver, counters, settings.max_group_events))
+        .map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
+    Ok((WriterHandle { sender }, WriterThread { thread }))
+}
+
+impl WriterHandle {
+    /// Queues events; the returned future resolves once they are committed.
+    pub fn submit_events(
+        &self,
+        events: Vec<IncomingEvent>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Vec<EventOutcome>, WriteFailure>>,
+        SubmitError,
+    > {
+        let answer = self.send(Work::Ingest(events))?;
+        Ok(async move {
+            match answer.await {
+                Ok(Ok(Answer::Events(outcomes))) => Ok(outcomes),
+                Ok(Ok(Answer::Deleted(_))) => Err(WriteFailure::Storage),
+                Ok(Err(failure)) => Err(failure),
+                Err(_) => Err(WriteFailure::Stopped),
+            }
+        })
+    }
+
+    /// Queues the removal of a process; resolves to whether it existed.
+    pub fn submit_delete(
+        &self,
+        process_id: String,
+    ) -> Result<impl std::future::Future<Output = Result<bool, WriteFailure>>, SubmitError> {
+        let answer = self.send(Work::Delete(process_id))?;
+        Ok(async move {
+            match answer.await {
+                Ok(Ok(Answer::Deleted(found))) => Ok(found),
+                Ok(Ok(Answer::Events(_))) => Err(WriteFailure::Storage),
+                Ok(Err(failure)) => Err(failure),
+                Err(_) => Err(WriteFailure::Stopped),
+            }
+        })
+    }
+
+    fn send(
+        &self,
+        work: Work,
+    ) -> Result<oneshot::Receiver<Result<Answer, WriteFailure>>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .try_send(Command { work, reply })
+            .map_err(|error| match error {
+                TrySendError::Full(_) => SubmitError::Full,
+                TrySendError::Disconnected(_) => SubmitError::Closed,
+            })?;
+        Ok(answer)
+    }
+}
+
+/// The server clock, in milliseconds.
+pub fn now_millis() -> Millis {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    Millis::try_from(nanos / 1_000_000).unwrap_or(Millis::MAX)
+}
+
+fn run(
+    db: Arc<Database>,
+    receiver: Receiver<Command>,
+    mut counters: Counters,
+    max_group_events: usize,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut weight = first.weight();
+        let mut group = vec![first];
+        while weight < max_group_events {
+            match receiver.try_recv() {
+                Ok(command) => {
+                    weight += command.weight();
+                    group.push(command);
+                }
+                Err(_) => break,
+            }
+        }
+        match commit_group(&db, &counters, &group) {
+            Ok((committed, answers)) => {
+                counters = committed;
+                for (command, answer) in group.into_iter().zip(answers) {
+                    command.answer(Ok(answer));
+                }
+            }
+            Err(error) => {
+                let failure = if error.is_storage_full() {
+                    WriteFailure::StorageFull
+                } else {
+                    WriteFailure::Storage
+                };
+                tracing::error!(%error, requests = group.len(), "write group failed; nothing of it was applied");
+                for command in group {
+                    command.answer(Err(failure));
+                }
+            }
+        }
+    }
+    tracing::debug!("writer stopped: every handle is gone and the queue is empty");
+}
+
+/// Applies a group in one transaction and commits it durably. On any error
+/// the transaction is dropped, which aborts it: nothing of the group stays.
+fn commit_group(
+    db: &Database,
+    counters: &Counters,
+    group: &[Command],
+) -> Result<(Counters, Vec<Answer>), StoreError> {
+    let now = now_millis();
+    let txn = db.begin_write()?;
+    let mut batch = WriteBatch::open(&txn, counters.clone())?;
+    let mut answers = Vec::with_capacity(group.len());
+    for command in group {
+        match &command.work {
+            Work::Ingest(events) => {
+                let mut outcomes = Vec::with_capacity(events.len());
+                for event in events {
+                    outcomes.push(batch.apply(event, now)?);
+                }
+                answers.push(Answer::Events(outcomes));
+            }
+            Work::Delete(process_id) => {
+                answers.push(Answer::Deleted(batch.delete_process(process_id)?));
+            }
+        }
+    }
+    let committed = batch.finish()?;
+    txn.commit()?;
+    Ok((committed, answers))
+}
