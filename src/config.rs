@@ -1,0 +1,334 @@
+//! Settings: defaults, then the config file, then environment variables,
+//! then flags, merged into one checked `Config`.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the config file is looked for when neither `--config` nor
+/// `PM_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "config/processmanager.toml";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub ingest: IngestConfig,
+    pub writer: WriterConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when standard output is not a terminal, else pretty.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriterConfig {
+    pub max_group_events: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub cache_mib: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub ingest_tokens: Vec<String>,
+    pub read_tokens: Vec<String>,
+    pub admin_tokens: Vec<String>,
+    pub allow_anonymous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            log: LogConfig::default(),
+            ingest: IngestConfig::default(),
+            writer: WriterConfig::default(),
+            store: StoreConfig::default(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch: 1000,
+            max_body_bytes: 4 * 1024 * 1024,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_group_events: 4096,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { cache_mib: 64 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_connections: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {} is not valid: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line or in the environment (clap reads
+/// both); `None` leaves the config file's value or the default.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub log_filter: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// A source of environment variables, so that tests need not touch the
+/// process environment.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Merges defaults, the config file, token variables and overrides, and checks the result.
+    pub fn load(overrides: &Overrides, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let mut config = match &overrides.config_file {
+            Some(path) => Config::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?,
+            None => Config::default(),
+        };
+        for (variable, tokens) in [
+            ("PM_AUTH_INGEST_TOKENS", &mut config.auth.ingest_tokens),
+            ("PM_AUTH_READ_TOKENS", &mut config.auth.read_tokens),
+            ("PM_AUTH_ADMIN_TOKENS", &mut config.auth.admin_tokens),
+        ] {
+            if let Some(list) = env.var(variable) {
+                *tokens = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|token| !token.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+        }
+        if let Some(allow) = env.var("PM_AUTH_ALLOW_ANONYMOUS") {
+            config.auth.allow_anonymous = match allow.trim() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "PM_AUTH_ALLOW_ANONYMOUS must be true or false, not `{other}`"
+                    )))
+                }
+            };
+        }
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(data_dir) = &overrides.data_dir {
+            config.data_dir = data_dir.clone();
+        }
+        if let Some(filter) = &overrides.log_filter {
+            config.log.filter = filter.clone();
+        }
+        if let Some(format) = overrides.log_format {
+            config.log.format = format;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.message().to_owned(),
+        })
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("ingest.max_batch", self.ingest.max_batch),
+            ("ingest.max_body_bytes", self.ingest.max_body_bytes),
+            ("ingest.queue_capacity", self.ingest.queue_capacity),
+            ("writer.max_group_events", self.writer.max_group_events),
+            ("http.max_connections", self.http.max_connections),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        for (name, secs) in [
+            ("http.header_read_timeout_secs", self.http.header_read_timeout_secs),
+            ("http.body_read_timeout_secs", self.http.body_read_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if !self.auth.has_tokens() && !self.auth.allow_anonymous && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve anyone who asks on {}, which is not a loopback address: configure tokens (auth.*_tokens or PM_AUTH_*_TOKENS) or set auth.allow_anonymous = true",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl AuthConfig {
+    pub fn has_tokens(&self) -> bool {
+        !(self.ingest_tokens.is_empty() && self.read_tokens.is_empty() && self.admin_tokens.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct FakeEnvironment(HashMap<&'static str, &'static str>);
+
+    impl Environment for FakeEnvironment {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|value| value.to_string())
+        }
+    }
+
+    fn no_env() -> FakeEnvironment {
+        FakeEnvironment(HashMap::new())
+    }
+
+    #[test]
+    fn the_shipped_config_file_lists_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_env_tokens_replace_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pm.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\n[auth]\nread_tokens = [\"file\"]\n").unwrap();
+        let overrides = Overrides {
+            config_file: Some(file),
+            data_dir: Some("/from/flag".into()),
+            ..Overrides::default()
+        };
+        let env = FakeEnvironment(HashMap::from([("PM_AUTH_READ_TOKENS", "a, b,")]));
+        let config = Config::load(&overrides, &env).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.auth.read_tokens, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_typo_in_the_file_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pm.toml");
+        std::fs::write(&file, "[ingest]\nmax_bacth = 5\n").unwrap();
+        let error = Config::from_file(&file).unwrap_err().to_string();
+        assert!(error.contains("max_bacth"), "{error}");
+    }
+
+    #[test]
+    fn anonymous_service_off_loopback_is_refused_unless_allowed() {
+        let overrides = Overrides {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            config_file: Some(PathBuf::from("/dev/null")),
+            ..Overrides::default()
+        };
+        let error = Config::load(&overrides, &no_env()).unwrap_err().to_string();
+        assert!(error.contains("allow_anonymous"), "{error}");
+        let allowed = FakeEnvironment(HashMap::from([("PM_AUTH_ALLOW_ANONYMOUS", "true")]));
+        assert!(Config::load(&overrides, &allowed).is_ok());
+        let with_tokens = FakeEnvironment(HashMap::from([("PM_AUTH_ADMIN_TOKENS", "secret")]));
+        assert!(Config::load(&overrides, &with_tokens).is_ok());
+    }
+}

@@ -1,0 +1,317 @@
+//! `POST /v1/events` and `DELETE /v1/processes/{id}`: read the body within
+//! its limits, validate every event, hand valid ones to the writer, and
+//! answer once they are committed.
+
+use super::problem::ApiError;
+use super::{json_response, AppState, Response};
+use crate::domain::{is_valid_event_id, is_valid_id, EventInput, InvalidField};
+use crate::store::codec;
+use crate::store::schema::StoredResult;
+use crate::store::write::{EventOutcome, IncomingEvent};
+use crate::writer::now_millis;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use hyper::{HeaderMap, Request, StatusCode};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// After a 413, how much of the rest of a body is read and dropped so that
+/// the client, still sending, receives the answer instead of a reset.
+const DRAIN_AT_MOST_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
+
+pub async fn post_events(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+    if !is_json(request.headers()) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let header_key = idempotency_header(request.headers())?;
+    let body = read_body(request, state.limits.max_body_bytes, state.limits.body_read_timeout).await?;
+    let received_at = now_millis();
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {
+            let event = parse_event(&body, header_key.as_deref(), received_at)?;
+            ingest_one(state, event).await
+        }
+        Some(b'[') => ingest_batch(state, &body, received_at).await,
+        _ => Err(ApiError::NotJson),
+    }
+}
+
+/// `application/json` or any `application/*+json`, with or without parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The idempotency key of a single event without `event_id`: the
+/// `Idempotency-Key` header, else the `webhook-id` header.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    for name in ["idempotency-key", "webhook-id"] {
+        if let Some(value) = headers.get(name) {
+            let key = value.to_str().ok().filter(|key| is_valid_event_id(key)).ok_or_else(|| {
+                ApiError::InvalidEvent(InvalidField::new(
+                    "event_id",
+                    format!("the `{name}` header must be 1 to 200 bytes of printable ASCII"),
+                ))
+            })?;
+            return Ok(Some(key.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the whole body, refusing it with 413 as soon as it is known to be
+/// too large. The rest of a refused body is drained in the background, so
+/// a client still sending gets the 413 rather than a reset connection.
+async fn read_body(request: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than the limit of {limit} bytes"));
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = request.into_body();
+    if declared.is_some_and(|length| length > limit as u64) {
+        drain_in_background(body);
+        return Err(too_large());
+    }
+    let mut collected = BytesMut::with_capacity(declared.map_or(8 * 1024, |length| length as usize));
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| ApiError::MalformedJson {
+                detail: format!("the body could not be read: {error}"),
+                line: 0,
+                column: 0,
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => Ok(collected.freeze()),
+        Ok(Err(ApiError::PayloadTooLarge(detail))) => {
+            drain_in_background(body);
+            Err(ApiError::PayloadTooLarge(detail))
+        }
+        Ok(Err(other)) => Err(other),
+        Err(_) => Err(ApiError::BodyTimeout),
+    }
+}
+
+fn drain_in_background(mut body: Incoming) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut drained = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    drained += data.len() as u64;
+                    if drained > DRAIN_AT_MOST_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_AT_MOST, drain).await;
+    });
+}
+
+/// Parses and validates one event. Syntax errors are 400 with line and
+/// column; wrong shapes and broken rules are 422 naming the field.
+fn parse_event(json: &[u8], header_key: Option<&str>, received_at: i64) -> Result<IncomingEvent, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let input: EventInput = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(input) => input,
+        Err(error) => {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            return Err(json_error(&inner, &path));
+        }
+    };
+    deserializer.end().map_err(|error| json_error(&error, "."))?;
+    let event = input.validate(header_key).map_err(ApiError::InvalidEvent)?;
+    let digest = Sha256::digest(codec::encode(&event));
+    let mut fingerprint = [0u8; 16];
+    fingerprint.copy_from_slice(&digest[..16]);
+    Ok(IncomingEvent {
+        event,
+        fingerprint,
+        received_at,
+    })
+}
+
+fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
+    if error.is_syntax() || error.is_eof() || error.is_io() {
+        return ApiError::MalformedJson {
+            detail: error.to_string(),
+            line: error.line(),
+            column: error.column(),
+        };
+    }
+    let message = error.to_string();
+    // serde names a missing or unknown field in its message, not the path.
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.split(prefix).nth(1))
+        .and_then(|rest| rest.split('`').next());
+    // The path already ends in an unknown field's name, but stops at the
+    // parent of a missing one.
+    let field = match (named, path) {
+        (Some(name), "." | "") => name.to_owned(),
+        (Some(name), parent) if message.starts_with("missing field") => format!("{parent}.{name}"),
+        (_, "." | "") => "body".to_owned(),
+        (_, path) => path.to_owned(),
+    };
+    let detail = match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
+    };
+    ApiError::InvalidEvent(InvalidField::new(field, detail))
+}
+
+async fn ingest_one(state: &AppState, incoming: IncomingEvent) -> Result<Response, ApiError> {
+    let process_id = incoming.event.process_id.clone();
+    let task_id = incoming.event.task_id.clone();
+    let outcomes = state.writer.submit_events(vec![incoming])?.await?;
+    let outcome = outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("the writer answered no outcome".into()))?;
+    let (status, body) = outcome_answer(&process_id, task_id, outcome)?;
+    let mut response = json_response(status, &body);
+    if status == StatusCode::ACCEPTED {
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/processes/{process_id}")) {
+            response.headers_mut().insert(LOCATION, location);
+        }
+    }
+    Ok(response)
+}
+
+/// The answer to one event: a status and body for 2xx outcomes, an error otherwise.
+fn outcome_answer(process_id: &str, task_id: Option<String>, outcome: EventOutcome) -> Result<(StatusCode, Value), ApiError> {
+    match outcome {
+        EventOutcome::Stored { result, seq, process_status, task_status } => {
+            let mut body = json!({
+                "result": result.as_str(),
+                "seq": seq,
+                "process_id": process_id,
+                "process_status": process_status,
+            });
+            if let Some(task_status) = task_status {
+                body["task_status"] = json!(task_status);
+            }
+            let status = match result {
+                StoredResult::Accepted => StatusCode::ACCEPTED,
+                StoredResult::Stale => StatusCode::OK,
+            };
+            Ok((status, body))
+        }
+        EventOutcome::Duplicate { original, seq, process_status } => Ok((
+            StatusCode::OK,
+            json!({
+                "result": "duplicate",
+                "seq": seq,
+                "original_result": original.as_str(),
+                "process_id": process_id,
+                "process_status": process_status,
+            }),
+        )),
+        EventOutcome::Conflict { current_status } => Err(ApiError::Conflict {
+            current_status,
+            process_id: process_id.to_owned(),
+            task_id,
+        }),
+        EventOutcome::KeyReused { seq } => Err(ApiError::IdempotencyKeyReused { seq }),
+    }
+}
+
+/// A batch: each item judged alone, in order; the valid ones go to the
+/// writer together and are committed before the answer.
+async fn ingest_batch(state: &AppState, body: &[u8], received_at: i64) -> Result<Response, ApiError> {
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|error| json_error(&error, "."))?;
+    if items.len() > state.limits.max_batch {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the batch has {} events; at most {} are allowed",
+            items.len(),
+            state.limits.max_batch
+        )));
+    }
+    let parsed: Vec<Result<IncomingEvent, ApiError>> = items
+        .iter()
+        .map(|item| parse_event(item.get().as_bytes(), None, received_at))
+        .collect();
+    let valid: Vec<IncomingEvent> = parsed.iter().filter_map(|item| item.as_ref().ok().cloned()).collect();
+    let mut outcomes = if valid.is_empty() {
+        Vec::new()
+    } else {
+        state.writer.submit_events(valid)?.await?
+    }
+    .into_iter();
+
+    let (mut accepted, mut duplicates, mut stale, mut rejected) = (0, 0, 0, 0);
+    let mut results = Vec::with_capacity(parsed.len());
+    for (index, item) in parsed.into_iter().enumerate() {
+        let answer = match item {
+            Err(error) => Err(error),
+            Ok(incoming) => {
+                let outcome = outcomes
+                    .next()
+                    .ok_or_else(|| ApiError::Internal("the writer answered fewer outcomes than events".into()))?;
+                outcome_answer(&incoming.event.process_id, incoming.event.task_id, outcome)
+            }
+        };
+        let mut entry = Map::new();
+        entry.insert("index".into(), json!(index));
+        match answer {
+            Ok((_, Value::Object(fields))) => {
+                match fields.get("result").and_then(Value::as_str) {
+                    Some("accepted") => accepted += 1,
+                    Some("stale") => stale += 1,
+                    _ => duplicates += 1,
+                }
+                entry.extend(fields);
+            }
+            Ok((_, _)) => return Err(ApiError::Internal("an outcome was not an object".into())),
+            Err(error) => {
+                rejected += 1;
+                entry.insert("result".into(), json!("rejected"));
+                entry.insert("error".into(), Value::Object(error.to_problem().body));
+            }
+        }
+        results.push(Value::Object(entry));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "stale": stale,
+            "rejected": rejected,
+            "results": results,
+        }),
+    ))
+}
+
+pub async fn delete_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {
+    if !is_valid_id(process_id) {
+        return Err(ApiError::NotFound(format!("there is no process {process_id}")));
+    }
+    let found = state.writer.submit_delete(process_id.to_owned())?.await?;
+    if !found {
+        return Err(ApiError::NotFound(format!("there is no process {process_id}")));
+    }
+    let mut response = hyper::Response::new(super::full_body(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}

@@ -1,0 +1,198 @@
+//! Every error the API answers, mapped to RFC 9457 problem+json in exactly
+//! this one place. Internal causes are logged, never sent.
+
+use super::{json_response, Response};
+use crate::domain::{InvalidField, Status};
+use crate::store::StoreError;
+use crate::writer::{SubmitError, WriteFailure};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+
+#[derive(Debug)]
+pub enum ApiError {
+    MalformedJson { detail: String, line: usize, column: usize },
+    NotJson,
+    InvalidEvent(InvalidField),
+    IdempotencyKeyReused { seq: u64 },
+    Conflict { current_status: Status, process_id: String, task_id: Option<String> },
+    UnsupportedMediaType,
+    PayloadTooLarge(String),
+    BodyTimeout,
+    InvalidQuery { parameter: String, detail: String },
+    NotFound(String),
+    MethodNotAllowed(&'static str),
+    Unauthorized,
+    Forbidden,
+    Overloaded,
+    Unavailable(&'static str),
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Full => ApiError::Overloaded,
+            SubmitError::Closed => ApiError::Unavailable("the daemon is shutting down"),
+        }
+    }
+}
+
+impl From<WriteFailure> for ApiError {
+    fn from(failure: WriteFailure) -> Self {
+        match failure {
+            WriteFailure::StorageFull => ApiError::Unavailable("the disk holding the store is full; nothing was applied"),
+            WriteFailure::Storage => ApiError::Unavailable("the store could not commit; nothing was applied"),
+            WriteFailure::Stopped => ApiError::Unavailable("the daemon is shutting down"),
+        }
+    }
+}
+
+/// A problem document, ready to be sent or embedded in a batch answer.
+pub struct Problem {
+    pub status: StatusCode,
+    pub body: Map<String, Value>,
+}
+
+fn problem(status: StatusCode, code: &str, title: &str, detail: impl Into<String>) -> Problem {
+    let mut body = Map::new();
+    body.insert("type".into(), json!(format!("/problems/{code}")));
+    body.insert("title".into(), json!(title));
+    body.insert("status".into(), json!(status.as_u16()));
+    body.insert("detail".into(), json!(detail.into()));
+    body.insert("code".into(), json!(code));
+    Problem { status, body }
+}
+
+impl ApiError {
+    pub fn to_problem(&self) -> Problem {
+        match self {
+            ApiError::MalformedJson { detail, line, column } => {
+                let mut p = problem(StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON", detail.clone());
+                p.body.insert("line".into(), json!(line));
+                p.body.insert("column".into(), json!(column));
+                p
+            }
+            ApiError::NotJson => problem(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "Malformed JSON",
+                "the body must be one event object or a JSON array of events",
+            ),
+            ApiError::InvalidEvent(invalid) => {
+                let mut p = problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", "Invalid event", invalid.detail.clone());
+                p.body.insert("field".into(), json!(invalid.field));
+                p
+            }
+            ApiError::IdempotencyKeyReused { seq } => {
+                let mut p = problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "Idempotency key reused",
+                    format!("this event id was first used for a different event (seq {seq}); send a new event id for a new event"),
+                );
+                p.body.insert("field".into(), json!("event_id"));
+                p.body.insert("seq".into(), json!(seq));
+                p
+            }
+            ApiError::Conflict { current_status, process_id, task_id } => {
+                let what = match task_id {
+                    Some(task_id) => format!("task {task_id} of process {process_id}"),
+                    None => format!("process {process_id}"),
+                };
+                let mut p = problem(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "Conflicting terminal status",
+                    format!("{what} is already {current_status}; a finished status never changes"),
+                );
+                p.body.insert("current_status".into(), json!(current_status.as_str()));
+                p
+            }
+            ApiError::UnsupportedMediaType => problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                "send the body as application/json",
+            ),
+            ApiError::PayloadTooLarge(detail) => problem(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", detail.clone()),
+            ApiError::BodyTimeout => problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "Request timeout",
+                "the request body did not arrive in time",
+            ),
+            ApiError::InvalidQuery { parameter, detail } => {
+                let mut p = problem(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query parameter", detail.clone());
+                p.body.insert("field".into(), json!(parameter));
+                p
+            }
+            ApiError::NotFound(detail) => problem(StatusCode::NOT_FOUND, "not_found", "Not found", detail.clone()),
+            ApiError::MethodNotAllowed(allowed) => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                format!("this resource allows {allowed}"),
+            ),
+            ApiError::Unauthorized => problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "send a known token as `Authorization: Bearer <token>`",
+            ),
+            ApiError::Forbidden => problem(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "this token may not do that"),
+            ApiError::Overloaded => problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "Overloaded",
+                "the write queue is full; retry after the given seconds",
+            ),
+            ApiError::Unavailable(detail) => problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Unavailable", *detail),
+            ApiError::Internal(_) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the server failed to answer; the cause is in its log",
+            ),
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let Problem { status, body } = self.to_problem();
+        let mut response = json_response(status, &Value::Object(body));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Overloaded => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::MethodNotAllowed(allowed) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allowed));
+            }
+            // The rest of a refused body is not worth reading on this connection.
+            ApiError::PayloadTooLarge(_) => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,182 @@
+//! The read endpoints: one process, the list, a history, the stats.
+
+use super::problem::ApiError;
+use super::views::{HistoryView, ProcessView, StatsView};
+use super::{blocking, json_response, AppState, Response};
+use crate::domain::{is_valid_id, parse_timestamp, Status};
+use crate::store::read::{ListPosition, ListQuery, Snapshot};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hyper::StatusCode;
+use serde_json::json;
+
+const DEFAULT_LIST_LIMIT: usize = 50;
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// The first byte of every list cursor, so the format can change later.
+const CURSOR_V1: u8 = 1;
+
+fn not_found(process_id: &str) -> ApiError {
+    ApiError::NotFound(format!("there is no process {process_id}"))
+}
+
+/// A point lookup: fast enough to answer on the async worker.
+pub fn get_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {
+    if !is_valid_id(process_id) {
+        return Err(not_found(process_id));
+    }
+    let snapshot = Snapshot::begin(state.db.as_ref())?;
+    let (process, tasks) = snapshot
+        .process_with_tasks(process_id)?
+        .ok_or_else(|| not_found(process_id))?;
+    Ok(json_response(StatusCode::OK, &ProcessView::with_tasks(&process, &tasks)))
+}
+
+fn invalid(parameter: &str, detail: impl Into<String>) -> ApiError {
+    ApiError::InvalidQuery {
+        parameter: parameter.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+fn parse_limit(value: &str, parameter: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| invalid(parameter, format!("`{parameter}` must be a whole number from 1 to {MAX_LIMIT}")))
+}
+
+fn parse_time(value: &str, parameter: &str) -> Result<i64, ApiError> {
+    parse_timestamp(value)
+        .ok_or_else(|| invalid(parameter, format!("`{parameter}` must be an RFC 3339 timestamp such as 2026-11-25T10:00:00Z")))
+}
+
+pub fn encode_cursor(position: ListPosition) -> String {
+    let mut bytes = Vec::with_capacity(17);
+    bytes.push(CURSOR_V1);
+    bytes.extend_from_slice(&position.created_at.to_be_bytes());
+    bytes.extend_from_slice(&position.ordinal.to_be_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn decode_cursor(text: &str) -> Option<ListPosition> {
+    let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+    if bytes.len() != 17 || bytes[0] != CURSOR_V1 {
+        return None;
+    }
+    Some(ListPosition {
+        created_at: i64::from_be_bytes(bytes[1..9].try_into().ok()?),
+        ordinal: u64::from_be_bytes(bytes[9..17].try_into().ok()?),
+    })
+}
+
+fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
+    let mut list = ListQuery {
+        limit: DEFAULT_LIST_LIMIT,
+        ..ListQuery::default()
+    };
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "status" => {
+                for part in value.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+                    let status: Status = part.parse().map_err(|detail: String| invalid("status", detail))?;
+                    if status == Status::Skipped {
+                        return Err(invalid("status", "`skipped` is a task status; processes are never skipped"));
+                    }
+                    if !list.statuses.contains(&status) {
+                        list.statuses.push(status);
+                    }
+                }
+            }
+            "process_type" => list.process_type = Some(value.into_owned()),
+            "correlation_id" => list.correlation_id = Some(value.into_owned()),
+            "created_after" => list.created_after = Some(parse_time(&value, "created_after")?),
+            "created_before" => list.created_before = Some(parse_time(&value, "created_before")?),
+            "limit" => list.limit = parse_limit(&value, "limit")?,
+            "cursor" => {
+                list.after = Some(decode_cursor(&value).ok_or_else(|| {
+                    invalid("cursor", "`cursor` is not a cursor this server handed out; start again without it")
+                })?)
+            }
+            other => {
+                return Err(invalid(
+                    other,
+                    format!("unknown parameter `{other}`; known: status, process_type, correlation_id, created_after, created_before, limit, cursor"),
+                ))
+            }
+        }
+    }
+    Ok(list)
+}
+
+pub async fn list_processes(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+    let list = parse_list_query(query)?;
+    blocking(state, move |db| {
+        let page = Snapshot::begin(db)?.list(&list)?;
+        let items: Vec<ProcessView<'_>> = page.items.iter().map(ProcessView::summary).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"items": items, "next_cursor": page.next.map(encode_cursor)}),
+        ))
+    })
+    .await
+}
+
+pub async fn history(state: &AppState, process_id: &str, query: Option<&str>) -> Result<Response, ApiError> {
+    if !is_valid_id(process_id) {
+        return Err(not_found(process_id));
+    }
+    let mut after_seq = 0u64;
+    let mut limit = DEFAULT_HISTORY_LIMIT;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            // `cursor` is the `next_cursor` of the previous page: the last seq shown.
+            "after_seq" | "cursor" => {
+                after_seq = value
+                    .parse()
+                    .map_err(|_| invalid(&name, format!("`{name}` must be a sequence number")))?
+            }
+            "limit" => limit = parse_limit(&value, "limit")?,
+            other => {
+                return Err(invalid(other, format!("unknown parameter `{other}`; known: after_seq, cursor, limit")))
+            }
+        }
+    }
+    let process_id = process_id.to_owned();
+    blocking(state, move |db| {
+        let page = Snapshot::begin(db)?
+            .history(&process_id, after_seq, limit)?
+            .ok_or_else(|| not_found(&process_id))?;
+        let items: Vec<HistoryView<'_>> = page.items.iter().map(HistoryView::from).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"items": items, "next_cursor": page.next_after_seq.map(|seq| seq.to_string())}),
+        ))
+    })
+    .await
+}
+
+pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
+    blocking(state, |db| {
+        let counters = Snapshot::begin(db)?.counters()?;
+        Ok(json_response(StatusCode::OK, &StatsView(&counters)))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let position = ListPosition {
+            created_at: 1_700_000_000_123,
+            ordinal: 42,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(position)), Some(position));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(""), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The JSON shapes of the API, borrowed from the stored records.
+
+use crate::domain::{Attempt, ErrorInfo, Millis, Process, Progress, Status, Task, TaskCounts};
+use crate::store::schema::{Counters, HistoryRecord};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+/// A timestamp written as RFC 3339 in UTC with milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timestamp(pub Millis);
+
+pub fn format_millis(millis: Millis) -> String {
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&format).ok())
+        .unwrap_or_else(|| millis.to_string())
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_millis(self.0))
+    }
+}
+
+/// Progress without the parts the sender left out.
+#[derive(Serialize)]
+pub struct ProgressView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+impl<'a> From<&'a Progress> for ProgressView<'a> {
+    fn from(progress: &'a Progress) -> Self {
+        ProgressView {
+            percent: progress.percent,
+            current: progress.current,
+            total: progress.total,
+            message: progress.message.as_deref(),
+        }
+    }
+}
+
+/// `{"running": 1, "succeeded": 3}`: statuses with at least one task.
+pub struct TaskCountsView<'a>(&'a TaskCounts);
+
+impl Serialize for TaskCountsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (status, count) in self.0.non_zero() {
+            map.serialize_entry(status.as_str(), &count)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+pub struct ProcessView<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    process_type: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    status: Status,
+    progress: Option<ProgressView<'a>>,
+    error: Option<&'a ErrorInfo>,
+    attributes: &'a BTreeMap<String, String>,
+    created_at: Timestamp,
+    started_at: Option<Timestamp>,
+    updated_at: Timestamp,
+    finished_at: Option<Timestamp>,
+    duration_ms: Option<i64>,
+    event_count: u64,
+    last_seq: u64,
+    task_counts: TaskCountsView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tasks: Option<Vec<TaskView<'a>>>,
+}
+
+impl<'a> ProcessView<'a> {
+    /// The process as listed: without its tasks.
+    pub fn summary(process: &'a Process) -> Self {
+        ProcessView {
+            id: &process.id,
+            name: process.name.as_deref(),
+            process_type: process.process_type.as_deref(),
+            correlation_id: process.correlation_id.as_deref(),
+            status: process.status,
+            progress: process.progress.as_ref().map(ProgressView::from),
+            error: process.error.as_ref(),
+            attributes: &process.attributes,
+            created_at: Timestamp(process.created_at),
+            started_at: process.started_at.map(Timestamp),
+            // Every stored process had an event applied, which sets it; the
+            // fallback only guards a record written by hand.
+            updated_at: Timestamp(if process.updated_at == Millis::MIN {
+                process.created_at
+            } else {
+                process.updated_at
+            }),
+            finished_at: process.finished_at.map(Timestamp),
+            duration_ms: process.duration_ms(),
+            event_count: process.event_count,
+            last_seq: process.last_seq,
+            task_counts: TaskCountsView(&process.task_counts),
+            tasks: None,
+        }
+    }
+
+    pub fn with_tasks(process: &'a Process, tasks: &'a [Task]) -> Self {
+        ProcessView {
+            tasks: Some(tasks.iter().map(TaskView::from).collect()),
+            ..ProcessView::summary(process)
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct AttemptView<'a> {
+    attempt: u32,
+    status: Status,
+    started_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
+    error: Option<&'a ErrorInfo>,
+}
+
+impl<'a> From<&'a Attempt> for AttemptView<'a> {
+    fn from(attempt: &'a Attempt) -> Self {
+        AttemptView {
+            attempt: attempt.attempt,
+            status: attempt.status,
+            started_at: attempt.started_at.map(Timestamp),
+            finished_at: attempt.finished_at.map(Timestamp),
+            error: attempt.error.as_ref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TaskView<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    status: Status,
+    attempt: u32,
+    progress: Option<ProgressView<'a>>,
+    error: Option<&'a ErrorInfo>,
+    attributes: &'a BTreeMap<String, String>,
+    created_at: Timestamp,
+    started_at: Option<Timestamp>,
+    updated_at: Timestamp,
+    finished_at: Option<Timestamp>,
+    attempts: Vec<AttemptView<'a>>,
+}
+
+impl<'a> From<&'a Task> for TaskView<'a> {
+    fn from(task: &'a Task) -> Self {
+        TaskView {
+            id: &task.id,
+            name: task.name.as_deref(),
+            status: task.status,
+            attempt: task.attempt,
+            progress: task.progress.as_ref().map(ProgressView::from),
+            error: task.error.as_ref(),
+            attributes: &task.attributes,
+            created_at: Timestamp(task.created_at),
+            started_at: task.started_at.map(Timestamp),
+            updated_at: Timestamp(task.updated_at.unwrap_or(task.created_at)),
+            finished_at: task.finished_at.map(Timestamp),
+            attempts: task.attempts.iter().map(AttemptView::from).collect(),
+        }
+    }
+}
+
+/// One event of a process's history: its bookkeeping, then the fields it was sent with.
+#[derive(Serialize)]
+pub struct HistoryView<'a> {
+    seq: u64,
+    event_id: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    task_id: Option<&'a str>,
+    result: &'static str,
+    occurred_at: Timestamp,
+    received_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<ProgressView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorInfo>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    attributes: &'a BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a HistoryRecord> for HistoryView<'a> {
+    fn from(record: &'a HistoryRecord) -> Self {
+        let event = &record.event;
+        HistoryView {
+            seq: record.seq,
+            event_id: event.event_id.as_deref(),
+            kind: event.kind.as_str(),
+            task_id: event.task_id.as_deref(),
+            result: record.result.as_str(),
+            occurred_at: Timestamp(record.occurred_at()),
+            received_at: Timestamp(record.received_at),
+            name: event.name.as_deref(),
+            process_type: event.process_type.as_deref(),
+            correlation_id: event.correlation_id.as_deref(),
+            progress: event.progress.as_ref().map(ProgressView::from),
+            error: event.error.as_ref(),
+            attributes: &event.attributes,
+        }
+    }
+}
+
+/// `GET /v1/stats`.
+pub struct StatsView<'a>(pub &'a Counters);
+
+impl Serialize for StatsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct ByStatus<'a>(&'a Counters);
+        impl Serialize for ByStatus<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(None)?;
+                // Every process status, zeros included; `skipped` is a task's only.
+                for status in Status::ALL.into_iter().filter(|s| *s != Status::Skipped) {
+                    map.serialize_entry(status.as_str(), &self.0.processes_by_status[usize::from(status.code())])?;
+                }
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("processes", &ByStatus(self.0))?;
+        map.serialize_entry("processes_total", &self.0.processes_total())?;
+        map.serialize_entry("events_total", &self.0.events_total)?;
+        map.serialize_entry("last_seq", &self.0.last_seq)?;
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_exactly_milliseconds_in_utc() {
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_millis(1_795_600_800_123), "2026-11-25T08:00:00.123Z");
+    }
+}
