@@ -176,7 +176,9 @@ impl Config {
     pub fn load(overrides: &Overrides, env: &dyn Environment) -> Result<Config, ConfigError> {
         let mut config = match &overrides.config_file {
             Some(path) => Config::from_file(path)?,
-            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
             None => Config::default(),
         };
         for (variable, tokens) in [
@@ -245,14 +247,21 @@ impl Config {
             }
         }
         for (name, secs) in [
-            ("http.header_read_timeout_secs", self.http.header_read_timeout_secs),
-            ("http.body_read_timeout_secs", self.http.body_read_timeout_secs),
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            (
+                "http.body_read_timeout_secs",
+                self.http.body_read_timeout_secs,
+            ),
         ] {
             if secs == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if !self.auth.has_tokens() && !self.auth.allow_anonymous && !self.listen.ip().is_loopback() {
+        if !self.auth.has_tokens() && !self.auth.allow_anonymous && !self.listen.ip().is_loopback()
+        {
             return Err(ConfigError::Invalid(format!(
                 "refusing to serve anyone who asks on {}, which is not a loopback address: configure tokens (auth.*_tokens or PM_AUTH_*_TOKENS) or set auth.allow_anonymous = true",
                 self.listen
@@ -264,7 +273,9 @@ impl Config {
 
 impl AuthConfig {
     pub fn has_tokens(&self) -> bool {
-        !(self.ingest_tokens.is_empty() && self.read_tokens.is_empty() && self.admin_tokens.is_empty())
+        !(self.ingest_tokens.is_empty()
+            && self.read_tokens.is_empty()
+            && self.admin_tokens.is_empty())
     }
 }
 

@@ -11,10 +11,17 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let path = store::store_path(&config.data_dir);
-    let db = Arc::new(store::open_writable(&path, config.store.cache_mib * 1024 * 1024)?);
+    let db = Arc::new(store::open_writable(
+        &path,
+        config.store.cache_mib * 1024 * 1024,
+    )?);
     let (writer, writer_thread) = writer::spawn(
         db.clone(),
         WriterSettings {
@@ -33,7 +40,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let address = listener.local_addr().context("cannot read the listening address")?;
+        let address = listener
+            .local_addr()
+            .context("cannot read the listening address")?;
         let shutdown = shutdown_signal()?;
         state.set_ready(true);
         tracing::info!(%address, store = %path.display(), "listening on {address}");

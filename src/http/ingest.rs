@@ -24,12 +24,20 @@ use std::time::Duration;
 const DRAIN_AT_MOST_BYTES: u64 = 64 * 1024 * 1024;
 const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
 
-pub async fn post_events(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn post_events(
+    state: &AppState,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
     if !is_json(request.headers()) {
         return Err(ApiError::UnsupportedMediaType);
     }
     let header_key = idempotency_header(request.headers())?;
-    let body = read_body(request, state.limits.max_body_bytes, state.limits.body_read_timeout).await?;
+    let body = read_body(
+        request,
+        state.limits.max_body_bytes,
+        state.limits.body_read_timeout,
+    )
+    .await?;
     let received_at = now_millis();
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {
@@ -46,8 +54,14 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The idempotency key of a single event without `event_id`: the
@@ -55,12 +69,16 @@ fn is_json(headers: &HeaderMap) -> bool {
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     for name in ["idempotency-key", "webhook-id"] {
         if let Some(value) = headers.get(name) {
-            let key = value.to_str().ok().filter(|key| is_valid_event_id(key)).ok_or_else(|| {
-                ApiError::InvalidEvent(InvalidField::new(
-                    "event_id",
-                    format!("the `{name}` header must be 1 to 200 bytes of printable ASCII"),
-                ))
-            })?;
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|key| is_valid_event_id(key))
+                .ok_or_else(|| {
+                    ApiError::InvalidEvent(InvalidField::new(
+                        "event_id",
+                        format!("the `{name}` header must be 1 to 200 bytes of printable ASCII"),
+                    ))
+                })?;
             return Ok(Some(key.to_owned()));
         }
     }
@@ -70,8 +88,16 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Reads the whole body, refusing it with 413 as soon as it is known to be
 /// too large. The rest of a refused body is drained in the background, so
 /// a client still sending gets the 413 rather than a reset connection.
-async fn read_body(request: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than the limit of {limit} bytes"));
+async fn read_body(
+    request: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the body is larger than the limit of {limit} bytes"
+        ))
+    };
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -82,7 +108,8 @@ async fn read_body(request: Request<Incoming>, limit: usize, timeout: Duration) 
         drain_in_background(body);
         return Err(too_large());
     }
-    let mut collected = BytesMut::with_capacity(declared.map_or(8 * 1024, |length| length as usize));
+    let mut collected =
+        BytesMut::with_capacity(declared.map_or(8 * 1024, |length| length as usize));
     let read = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|error| ApiError::MalformedJson {
@@ -129,17 +156,28 @@ fn drain_in_background(mut body: Incoming) {
 
 /// Parses and validates one event. Syntax errors are 400 with line and
 /// column; wrong shapes and broken rules are 422 naming the field.
-fn parse_event(json: &[u8], header_key: Option<&str>, received_at: i64) -> Result<IncomingEvent, ApiError> {
+fn parse_event(
+    json: &[u8],
+    header_key: Option<&str>,
+    received_at: i64,
+) -> Result<IncomingEvent, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let input: EventInput = match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(input) => input,
         Err(error) => {
+            // A syntax error anywhere in the body outranks a wrong shape
+            // found before it: the body is malformed JSON first of all.
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+                return Err(json_error(&syntax, "."));
+            }
             let path = error.path().to_string();
             let inner = error.into_inner();
             return Err(json_error(&inner, &path));
         }
     };
-    deserializer.end().map_err(|error| json_error(&error, "."))?;
+    deserializer
+        .end()
+        .map_err(|error| json_error(&error, "."))?;
     let event = input.validate(header_key).map_err(ApiError::InvalidEvent)?;
     let digest = Sha256::digest(codec::encode(&event));
     let mut fingerprint = [0u8; 16];
@@ -199,9 +237,18 @@ async fn ingest_one(state: &AppState, incoming: IncomingEvent) -> Result<Respons
 }
 
 /// The answer to one event: a status and body for 2xx outcomes, an error otherwise.
-fn outcome_answer(process_id: &str, task_id: Option<String>, outcome: EventOutcome) -> Result<(StatusCode, Value), ApiError> {
+fn outcome_answer(
+    process_id: &str,
+    task_id: Option<String>,
+    outcome: EventOutcome,
+) -> Result<(StatusCode, Value), ApiError> {
     match outcome {
-        EventOutcome::Stored { result, seq, process_status, task_status } => {
+        EventOutcome::Stored {
+            result,
+            seq,
+            process_status,
+            task_status,
+        } => {
             let mut body = json!({
                 "result": result.as_str(),
                 "seq": seq,
@@ -217,7 +264,11 @@ fn outcome_answer(process_id: &str, task_id: Option<String>, outcome: EventOutco
             };
             Ok((status, body))
         }
-        EventOutcome::Duplicate { original, seq, process_status } => Ok((
+        EventOutcome::Duplicate {
+            original,
+            seq,
+            process_status,
+        } => Ok((
             StatusCode::OK,
             json!({
                 "result": "duplicate",
@@ -238,8 +289,13 @@ fn outcome_answer(process_id: &str, task_id: Option<String>, outcome: EventOutco
 
 /// A batch: each item judged alone, in order; the valid ones go to the
 /// writer together and are committed before the answer.
-async fn ingest_batch(state: &AppState, body: &[u8], received_at: i64) -> Result<Response, ApiError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|error| json_error(&error, "."))?;
+async fn ingest_batch(
+    state: &AppState,
+    body: &[u8],
+    received_at: i64,
+) -> Result<Response, ApiError> {
+    let items: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|error| json_error(&error, "."))?;
     if items.len() > state.limits.max_batch {
         return Err(ApiError::PayloadTooLarge(format!(
             "the batch has {} events; at most {} are allowed",
@@ -251,7 +307,10 @@ async fn ingest_batch(state: &AppState, body: &[u8], received_at: i64) -> Result
         .iter()
         .map(|item| parse_event(item.get().as_bytes(), None, received_at))
         .collect();
-    let valid: Vec<IncomingEvent> = parsed.iter().filter_map(|item| item.as_ref().ok().cloned()).collect();
+    let valid: Vec<IncomingEvent> = parsed
+        .iter()
+        .filter_map(|item| item.as_ref().ok().cloned())
+        .collect();
     let mut outcomes = if valid.is_empty() {
         Vec::new()
     } else {
@@ -265,9 +324,9 @@ async fn ingest_batch(state: &AppState, body: &[u8], received_at: i64) -> Result
         let answer = match item {
             Err(error) => Err(error),
             Ok(incoming) => {
-                let outcome = outcomes
-                    .next()
-                    .ok_or_else(|| ApiError::Internal("the writer answered fewer outcomes than events".into()))?;
+                let outcome = outcomes.next().ok_or_else(|| {
+                    ApiError::Internal("the writer answered fewer outcomes than events".into())
+                })?;
                 outcome_answer(&incoming.event.process_id, incoming.event.task_id, outcome)
             }
         };
@@ -305,11 +364,15 @@ async fn ingest_batch(state: &AppState, body: &[u8], received_at: i64) -> Result
 
 pub async fn delete_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {
     if !is_valid_id(process_id) {
-        return Err(ApiError::NotFound(format!("there is no process {process_id}")));
+        return Err(ApiError::NotFound(format!(
+            "there is no process {process_id}"
+        )));
     }
     let found = state.writer.submit_delete(process_id.to_owned())?.await?;
     if !found {
-        return Err(ApiError::NotFound(format!("there is no process {process_id}")));
+        return Err(ApiError::NotFound(format!(
+            "there is no process {process_id}"
+        )));
     }
     let mut response = hyper::Response::new(super::full_body(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;

@@ -79,7 +79,9 @@ impl AppState {
 }
 
 pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
@@ -103,7 +105,11 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops
 /// accepting, lets requests in flight finish (8 s at most) and returns.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(state.limits.max_connections));
     let mut builder = http1::Builder::new();
@@ -148,7 +154,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     }
     state.set_ready(false);
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing them");
     }
 }
@@ -156,7 +165,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
 async fn handle(state: &AppState, request: Request<Incoming>) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = route(state, request).await.unwrap_or_else(ApiError::into_response);
+    let response = route(state, request)
+        .await
+        .unwrap_or_else(ApiError::into_response);
     tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
     response
 }
@@ -166,13 +177,19 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response,
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = request.method();
     match segments.as_slice() {
-        ["livez"] => only(method, &Method::GET, "GET").map(|()| json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        ["livez"] => only(method, &Method::GET, "GET")
+            .map(|()| json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         ["readyz"] | ["healthz"] => {
             only(method, &Method::GET, "GET")?;
             if state.ready.load(Ordering::SeqCst) {
-                Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ready"}),
+                ))
             } else {
-                Err(ApiError::Unavailable("not ready: starting or shutting down"))
+                Err(ApiError::Unavailable(
+                    "not ready: starting or shutting down",
+                ))
             }
         }
         ["v1", "events"] => {
@@ -206,7 +223,9 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response,
             state.auth.require(request.headers(), Role::Read)?;
             query::stats(state).await
         }
-        _ => Err(ApiError::NotFound(format!("there is no resource at {path}"))),
+        _ => Err(ApiError::NotFound(format!(
+            "there is no resource at {path}"
+        ))),
     }
 }
 

@@ -11,15 +11,28 @@ use serde_json::{json, Map, Value};
 
 #[derive(Debug)]
 pub enum ApiError {
-    MalformedJson { detail: String, line: usize, column: usize },
+    MalformedJson {
+        detail: String,
+        line: usize,
+        column: usize,
+    },
     NotJson,
     InvalidEvent(InvalidField),
-    IdempotencyKeyReused { seq: u64 },
-    Conflict { current_status: Status, process_id: String, task_id: Option<String> },
+    IdempotencyKeyReused {
+        seq: u64,
+    },
+    Conflict {
+        current_status: Status,
+        process_id: String,
+        task_id: Option<String>,
+    },
     UnsupportedMediaType,
     PayloadTooLarge(String),
     BodyTimeout,
-    InvalidQuery { parameter: String, detail: String },
+    InvalidQuery {
+        parameter: String,
+        detail: String,
+    },
     NotFound(String),
     MethodNotAllowed(&'static str),
     Unauthorized,
@@ -47,8 +60,12 @@ impl From<SubmitError> for ApiError {
 impl From<WriteFailure> for ApiError {
     fn from(failure: WriteFailure) -> Self {
         match failure {
-            WriteFailure::StorageFull => ApiError::Unavailable("the disk holding the store is full; nothing was applied"),
-            WriteFailure::Storage => ApiError::Unavailable("the store could not commit; nothing was applied"),
+            WriteFailure::StorageFull => {
+                ApiError::Unavailable("the disk holding the store is full; nothing was applied")
+            }
+            WriteFailure::Storage => {
+                ApiError::Unavailable("the store could not commit; nothing was applied")
+            }
             WriteFailure::Stopped => ApiError::Unavailable("the daemon is shutting down"),
         }
     }
@@ -73,8 +90,17 @@ fn problem(status: StatusCode, code: &str, title: &str, detail: impl Into<String
 impl ApiError {
     pub fn to_problem(&self) -> Problem {
         match self {
-            ApiError::MalformedJson { detail, line, column } => {
-                let mut p = problem(StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON", detail.clone());
+            ApiError::MalformedJson {
+                detail,
+                line,
+                column,
+            } => {
+                let mut p = problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    "Malformed JSON",
+                    detail.clone(),
+                );
                 p.body.insert("line".into(), json!(line));
                 p.body.insert("column".into(), json!(column));
                 p
@@ -86,7 +112,12 @@ impl ApiError {
                 "the body must be one event object or a JSON array of events",
             ),
             ApiError::InvalidEvent(invalid) => {
-                let mut p = problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", "Invalid event", invalid.detail.clone());
+                let mut p = problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_event",
+                    "Invalid event",
+                    invalid.detail.clone(),
+                );
                 p.body.insert("field".into(), json!(invalid.field));
                 p
             }
@@ -101,7 +132,11 @@ impl ApiError {
                 p.body.insert("seq".into(), json!(seq));
                 p
             }
-            ApiError::Conflict { current_status, process_id, task_id } => {
+            ApiError::Conflict {
+                current_status,
+                process_id,
+                task_id,
+            } => {
                 let what = match task_id {
                     Some(task_id) => format!("task {task_id} of process {process_id}"),
                     None => format!("process {process_id}"),
@@ -112,7 +147,8 @@ impl ApiError {
                     "Conflicting terminal status",
                     format!("{what} is already {current_status}; a finished status never changes"),
                 );
-                p.body.insert("current_status".into(), json!(current_status.as_str()));
+                p.body
+                    .insert("current_status".into(), json!(current_status.as_str()));
                 p
             }
             ApiError::UnsupportedMediaType => problem(
@@ -121,7 +157,12 @@ impl ApiError {
                 "Unsupported media type",
                 "send the body as application/json",
             ),
-            ApiError::PayloadTooLarge(detail) => problem(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", detail.clone()),
+            ApiError::PayloadTooLarge(detail) => problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                detail.clone(),
+            ),
             ApiError::BodyTimeout => problem(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
@@ -129,11 +170,21 @@ impl ApiError {
                 "the request body did not arrive in time",
             ),
             ApiError::InvalidQuery { parameter, detail } => {
-                let mut p = problem(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query parameter", detail.clone());
+                let mut p = problem(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "Invalid query parameter",
+                    detail.clone(),
+                );
                 p.body.insert("field".into(), json!(parameter));
                 p
             }
-            ApiError::NotFound(detail) => problem(StatusCode::NOT_FOUND, "not_found", "Not found", detail.clone()),
+            ApiError::NotFound(detail) => problem(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Not found",
+                detail.clone(),
+            ),
             ApiError::MethodNotAllowed(allowed) => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -146,14 +197,24 @@ impl ApiError {
                 "Unauthorized",
                 "send a known token as `Authorization: Bearer <token>`",
             ),
-            ApiError::Forbidden => problem(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "this token may not do that"),
+            ApiError::Forbidden => problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                "this token may not do that",
+            ),
             ApiError::Overloaded => problem(
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
                 "Overloaded",
                 "the write queue is full; retry after the given seconds",
             ),
-            ApiError::Unavailable(detail) => problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Unavailable", *detail),
+            ApiError::Unavailable(detail) => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Unavailable",
+                *detail,
+            ),
             ApiError::Internal(_) => problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

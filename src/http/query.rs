@@ -29,7 +29,10 @@ pub fn get_process(state: &AppState, process_id: &str) -> Result<Response, ApiEr
     let (process, tasks) = snapshot
         .process_with_tasks(process_id)?
         .ok_or_else(|| not_found(process_id))?;
-    Ok(json_response(StatusCode::OK, &ProcessView::with_tasks(&process, &tasks)))
+    Ok(json_response(
+        StatusCode::OK,
+        &ProcessView::with_tasks(&process, &tasks),
+    ))
 }
 
 fn invalid(parameter: &str, detail: impl Into<String>) -> ApiError {
@@ -44,12 +47,21 @@ fn parse_limit(value: &str, parameter: &str) -> Result<usize, ApiError> {
         .parse::<usize>()
         .ok()
         .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-        .ok_or_else(|| invalid(parameter, format!("`{parameter}` must be a whole number from 1 to {MAX_LIMIT}")))
+        .ok_or_else(|| {
+            invalid(
+                parameter,
+                format!("`{parameter}` must be a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })
 }
 
 fn parse_time(value: &str, parameter: &str) -> Result<i64, ApiError> {
-    parse_timestamp(value)
-        .ok_or_else(|| invalid(parameter, format!("`{parameter}` must be an RFC 3339 timestamp such as 2026-11-25T10:00:00Z")))
+    parse_timestamp(value).ok_or_else(|| {
+        invalid(
+            parameter,
+            format!("`{parameter}` must be an RFC 3339 timestamp such as 2026-11-25T10:00:00Z"),
+        )
+    })
 }
 
 pub fn encode_cursor(position: ListPosition) -> String {
@@ -123,7 +135,11 @@ pub async fn list_processes(state: &AppState, query: Option<&str>) -> Result<Res
     .await
 }
 
-pub async fn history(state: &AppState, process_id: &str, query: Option<&str>) -> Result<Response, ApiError> {
+pub async fn history(
+    state: &AppState,
+    process_id: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
     if !is_valid_id(process_id) {
         return Err(not_found(process_id));
     }
@@ -139,7 +155,10 @@ pub async fn history(state: &AppState, process_id: &str, query: Option<&str>) ->
             }
             "limit" => limit = parse_limit(&value, "limit")?,
             other => {
-                return Err(invalid(other, format!("unknown parameter `{other}`; known: after_seq, cursor, limit")))
+                return Err(invalid(
+                    other,
+                    format!("unknown parameter `{other}`; known: after_seq, cursor, limit"),
+                ))
             }
         }
     }

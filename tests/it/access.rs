@@ -1,0 +1,111 @@
+//! Tokens and roles; refusing to start anonymous off loopback.
+
+use crate::support::{command, event, Client, Daemon, DaemonOptions};
+
+fn daemon_with_tokens() -> Daemon {
+    Daemon::start_with(
+        DaemonOptions::default()
+            .env("PM_AUTH_READ_TOKENS", "reader-secret")
+            .env("PM_AUTH_INGEST_TOKENS", "ingest-secret")
+            .env("PM_AUTH_ADMIN_TOKENS", "admin-secret")
+            .env("PM_LOG", "debug"),
+    )
+}
+
+#[test]
+fn each_role_may_do_what_the_contract_says_and_no_more() {
+    let daemon = daemon_with_tokens();
+    let anonymous = daemon.client();
+    let reader = daemon.client().with_token("reader-secret");
+    let ingester = daemon.client().with_token("ingest-secret");
+    let admin = daemon.client().with_token("admin-secret");
+    let stranger = daemon.client().with_token("guess");
+
+    let no_token = anonymous.post(&event("process.started", "p"));
+    assert_eq!(
+        (no_token.status, no_token.json["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(no_token.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(stranger.post(&event("process.started", "p")).status, 401);
+    assert_eq!(stranger.get("/v1/stats").status, 401);
+    let forbidden = reader.post(&event("process.started", "p"));
+    assert_eq!(
+        (forbidden.status, forbidden.json["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+
+    assert_eq!(ingester.post(&event("process.started", "p")).status, 202);
+    assert_eq!(admin.post(&event("process.started", "q")).status, 202);
+    for client in [&reader, &ingester, &admin] {
+        assert_eq!(client.get("/v1/processes/p").status, 200);
+        assert_eq!(client.get("/v1/processes").status, 200);
+        assert_eq!(client.get("/v1/processes/p/history").status, 200);
+        assert_eq!(client.get("/v1/stats").status, 200);
+    }
+    assert_eq!(anonymous.get("/v1/processes/p").status, 401);
+    // Probes stay open for the orchestrator of the container.
+    assert_eq!(anonymous.get("/readyz").status, 200);
+
+    assert_eq!(reader.delete("/v1/processes/p").status, 403);
+    assert_eq!(ingester.delete("/v1/processes/p").status, 403);
+    assert_eq!(admin.delete("/v1/processes/p").status, 204);
+    assert_eq!(admin.get("/v1/processes/p").status, 404);
+    assert_eq!(admin.delete("/v1/processes/p").status, 404);
+
+    let output = daemon.output();
+    for secret in ["reader-secret", "ingest-secret", "admin-secret", "guess"] {
+        assert!(!output.contains(secret), "a token reached the log");
+    }
+}
+
+#[test]
+fn delete_removes_the_process_its_history_and_its_counts() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    client.post(&serde_json::json!({"type": "task.started", "process_id": "gone", "task_id": "t", "event_id": "k"}));
+    client.post(&event("process.started", "stays"));
+    assert_eq!(client.delete("/v1/processes/gone").status, 204);
+    assert_eq!(client.get("/v1/processes/gone/history").status, 404);
+    let stats = client.get("/v1/stats").json;
+    assert_eq!(
+        (
+            stats["processes_total"].as_u64(),
+            stats["events_total"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let ids: Vec<String> = client.get("/v1/processes").json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec!["stays"]);
+    // The idempotency key went with it: the same event is new again.
+    let again = client.post(&serde_json::json!({"type": "task.started", "process_id": "gone", "task_id": "t", "event_id": "k"}));
+    assert_eq!(again.status, 202);
+}
+
+#[test]
+fn without_tokens_it_refuses_to_listen_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command()
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("allow_anonymous"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+
+    let allowed = Daemon::start_with(
+        DaemonOptions::default()
+            .env("PM_AUTH_ALLOW_ANONYMOUS", "true")
+            .listen("0.0.0.0:0"),
+    );
+    let port = allowed.addr.port();
+    let local = Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    assert_eq!(local.get("/livez").status, 200);
+}

@@ -1,0 +1,313 @@
+//! Start, stop, restart and crash: nothing acknowledged is ever lost.
+
+use crate::support::{command, event, with, Client, Daemon, DaemonOptions};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every event a load acknowledged, with the seq it was given.
+type Acknowledged = Vec<(Value, u64)>;
+
+/// Posts unique keyed events from `threads` threads until `stop` is set or
+/// the daemon stops answering; returns what was acknowledged with 2xx.
+fn run_load(
+    addr: SocketAddr,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Acknowledged>> {
+    (0..threads)
+        .map(|worker| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
+                let mut acknowledged = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) && n < 100_000 {
+                    n += 1;
+                    let body = if n % 3 == 0 {
+                        json!({"type": "task.progress", "process_id": format!("load-{worker}-{}", n / 10),
+                               "task_id": format!("t{}", n % 4), "event_id": format!("w{worker}-e{n}")})
+                    } else {
+                        json!({"type": "process.progress", "process_id": format!("load-{worker}-{}", n / 10),
+                               "event_id": format!("w{worker}-e{n}"), "progress": {"current": n}})
+                    };
+                    let result = agent
+                        .post(format!("http://{addr}/v1/events"))
+                        .header("content-type", "application/json")
+                        .send(body.to_string());
+                    let Ok(mut response) = result else { break };
+                    let status = response.status().as_u16();
+                    if status == 202 || status == 200 {
+                        let text = response.body_mut().read_to_string().unwrap_or_default();
+                        let answer: Value = serde_json::from_str(&text).expect("a 2xx body is JSON");
+                        acknowledged.push((body, answer["seq"].as_u64().expect("seq")));
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+/// Resends every acknowledged event; each must come back `duplicate` with its seq.
+fn assert_all_present(client: &Client, acknowledged: &Acknowledged) {
+    assert!(!acknowledged.is_empty(), "the load acknowledged nothing");
+    for (body, seq) in acknowledged {
+        let again = client.post(body);
+        assert_eq!(again.status, 200, "{body}: {}", again.text);
+        assert_eq!(again.json["result"], "duplicate", "{body} was lost");
+        assert_eq!(
+            again.json["seq"].as_u64(),
+            Some(*seq),
+            "{body} came back with another seq"
+        );
+    }
+}
+
+fn wait_for_acks(handles_started: Instant, addr: SocketAddr, at_least: u64) {
+    let client = Client::new(addr);
+    while client.get("/v1/stats").json["events_total"]
+        .as_u64()
+        .unwrap_or(0)
+        < at_least
+    {
+        assert!(
+            handles_started.elapsed() < Duration::from_secs(60),
+            "the load made no progress"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn sigterm_during_load_loses_no_acknowledged_event_and_exits_zero_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let load = run_load(daemon.addr, 8, stop.clone());
+    wait_for_acks(started, daemon.addr, 300);
+    let (status, took, output) = daemon.terminate();
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged: Acknowledged = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(output.contains("stopped"));
+    let restarted = Daemon::start_in(dir.path());
+    assert_all_present(&restarted.client(), &acknowledged);
+}
+
+#[test]
+fn kill_9_during_load_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let load = run_load(daemon.addr, 8, stop.clone());
+    wait_for_acks(started, daemon.addr, 500);
+    daemon.kill9();
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged: Acknowledged = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let restarted = Daemon::start_in(dir.path());
+    let client = restarted.client();
+    assert_all_present(&client, &acknowledged);
+    let stats = client.get("/v1/stats").json;
+    let max_acked = acknowledged.iter().map(|(_, seq)| *seq).max().unwrap();
+    assert!(stats["last_seq"].as_u64().unwrap() >= max_acked);
+}
+
+#[test]
+fn a_restart_keeps_every_process_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path());
+    let client = daemon.client();
+    for i in 0..40 {
+        let id = format!("p{i}");
+        client.post(&with(
+            event("process.started", &id),
+            json!({"process_type": "kind", "attributes": {"i": i.to_string()}}),
+        ));
+        client.post(&json!({"type": "task.started", "process_id": id, "task_id": "a"}));
+        if i % 2 == 0 {
+            client.post(&json!({"type": "task.failed", "process_id": id, "task_id": "a", "error": {"code": "E", "message": "m"}}));
+            client.post(&event("process.failed", &id));
+        }
+    }
+    let snapshot = |client: &Client| -> Vec<Value> {
+        let mut all = vec![
+            client.get("/v1/stats").json,
+            client.get("/v1/processes?limit=1000").json,
+        ];
+        for i in 0..40 {
+            all.push(client.get(&format!("/v1/processes/p{i}")).json);
+            all.push(client.get(&format!("/v1/processes/p{i}/history")).json);
+        }
+        all
+    };
+    let before = snapshot(&client);
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+    let restarted = Daemon::start_in(dir.path());
+    assert_eq!(snapshot(&restarted.client()), before);
+    // And the counters carry on: the next seq follows the last.
+    let next = restarted
+        .client()
+        .post(&event("process.started", "after-restart"));
+    assert_eq!(
+        next.json["seq"].as_u64(),
+        before[0]["last_seq"].as_u64().map(|s| s + 1)
+    );
+}
+
+#[test]
+fn shutdown_refuses_new_connections_and_finishes_the_request_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path());
+    let addr = daemon.addr;
+    let body = event("process.started", "in-flight").to_string();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(stream, "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).unwrap();
+    stream.write_all(&body.as_bytes()[..10]).unwrap();
+    stream.flush().unwrap();
+    // Headers are in; the daemon now waits for the rest of the body.
+    daemon.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "new connections are still accepted"
+        );
+        std::thread::yield_now();
+    }
+    stream.write_all(&body.as_bytes()[10..]).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let mut daemon = daemon;
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let restarted = Daemon::start_in(dir.path());
+    assert_eq!(
+        restarted.client().get("/v1/processes/in-flight").status,
+        200
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut daemon = Daemon::start();
+    // A request that never completes holds the drain open.
+    let mut stream = TcpStream::connect(daemon.addr).unwrap();
+    stream
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .unwrap();
+    daemon.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.output().contains("shutting down") {
+        assert!(Instant::now() < deadline, "the first signal was not seen");
+        std::thread::yield_now();
+    }
+    let started = Instant::now();
+    daemon.signal(libc::SIGINT);
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits at once");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn logs_are_json_lines_and_name_the_listening_address() {
+    let daemon = Daemon::start();
+    daemon.client().post(&event("process.started", "p"));
+    let (_, _, output) = daemon.terminate();
+    let lines: Vec<&str> = output.lines().collect();
+    assert!(lines.len() >= 3);
+    for line in &lines {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(parsed["level"].is_string() && parsed["timestamp"].is_string());
+    }
+    assert!(lines.iter().any(|l| l.contains("listening on 127.0.0.1:")));
+}
+
+#[test]
+fn a_store_of_another_schema_version_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let daemon = Daemon::start_in(dir.path());
+        daemon.client().post(&event("process.started", "p"));
+        daemon.terminate();
+    }
+    let path = dir.path().join("processmanager.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(processmanager::store::schema::META).unwrap();
+            meta.insert(
+                "schema_version",
+                processmanager::store::codec::encode(&99u32).as_slice(),
+            )
+            .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let output = command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("schema version 99") && stderr.contains("restore a backup"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("processmanager.redb"),
+        b"definitely not redb",
+    )
+    .unwrap();
+    let output = command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}
+
+#[test]
+fn another_process_can_read_the_store_while_the_daemon_writes() {
+    let daemon = Daemon::start_with(DaemonOptions::default());
+    let client = daemon.client();
+    client.post(&event("process.started", "visible"));
+    let path = daemon.data_dir.join("processmanager.redb");
+    let reader = processmanager::store::open_read_only(&path, 1 << 20)
+        .expect("opens read-only beside the daemon");
+    let snapshot = processmanager::store::read::Snapshot::begin(&reader).unwrap();
+    assert_eq!(
+        snapshot.process("visible").unwrap().map(|p| p.id),
+        Some("visible".to_owned())
+    );
+    // The daemon keeps writing meanwhile.
+    assert_eq!(client.post(&event("process.started", "more")).status, 202);
+}

@@ -1,0 +1,8 @@
+//! The one integration test binary: each test starts the real daemon on a
+//! free port with a temp data dir and talks HTTP to it.
+
+mod access;
+mod ingest;
+mod lifecycle;
+mod queries;
+mod support;

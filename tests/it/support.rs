@@ -1,0 +1,338 @@
+//! Starts the real daemon on a free port with a temp data dir and talks
+//! HTTP to it.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_processmanager");
+
+/// An answer, with its body parsed as JSON when it is JSON.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            agent,
+            base: format!("http://{addr}"),
+            token: None,
+        }
+    }
+
+    pub fn with_token(mut self, token: &str) -> Client {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut response = result.expect("the daemon answers");
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        Self::finish(request.call())
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        let mut request = self.agent.delete(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        Self::finish(request.call())
+    }
+
+    /// POSTs a raw body to /v1/events with the given extra headers.
+    pub fn post_raw(&self, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self
+            .agent
+            .post(format!("{}/v1/events", self.base))
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::finish(request.send(body))
+    }
+
+    pub fn post(&self, event: &Value) -> Reply {
+        self.post_raw(&event.to_string(), &[])
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    output: Arc<Mutex<String>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+#[derive(Default)]
+pub struct DaemonOptions {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl DaemonOptions {
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.to_owned());
+        self
+    }
+
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+}
+
+/// A command for the binary that ignores any config file or PM_ variable of
+/// the machine running the tests.
+pub fn command() -> Command {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PM_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("PM_CONFIG", "/dev/null");
+    command
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(DaemonOptions::default())
+    }
+
+    pub fn start_in(dir: &Path) -> Daemon {
+        Daemon::start_with(DaemonOptions::default().data_dir(dir))
+    }
+
+    pub fn start_with(options: DaemonOptions) -> Daemon {
+        let (temp, data_dir) = match options.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::tempdir().expect("temp dir");
+                let dir = temp.path().join("data");
+                (Some(temp), dir)
+            }
+        };
+        let mut command = command();
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(options.listen.as_deref().unwrap_or("127.0.0.1:0"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .args(&options.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in &options.env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the daemon starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (found, listening) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        collect(stdout, output.clone(), Some(found));
+        collect(stderr, output.clone(), None);
+        let addr = match listening.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the daemon did not start listening:\n{}",
+                    output.lock().unwrap()
+                );
+            }
+        };
+        Daemon {
+            child,
+            addr,
+            data_dir,
+            output,
+            _temp: temp,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        assert!(
+            send_signal(self.pid(), signal),
+            "could not signal the daemon"
+        );
+    }
+
+    /// Waits for the daemon to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then the exit status (the contract gives it 10 seconds).
+    pub fn terminate(mut self) -> (ExitStatus, Duration, String) {
+        let started = Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self
+            .wait_exit(Duration::from_secs(15))
+            .expect("the daemon exits after SIGTERM");
+        let elapsed = started.elapsed();
+        (status, elapsed, self.output())
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kill(1) rather than libc::kill keeps the tests free of unsafe code.
+fn send_signal(pid: i32, signal: i32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+fn collect(
+    stream: impl Read + Send + 'static,
+    output: Arc<Mutex<String>>,
+    listening: Option<std::sync::mpsc::Sender<SocketAddr>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(sender) = &listening {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    if let Ok(addr) = addr.parse() {
+                        let _ = sender.send(addr);
+                    }
+                }
+            }
+            let mut output = output.lock().unwrap();
+            output.push_str(&line);
+            output.push('\n');
+        }
+    });
+}
+
+/// Sends raw bytes on a fresh connection and reads the whole answer.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request).expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A small event builder: `event("process.started", "p1")`.
+pub fn event(kind: &str, process_id: &str) -> Value {
+    serde_json::json!({"type": kind, "process_id": process_id})
+}
+
+pub fn task_event(kind: &str, process_id: &str, task_id: &str) -> Value {
+    serde_json::json!({"type": kind, "process_id": process_id, "task_id": task_id})
+}
+
+/// Adds fields to an event object.
+pub fn with(mut event: Value, fields: Value) -> Value {
+    if let (Some(target), Some(extra)) = (event.as_object_mut(), fields.as_object()) {
+        for (key, value) in extra {
+            target.insert(key.clone(), value.clone());
+        }
+    }
+    event
+}
