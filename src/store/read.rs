@@ -297,11 +297,10 @@ impl Iterator for MergeDescending<'_> {
         let mut best: Option<(usize, u64)> = None;
         for (index, stream) in self.streams.iter_mut().enumerate() {
             match stream.peek() {
-                Some(Ok(ordinal)) => {
-                    if best.is_none_or(|(_, top)| *ordinal > top) {
-                        best = Some((index, *ordinal));
-                    }
+                Some(Ok(ordinal)) if best.is_none_or(|(_, top)| *ordinal > top) => {
+                    best = Some((index, *ordinal));
                 }
+                Some(Ok(_)) => {}
                 // Surface errors as soon as they are met.
                 Some(Err(_)) => return stream.next(),
                 None => {}

@@ -31,7 +31,7 @@ fn run_load(
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) && n < 100_000 {
                     n += 1;
-                    let body = if n % 3 == 0 {
+                    let body = if n.is_multiple_of(3) {
                         json!({"type": "task.progress", "process_id": format!("load-{worker}-{}", n / 10),
                                "task_id": format!("t{}", n % 4), "event_id": format!("w{worker}-e{n}")})
                     } else {
