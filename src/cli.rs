@@ -39,6 +39,34 @@ pub enum Command {
     /// queued event is committed, and it exits 0 within 10 seconds. A second
     /// signal exits at once.
     Serve(ServeArgs),
+    /// Write a consistent snapshot of the store to FILE.
+    ///
+    /// From a running daemon over its admin API (--url), or straight from a
+    /// data directory, also while a daemon runs on it. The snapshot is the
+    /// store as of one commit. It is written to a temporary file, synced,
+    /// then renamed, so FILE is never half-written. The backup is itself a
+    /// store: `restore` installs it, `inspect --file` reads it.
+    Backup(BackupArgs),
+    /// Install a backup FILE as the store of a data directory.
+    ///
+    /// Checks FILE first (page checksums, schema version, every record and
+    /// index), and refuses a damaged file without touching anything. Refuses
+    /// while a daemon holds DIR, and refuses to replace an existing store
+    /// unless --force.
+    Restore(RestoreArgs),
+    /// Shrink the store file, optionally purging old finished processes first.
+    ///
+    /// Offline: refuses while a daemon holds DIR. With
+    /// --purge-finished-before, first deletes finished processes (with their
+    /// tasks, history, indexes and idempotency keys) that finished before
+    /// then. Prints the file size before and after.
+    Compact(CompactArgs),
+    /// Read a store, a live daemon's included, or a backup file, without changing it.
+    ///
+    /// Without WHAT: a summary. `process ID`: one process with tasks,
+    /// attempts and full history. `list`: processes, newest first. `verify`:
+    /// a full integrity check, exit status 1 when the store is not sound.
+    Inspect(InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +78,117 @@ pub struct ServeArgs {
     /// Directory of the store file processmanager.redb [default: ./data]
     #[arg(long, env = "PM_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where to write the backup
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Base URL of a running daemon, e.g. http://127.0.0.1:8080
+    #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+    pub url: Option<String>,
+
+    /// Admin token for --url when the daemon has tokens configured
+    #[arg(
+        long,
+        env = "PM_ADMIN_TOKEN",
+        value_name = "T",
+        requires = "url",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Data directory to back up [default: the configured one, ./data]
+    #[arg(long, env = "PM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Replace FILE if it exists
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the result as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup to install
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+
+    /// Data directory to install it in (created when missing)
+    #[arg(long, env = "PM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Replace the store already in DIR
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the result as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Data directory whose store to compact [default: the configured one, ./data]
+    #[arg(long, env = "PM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// First delete processes that finished before this: an age such as
+    /// `30d`, `12h` or `1w 2d`, or an RFC 3339 time
+    #[arg(long, value_name = "AGE|TIME")]
+    pub purge_finished_before: Option<String>,
+
+    /// Print the result as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Data directory to read, also a live daemon's [default: the configured one, ./data]
+    #[arg(long, env = "PM_DATA_DIR", value_name = "DIR", conflicts_with = "file")]
+    pub data_dir: Option<PathBuf>,
+
+    /// A backup file to read instead of a data directory
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Print JSON with the API's field names instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub what: Option<InspectWhat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InspectWhat {
+    /// One process with its tasks, attempts and full history
+    Process {
+        /// The process id
+        id: String,
+    },
+    /// Processes, newest created first
+    List {
+        /// Only these statuses (comma separated, or repeat the flag)
+        #[arg(long, value_delimiter = ',', value_name = "S")]
+        status: Vec<String>,
+
+        /// Only this process type
+        #[arg(long = "type", value_name = "T")]
+        process_type: Option<String>,
+
+        /// How many at most
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: usize,
+    },
+    /// Full integrity check; exit status 0 when sound, 1 when not
+    Verify,
 }
 
 impl Cli {
@@ -66,6 +205,10 @@ impl Cli {
                 overrides.listen = args.listen;
                 overrides.data_dir = args.data_dir.clone();
             }
+            Command::Backup(args) => overrides.data_dir = args.data_dir.clone(),
+            Command::Restore(args) => overrides.data_dir = Some(args.data_dir.clone()),
+            Command::Compact(args) => overrides.data_dir = args.data_dir.clone(),
+            Command::Inspect(args) => overrides.data_dir = args.data_dir.clone(),
         }
         overrides
     }

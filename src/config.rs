@@ -260,6 +260,12 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
+        Ok(())
+    }
+
+    /// The daemon without tokens serves anyone who can connect: only on a
+    /// loopback address, unless explicitly allowed.
+    pub fn check_anonymous_serving(&self) -> Result<(), ConfigError> {
         if !self.auth.has_tokens() && !self.auth.allow_anonymous && !self.listen.ip().is_loopback()
         {
             return Err(ConfigError::Invalid(format!(
@@ -335,11 +341,14 @@ mod tests {
             config_file: Some(PathBuf::from("/dev/null")),
             ..Overrides::default()
         };
-        let error = Config::load(&overrides, &no_env()).unwrap_err().to_string();
+        let config = Config::load(&overrides, &no_env()).unwrap();
+        let error = config.check_anonymous_serving().unwrap_err().to_string();
         assert!(error.contains("allow_anonymous"), "{error}");
         let allowed = FakeEnvironment(HashMap::from([("PM_AUTH_ALLOW_ANONYMOUS", "true")]));
-        assert!(Config::load(&overrides, &allowed).is_ok());
+        let config = Config::load(&overrides, &allowed).unwrap();
+        assert!(config.check_anonymous_serving().is_ok());
         let with_tokens = FakeEnvironment(HashMap::from([("PM_AUTH_ADMIN_TOKENS", "secret")]));
-        assert!(Config::load(&overrides, &with_tokens).is_ok());
+        let config = Config::load(&overrides, &with_tokens).unwrap();
+        assert!(config.check_anonymous_serving().is_ok());
     }
 }

@@ -1,10 +1,16 @@
 use clap::Parser;
 use processmanager::cli::{Cli, Command};
+use processmanager::commands;
 use processmanager::config::{Config, ProcessEnvironment};
-use processmanager::{commands, logging};
+use processmanager::logging::{self, Destination};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A bug must still end in one sentence, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(%info, "panic");
+        eprintln!("error: internal error ({info}); please report it");
+    }));
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -17,8 +23,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.overrides(), &ProcessEnvironment)?;
-    logging::init(&config.log)?;
-    match cli.command {
+    let destination = match cli.command {
+        Command::Serve(_) => Destination::Stdout,
+        _ => Destination::Stderr,
+    };
+    logging::init(&config.log, destination)?;
+    let data_dir = config.data_dir.clone();
+    match &cli.command {
         Command::Serve(_) => commands::serve::run(config),
+        Command::Backup(args) => commands::backup::run(args, &data_dir),
+        Command::Restore(args) => commands::restore::run(args),
+        Command::Compact(args) => commands::compact::run(args, &data_dir),
+        Command::Inspect(args) => commands::inspect::run(args, &data_dir),
     }
 }

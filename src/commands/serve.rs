@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 pub fn run(config: Config) -> anyhow::Result<()> {
+    config.check_anonymous_serving()?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",

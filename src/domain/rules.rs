@@ -60,9 +60,10 @@ impl Process {
         }
     }
 
-    /// Milliseconds from first `running` to finish, once both are known.
+    /// Milliseconds from first `running` to finish, once both are known;
+    /// never negative, even when the source's clocks disagree.
     pub fn duration_ms(&self) -> Option<i64> {
-        Some(self.finished_at? - self.started_at?)
+        Some((self.finished_at? - self.started_at?).max(0))
     }
 }
 

@@ -2,6 +2,7 @@
 //! handler shares. Handlers parse and validate without touching the store;
 //! writes go to the writer thread, reads to a redb snapshot.
 
+mod admin;
 mod auth;
 mod ingest;
 pub mod problem;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub writer: WriterHandle,
     auth: Auth,
     pub limits: Limits,
+    /// Where backups are staged before they are streamed.
+    pub data_dir: std::path::PathBuf,
     /// True once the store is open and until shutdown begins.
     ready: AtomicBool,
 }
@@ -69,6 +72,7 @@ impl AppState {
                 header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
                 max_connections: config.http.max_connections,
             },
+            data_dir: config.data_dir.clone(),
             ready: AtomicBool::new(false),
         }
     }
@@ -217,6 +221,11 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response,
             only(method, &Method::GET, "GET")?;
             state.auth.require(request.headers(), Role::Read)?;
             query::history(state, id, request.uri().query()).await
+        }
+        ["v1", "admin", "backup"] => {
+            only(method, &Method::GET, "GET")?;
+            state.auth.require(request.headers(), Role::Admin)?;
+            admin::backup(state).await
         }
         ["v1", "stats"] => {
             only(method, &Method::GET, "GET")?;

@@ -1,7 +1,9 @@
 //! The redb store: tables and their layout, the codec, the schema version,
 //! the write path the writer thread drives, and the read queries.
 
+pub mod backup;
 pub mod codec;
+pub mod maintenance;
 pub mod read;
 pub mod schema;
 pub mod write;
@@ -32,6 +34,8 @@ pub enum StoreError {
     },
     #[error("{} is a redb file but not a ProcessManager store (it has no schema version); point --data-dir at a ProcessManager data directory", path.display())]
     NotAStore { path: PathBuf },
+    #[error("{} is damaged and cannot be used ({detail}); restore it from another backup", path.display())]
+    Damaged { path: PathBuf, detail: String },
     #[error("{} does not exist", path.display())]
     Missing { path: PathBuf },
     #[error("the stored {what} is damaged: {source}; run `processmanager inspect verify` and restore from a backup")]
@@ -57,7 +61,9 @@ redb_error_into_store_error!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 impl StoreError {
@@ -161,6 +167,15 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
         .map_err(|error| map_open_error(path, error))?;
     check_schema(path, &db)?;
     Ok(db)
+}
+
+/// True when a daemon (a writer in another process) has the store open.
+/// Asks the file locks only: nothing is written.
+pub fn held_by_writer(path: &Path) -> bool {
+    matches!(
+        Builder::new().open_read_only(path),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen)
+    )
 }
 
 /// Checks that a readable database is a ProcessManager store of this

@@ -61,6 +61,11 @@ impl Snapshot {
         })
     }
 
+    /// The read transaction behind this snapshot, for copying it whole.
+    pub fn transaction(&self) -> &ReadTransaction {
+        &self.txn
+    }
+
     fn records(&self) -> Result<ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
         Ok(self.txn.open_table(RECORDS)?)
     }
@@ -170,6 +175,22 @@ impl Snapshot {
             items,
             next_after_seq,
         }))
+    }
+
+    /// The first and the last process created, for summaries.
+    pub fn oldest_and_newest(&self) -> Result<(Option<Process>, Option<Process>), StoreError> {
+        let by_created = self.txn.open_table(BY_CREATED)?;
+        let records = self.records()?;
+        let mut ends = by_created.range::<(i64, u64)>(..)?;
+        let oldest = match ends.next().transpose()? {
+            Some((key, _)) => self.process_at(&records, key.value().1)?,
+            None => None,
+        };
+        let newest = match ends.next_back().transpose()? {
+            Some((key, _)) => self.process_at(&records, key.value().1)?,
+            None => oldest.clone(),
+        };
+        Ok((oldest, newest))
     }
 
     /// Every history record of a process, for admin tools.

@@ -2,6 +2,7 @@
 //! free port with a temp data dir and talks HTTP to it.
 
 mod access;
+mod admin;
 mod ingest;
 mod lifecycle;
 mod queries;

@@ -1,0 +1,157 @@
+//! `processmanager backup`: a consistent snapshot into FILE, from a data
+//! directory or over a daemon's admin API.
+
+use super::output;
+use crate::cli::BackupArgs;
+use crate::store::{self, backup, read::Snapshot};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize)]
+struct Written {
+    path: PathBuf,
+    bytes: u64,
+    processes: u64,
+    events: u64,
+    last_seq: u64,
+    sha256: String,
+}
+
+pub fn run(args: &BackupArgs, data_dir: &Path) -> anyhow::Result<()> {
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            args.out.display()
+        );
+    }
+    let parent = match args.out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "the directory {} for --out does not exist",
+            parent.display()
+        );
+    }
+    // Same directory as FILE, so the final rename is atomic; removed on any
+    // error by its drop.
+    let temp = tempfile::Builder::new()
+        .prefix(".processmanager-backup-")
+        .suffix(".tmp")
+        .tempfile_in(&parent)
+        .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?
+        .into_temp_path();
+
+    match &args.url {
+        Some(url) => download(url, args.token.as_deref(), &temp)?,
+        None => {
+            let path = store::store_path(data_dir);
+            let db = store::open_read_only(&path, 16 << 20)?;
+            backup::write_snapshot(&db, &temp)?;
+        }
+    }
+    backup::sync_file_and_dir(&temp)?;
+    let counters = {
+        let db = store::open_read_only(&temp, 16 << 20)
+            .context("the backup just written cannot be read back")?;
+        Snapshot::begin(&db)?.counters()?
+    };
+    let written = Written {
+        path: args.out.clone(),
+        bytes: std::fs::metadata(&temp)?.len(),
+        processes: counters.processes_total(),
+        events: counters.events_total,
+        last_seq: counters.last_seq,
+        sha256: backup::sha256_file(&temp)?,
+    };
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} appeared while the backup was written; pass --force to replace it",
+            args.out.display()
+        );
+    }
+    temp.persist(&args.out).with_context(|| {
+        format!(
+            "cannot move the backup into place at {}",
+            args.out.display()
+        )
+    })?;
+    backup::sync_file_and_dir(&args.out)?;
+
+    if args.json {
+        return output::json(&written);
+    }
+    output::pairs(&[
+        ("path", written.path.display().to_string()),
+        (
+            "bytes",
+            format!("{} ({})", written.bytes, output::bytes(written.bytes)),
+        ),
+        ("processes", written.processes.to_string()),
+        ("events", written.events.to_string()),
+        ("last seq", written.last_seq.to_string()),
+        ("sha256", written.sha256),
+    ])
+}
+
+/// Streams `GET {url}/v1/admin/backup` into `path`, checking the digest the
+/// daemon announces.
+fn download(url: &str, token: Option<&str>, path: &Path) -> anyhow::Result<()> {
+    if !url.starts_with("http://") {
+        bail!("--url must start with http:// (the daemon serves plain HTTP, e.g. http://127.0.0.1:8080)");
+    }
+    let endpoint = format!("{}/v1/admin/backup", url.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.get(&endpoint);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let mut response = request
+        .call()
+        .with_context(|| format!("cannot reach the daemon at {url}"))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let detail = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|problem| problem["detail"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        let hint = match status {
+            401 | 403 => "; pass an admin token with --token or PM_ADMIN_TOKEN",
+            _ => "",
+        };
+        bail!("the daemon refused the backup with {status}: {detail}{hint}");
+    }
+    let announced = response
+        .headers()
+        .get("x-backup-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body = response.into_body().into_reader();
+    let mut file = std::fs::File::create(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let read = body.read(&mut buffer).context("the download was cut off")?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        file.write_all(&buffer[..read])?;
+    }
+    file.sync_all()?;
+    let got = backup::hex(&hasher.finalize());
+    if let Some(announced) = announced {
+        if announced != got {
+            bail!("the download is damaged: its sha256 is {got} but the daemon sent {announced}; try again");
+        }
+    }
+    Ok(())
+}

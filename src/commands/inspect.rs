@@ -1,0 +1,309 @@
+//! `processmanager inspect`: read a store or a backup without changing it.
+
+use super::output;
+use crate::cli::{InspectArgs, InspectWhat};
+use crate::domain::{Millis, Status};
+use crate::http::views::{format_millis, HistoryView, ProcessView, StatsView};
+use crate::store::backup::{self, CheckedCopy};
+use crate::store::read::{ListQuery, Snapshot};
+use crate::store::schema::SCHEMA_VERSION;
+use crate::store::{self, maintenance};
+use anyhow::bail;
+use redb::ReadOnlyDatabase;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// What is being read: a data directory's store (perhaps a live daemon's),
+/// or a private, checked copy of a file.
+enum Source {
+    Store { db: ReadOnlyDatabase, path: PathBuf },
+    File { copy: CheckedCopy, path: PathBuf },
+}
+
+impl Source {
+    fn open(args: &InspectArgs, data_dir: &Path) -> anyhow::Result<Source> {
+        Ok(match &args.file {
+            Some(file) => Source::File {
+                copy: backup::open_checked_copy(file, &std::env::temp_dir())?,
+                path: file.clone(),
+            },
+            None => {
+                let path = store::store_path(data_dir);
+                Source::Store {
+                    db: store::open_read_only(&path, 64 << 20)?,
+                    path,
+                }
+            }
+        })
+    }
+
+    fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        Ok(match self {
+            Source::Store { db, .. } => Snapshot::begin(db)?,
+            Source::File { copy, .. } => Snapshot::begin(&copy.db)?,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Source::Store { path, .. } | Source::File { path, .. } => path,
+        }
+    }
+}
+
+fn time(millis: Option<Millis>) -> String {
+    millis.map(format_millis).unwrap_or_else(|| "-".into())
+}
+
+pub fn run(args: &InspectArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let source = Source::open(args, data_dir)?;
+    match &args.what {
+        None => summary(&source, args.json),
+        Some(InspectWhat::Process { id }) => process(&source, id, args.json),
+        Some(InspectWhat::List {
+            status,
+            process_type,
+            limit,
+        }) => list(&source, status, process_type.clone(), *limit, args.json),
+        Some(InspectWhat::Verify) => verify(&source, args.json),
+    }
+}
+
+fn summary(source: &Source, as_json: bool) -> anyhow::Result<()> {
+    let snapshot = source.snapshot()?;
+    let counters = snapshot.counters()?;
+    let (oldest, newest) = snapshot.oldest_and_newest()?;
+    let file_bytes = std::fs::metadata(source.path())?.len();
+    if as_json {
+        let end = |p: &Option<crate::domain::Process>| {
+            p.as_ref()
+                .map(|p| json!({"id": p.id, "created_at": format_millis(p.created_at)}))
+        };
+        let mut body = serde_json::to_value(StatsView(&counters))?;
+        if let Value::Object(map) = &mut body {
+            map.insert("path".into(), json!(source.path()));
+            map.insert("schema_version".into(), json!(SCHEMA_VERSION));
+            map.insert("file_bytes".into(), json!(file_bytes));
+            map.insert("oldest".into(), json!(end(&oldest)));
+            map.insert("newest".into(), json!(end(&newest)));
+        }
+        return output::json(&body);
+    }
+    let mut lines = vec![
+        ("store", source.path().display().to_string()),
+        ("schema version", SCHEMA_VERSION.to_string()),
+        ("file size", output::bytes(file_bytes)),
+        ("processes", counters.processes_total().to_string()),
+    ];
+    for status in Status::ALL.into_iter().filter(|s| *s != Status::Skipped) {
+        lines.push((
+            status.as_str(),
+            format!(
+                "  {}",
+                counters.processes_by_status[usize::from(status.code())]
+            ),
+        ));
+    }
+    lines.push(("events", counters.events_total.to_string()));
+    lines.push(("last seq", counters.last_seq.to_string()));
+    let end = |p: Option<crate::domain::Process>| match p {
+        Some(p) => format!("{} (created {})", p.id, format_millis(p.created_at)),
+        None => "-".into(),
+    };
+    lines.push(("oldest process", end(oldest)));
+    lines.push(("newest process", end(newest)));
+    output::pairs(&lines)
+}
+
+fn process(source: &Source, id: &str, as_json: bool) -> anyhow::Result<()> {
+    let snapshot = source.snapshot()?;
+    let Some((process, tasks)) = snapshot.process_with_tasks(id)? else {
+        bail!("there is no process {id} in {}", source.path().display());
+    };
+    let history = snapshot.full_history(id)?;
+    if as_json {
+        let mut body = serde_json::to_value(ProcessView::with_tasks(&process, &tasks))?;
+        let items: Vec<HistoryView<'_>> = history.iter().map(HistoryView::from).collect();
+        if let Value::Object(map) = &mut body {
+            map.insert("history".into(), serde_json::to_value(items)?);
+        }
+        return output::json(&body);
+    }
+    let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+    output::pairs(&[
+        ("process", process.id.clone()),
+        ("name", optional(&process.name)),
+        ("type", optional(&process.process_type)),
+        ("correlation id", optional(&process.correlation_id)),
+        ("status", process.status.to_string()),
+        ("created", format_millis(process.created_at)),
+        ("started", time(process.started_at)),
+        (
+            "updated",
+            format_millis(process.updated_at.max(process.created_at)),
+        ),
+        ("finished", time(process.finished_at)),
+        (
+            "duration",
+            process
+                .duration_ms()
+                .map_or("-".into(), |ms| format!("{ms} ms")),
+        ),
+        ("events", process.event_count.to_string()),
+    ])?;
+    println!();
+    let attempts: Vec<Vec<String>> = tasks
+        .iter()
+        .flat_map(|task| {
+            task.attempts.iter().map(move |attempt| {
+                vec![
+                    task.id.clone(),
+                    attempt.attempt.to_string(),
+                    attempt.status.to_string(),
+                    time(attempt.started_at),
+                    time(attempt.finished_at),
+                    attempt
+                        .error
+                        .as_ref()
+                        .map_or("-".into(), |e| format!("{}: {}", e.code, e.message)),
+                ]
+            })
+        })
+        .collect();
+    output::table(
+        &["TASK", "ATTEMPT", "STATUS", "STARTED", "FINISHED", "ERROR"],
+        &attempts,
+    )?;
+    println!();
+    let events: Vec<Vec<String>> = history
+        .iter()
+        .map(|record| {
+            vec![
+                record.seq.to_string(),
+                record.event.kind.as_str().to_owned(),
+                record.event.task_id.clone().unwrap_or_else(|| "-".into()),
+                record.result.as_str().to_owned(),
+                format_millis(record.occurred_at()),
+                format_millis(record.received_at),
+                record.event.event_id.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "SEQ", "TYPE", "TASK", "RESULT", "OCCURRED", "RECEIVED", "EVENT ID",
+        ],
+        &events,
+    )
+}
+
+fn list(
+    source: &Source,
+    statuses: &[String],
+    process_type: Option<String>,
+    limit: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let statuses = statuses
+        .iter()
+        .map(|s| {
+            s.parse::<Status>()
+                .map_err(|detail| anyhow::anyhow!("--status: {detail}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if limit == 0 {
+        bail!("--limit must be at least 1");
+    }
+    let query = ListQuery {
+        statuses,
+        process_type,
+        limit,
+        ..ListQuery::default()
+    };
+    let page = source.snapshot()?.list(&query)?;
+    if as_json {
+        let items: Vec<ProcessView<'_>> = page.items.iter().map(ProcessView::summary).collect();
+        return output::json(&json!({"items": items}));
+    }
+    let rows: Vec<Vec<String>> = page
+        .items
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.status.to_string(),
+                p.process_type.clone().unwrap_or_else(|| "-".into()),
+                format_millis(p.created_at),
+                format_millis(p.updated_at.max(p.created_at)),
+                p.event_count.to_string(),
+                p.task_total.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID", "STATUS", "TYPE", "CREATED", "UPDATED", "EVENTS", "TASKS",
+        ],
+        &rows,
+    )
+}
+
+fn verify(source: &Source, as_json: bool) -> anyhow::Result<()> {
+    // Page checksums: a checked copy of a file was verified when opened; a
+    // store no daemon holds is copied and checked now; a live store can only
+    // be checked record by record.
+    let pages = match source {
+        Source::File { .. } => Some(true),
+        Source::Store { path, .. } if !store::held_by_writer(path) => {
+            let near = path.parent().unwrap_or(Path::new("."));
+            match backup::open_checked_copy(path, near) {
+                Ok(_) => Some(true),
+                Err(error) => {
+                    let report = json!({"sound": false, "pages_checked": true, "problems": [error.to_string()]});
+                    if as_json {
+                        output::json(&report)?;
+                    }
+                    bail!("the store is not sound: {error}");
+                }
+            }
+        }
+        Source::Store { .. } => None,
+    };
+    let report = maintenance::verify(&source.snapshot()?)?;
+    if as_json {
+        output::json(&json!({
+            "sound": report.is_sound(),
+            "pages_checked": pages.is_some(),
+            "processes": report.processes,
+            "events": report.events,
+            "records": report.records,
+            "problem_count": report.problem_count,
+            "problems": report.problems,
+        }))?;
+    } else {
+        output::pairs(&[
+            ("store", source.path().display().to_string()),
+            ("records", report.records.to_string()),
+            ("processes", report.processes.to_string()),
+            ("events", report.events.to_string()),
+            (
+                "page checksums",
+                match pages {
+                    Some(_) => "verified".into(),
+                    None => "not checked: a daemon holds the store (verify a backup of it to check them)".into(),
+                },
+            ),
+            ("problems", report.problem_count.to_string()),
+        ])?;
+        for problem in &report.problems {
+            println!("  - {problem}");
+        }
+    }
+    if !report.is_sound() {
+        bail!("the store is not sound: {} problems", report.problem_count);
+    }
+    if !as_json {
+        println!("sound");
+    }
+    Ok(())
+}

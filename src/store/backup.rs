@@ -1,0 +1,180 @@
+//! Consistent copies of a store, and opening files that may be damaged.
+//!
+//! A backup is written table by table from one read transaction, so it is
+//! the store exactly as of one commit however long the copy takes and
+//! whatever the writer does meanwhile. The copy is itself a store: every
+//! command and the daemon open it as they would any other.
+
+use super::schema::{
+    Counters, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, PROCESS_IDS, RECORDS,
+};
+use super::{read::Snapshot, StoreError};
+use redb::{
+    Builder, Database, Durability, Key, ReadTransaction, ReadableDatabase, TableDefinition, Value,
+};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Entries copied per write transaction, so that a large store never has
+/// to fit in one transaction's memory.
+const COPY_CHUNK: usize = 50_000;
+
+/// What a snapshot holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    pub counters: Counters,
+}
+
+impl SnapshotSummary {
+    pub fn processes(&self) -> u64 {
+        self.counters.processes_total()
+    }
+}
+
+fn copy_table<K: Key + 'static, V: Value + 'static>(
+    source: &ReadTransaction,
+    target: &Database,
+    definition: TableDefinition<K, V>,
+) -> Result<(), StoreError> {
+    let table = match source.open_table(definition) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(other) => return Err(other.into()),
+    };
+    let mut entries = redb::ReadableTable::iter(&table)?.peekable();
+    loop {
+        let mut txn = target.begin_write()?;
+        // Only the last commit needs to be durable; it makes all before it so.
+        txn.set_durability(Durability::None)?;
+        {
+            let mut out = txn.open_table(definition)?;
+            for _ in 0..COPY_CHUNK {
+                let Some(entry) = entries.next() else { break };
+                let (key, value) = entry?;
+                out.insert(key.value(), value.value())?;
+            }
+        }
+        txn.commit()?;
+        if entries.peek().is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes the store as seen by `snapshot_source` (one read transaction) into
+/// a new store file at `path`, durably. `path` must not exist or be empty.
+pub fn write_snapshot(
+    snapshot_source: &impl ReadableDatabase,
+    path: &Path,
+) -> Result<SnapshotSummary, StoreError> {
+    // Everything below reads this one transaction: the copy is the store as
+    // of one commit, whatever the writer does meanwhile.
+    let snapshot = Snapshot::begin(snapshot_source)?;
+    let counters = snapshot.counters()?;
+    let source = snapshot.transaction();
+    let target = Builder::new().set_cache_size(16 << 20).create(path)?;
+    copy_table(source, &target, META)?;
+    copy_table(source, &target, PROCESS_IDS)?;
+    copy_table(source, &target, RECORDS)?;
+    copy_table(source, &target, BY_CREATED)?;
+    copy_table(source, &target, BY_STATUS)?;
+    copy_table(source, &target, BY_TYPE)?;
+    copy_table(source, &target, BY_CORRELATION)?;
+    // A final durable commit makes every chunk before it durable.
+    target.begin_write()?.commit()?;
+    target.close()?;
+    Ok(SnapshotSummary { counters })
+}
+
+/// SHA-256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Flushes a file and the directory entry that names it, so a rename
+/// survives a crash.
+pub fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A file that may have been damaged outside redb, opened through a private
+/// copy with redb's integrity check, so that damage is an error rather than
+/// a panic and the original is never written.
+pub struct CheckedCopy {
+    pub db: Database,
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+/// Copies `file` into a temporary directory beside `near` and opens the
+/// copy with a full integrity check.
+pub fn open_checked_copy(file: &Path, near: &Path) -> Result<CheckedCopy, StoreError> {
+    if !file.is_file() {
+        return Err(StoreError::Missing {
+            path: file.to_owned(),
+        });
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(".pm-check-")
+        .tempdir_in(near)
+        .map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
+    let path = dir.path().join(super::STORE_FILE);
+    std::fs::copy(file, &path).map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
+    let db = Builder::new()
+        .set_cache_size(16 << 20)
+        .set_check_integrity_on_open(true)
+        .open(&path)
+        .map_err(|error| StoreError::Damaged {
+            path: file.to_owned(),
+            detail: error.to_string(),
+        })?;
+    super::check_schema(file, &db)?;
+    Ok(CheckedCopy {
+        db,
+        _dir: dir,
+        path,
+    })
+}
+
+impl CheckedCopy {
+    /// Closes the checked copy and moves it to `target`, replacing what is
+    /// there; the copy sits beside `target`, so the move is one rename.
+    pub fn install(self, target: &Path) -> Result<(), StoreError> {
+        let CheckedCopy {
+            db,
+            _dir: dir,
+            path,
+        } = self;
+        db.close()?;
+        let io = |error: std::io::Error| StoreError::Redb(redb::Error::Io(error));
+        std::fs::rename(&path, target).map_err(io)?;
+        sync_file_and_dir(target).map_err(io)?;
+        drop(dir);
+        Ok(())
+    }
+}

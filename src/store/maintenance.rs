@@ -1,0 +1,414 @@
+//! Offline and admin work on a store: the logical integrity check, and
+//! purging finished processes.
+//!
+//! The check walks the records table once, in key order. All records of a
+//! process are adjacent there, so it holds one process at a time in memory
+//! whatever the size of the store.
+
+use super::read::Snapshot;
+use super::schema::{
+    self, decode_or_corrupt, history_seq, Counters, DedupRecord, HistoryRecord, Kind,
+    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, PROCESS_IDS, RECORDS,
+};
+use super::write::{load_counters, WriteBatch};
+use super::StoreError;
+use crate::domain::{Millis, Process, Status, Task, TaskCounts};
+use redb::{Database, ReadableTable, ReadableTableMetadata};
+use std::collections::{HashMap, HashSet};
+
+/// Problems reported at most; past that only their number grows.
+const MAX_REPORTED: usize = 100;
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub processes: u64,
+    pub events: u64,
+    pub records: u64,
+    /// The first problems found, each one sentence.
+    pub problems: Vec<String>,
+    pub problem_count: u64,
+}
+
+impl VerifyReport {
+    pub fn is_sound(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    fn problem(&mut self, text: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_REPORTED {
+            self.problems.push(text);
+        }
+    }
+}
+
+/// The records of one ordinal, gathered while walking.
+#[derive(Default)]
+struct Gathered {
+    process: Option<Process>,
+    tasks: Vec<(u32, Task)>,
+    task_ids: Vec<(String, u32)>,
+    history_seqs: HashSet<u64>,
+    max_seq: u64,
+    dedup_seqs: Vec<(String, u64)>,
+}
+
+struct Totals {
+    by_status: [u64; 7],
+    with_type: u64,
+    with_correlation: u64,
+    max_seq: u64,
+    max_ordinal: Option<u64>,
+}
+
+/// Checks that every record decodes and that records, indexes and counters agree.
+pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
+    let txn = snapshot.transaction();
+    let mut report = VerifyReport::default();
+    let counters = match snapshot.counters() {
+        Ok(counters) => counters,
+        Err(StoreError::Corrupt { what, source }) => {
+            report.problem(format!("the {what} cannot be decoded: {source}"));
+            Counters::default()
+        }
+        Err(other) => return Err(other),
+    };
+    let records = txn.open_table(RECORDS)?;
+    let process_ids = txn.open_table(PROCESS_IDS)?;
+    let by_created = txn.open_table(BY_CREATED)?;
+    let by_status = txn.open_table(BY_STATUS)?;
+    let by_type = txn.open_table(BY_TYPE)?;
+    let by_correlation = txn.open_table(BY_CORRELATION)?;
+    let mut totals = Totals {
+        by_status: [0; 7],
+        with_type: 0,
+        with_correlation: 0,
+        max_seq: 0,
+        max_ordinal: None,
+    };
+
+    let mut current: Option<(u64, Gathered)> = None;
+    for entry in records.iter()? {
+        let (key, value) = entry?;
+        let (key, value) = (key.value(), value.value());
+        report.records += 1;
+        let Some((ordinal, kind, sub_key)) = split_key(key) else {
+            report.problem(format!(
+                "a record key of {} bytes has no valid kind",
+                key.len()
+            ));
+            continue;
+        };
+        if current.as_ref().is_none_or(|(o, _)| *o != ordinal) {
+            if let Some((done, gathered)) = current.take() {
+                check_process(
+                    done,
+                    gathered,
+                    &mut report,
+                    &mut totals,
+                    &process_ids,
+                    &by_created,
+                    &by_status,
+                    &by_type,
+                    &by_correlation,
+                )?;
+            }
+            current = Some((ordinal, Gathered::default()));
+        }
+        let Some((_, gathered)) = current.as_mut() else {
+            continue;
+        };
+        let described = |what: &str| format!("{what} of ordinal {ordinal}");
+        match kind {
+            Kind::Process => match decode_or_corrupt::<Process>("process record", value) {
+                Ok(process) => gathered.process = Some(process),
+                Err(error) => {
+                    report.problem(format!("{}: {error}", described("the process record")))
+                }
+            },
+            Kind::Task => match (
+                schema::task_ordinal_from(sub_key),
+                decode_or_corrupt::<Task>("task record", value),
+            ) {
+                (Some(task_ordinal), Ok(task)) => gathered.tasks.push((task_ordinal, task)),
+                (_, Err(error)) => {
+                    report.problem(format!("{}: {error}", described("a task record")))
+                }
+                (None, _) => report.problem(described("a task record with a malformed key")),
+            },
+            Kind::TaskId => match (
+                std::str::from_utf8(sub_key),
+                schema::task_ordinal_from(value),
+            ) {
+                (Ok(task_id), Some(task_ordinal)) => {
+                    gathered.task_ids.push((task_id.to_owned(), task_ordinal))
+                }
+                _ => report.problem(described("a malformed task id entry")),
+            },
+            Kind::Dedup => match decode_or_corrupt::<DedupRecord>("idempotency record", value) {
+                Ok(dedup) => gathered
+                    .dedup_seqs
+                    .push((String::from_utf8_lossy(sub_key).into_owned(), dedup.seq)),
+                Err(error) => {
+                    report.problem(format!("{}: {error}", described("an idempotency record")))
+                }
+            },
+            Kind::History => match (
+                history_seq(key),
+                decode_or_corrupt::<HistoryRecord>("history record", value),
+            ) {
+                (Some(seq), Ok(record)) => {
+                    if record.seq != seq {
+                        report.problem(format!(
+                            "{} says seq {} but is stored under {seq}",
+                            described("a history record"),
+                            record.seq
+                        ));
+                    }
+                    gathered.history_seqs.insert(seq);
+                    gathered.max_seq = gathered.max_seq.max(seq);
+                }
+                (_, Err(error)) => {
+                    report.problem(format!("{}: {error}", described("a history record")))
+                }
+                (None, _) => report.problem(described("a history record with a malformed key")),
+            },
+        }
+    }
+    if let Some((done, gathered)) = current.take() {
+        check_process(
+            done,
+            gathered,
+            &mut report,
+            &mut totals,
+            &process_ids,
+            &by_created,
+            &by_status,
+            &by_type,
+            &by_correlation,
+        )?;
+    }
+
+    let processes = report.processes;
+    for (name, length) in [
+        ("process id", process_ids.len()?),
+        ("created-order index", by_created.len()?),
+        ("status index", by_status.len()?),
+    ] {
+        if length != processes {
+            report.problem(format!(
+                "the {name} table has {length} entries for {processes} processes"
+            ));
+        }
+    }
+    if by_type.len()? != totals.with_type {
+        report.problem(format!(
+            "the process type index has {} entries for {} typed processes",
+            by_type.len()?,
+            totals.with_type
+        ));
+    }
+    if by_correlation.len()? != totals.with_correlation {
+        report.problem(format!(
+            "the correlation index has {} entries for {} processes with a correlation id",
+            by_correlation.len()?,
+            totals.with_correlation
+        ));
+    }
+    if counters.processes_by_status != totals.by_status {
+        report.problem(format!(
+            "the status counters {:?} differ from the records {:?}",
+            counters.processes_by_status, totals.by_status
+        ));
+    }
+    if counters.events_total != report.events {
+        report.problem(format!(
+            "the event counter says {} but the histories hold {}",
+            counters.events_total, report.events
+        ));
+    }
+    if counters.last_seq < totals.max_seq {
+        report.problem(format!(
+            "the last seq {} is below a stored seq {}",
+            counters.last_seq, totals.max_seq
+        ));
+    }
+    if let Some(max_ordinal) = totals.max_ordinal {
+        if counters.next_ordinal <= max_ordinal {
+            report.problem(format!(
+                "the next ordinal {} would reuse ordinal {max_ordinal}",
+                counters.next_ordinal
+            ));
+        }
+    }
+    Ok(report)
+}
+
+fn split_key(key: &[u8]) -> Option<(u64, Kind, &[u8])> {
+    let ordinal = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let kind = match *key.get(8)? {
+        0 => Kind::Process,
+        1 => Kind::Task,
+        2 => Kind::TaskId,
+        3 => Kind::Dedup,
+        4 => Kind::History,
+        _ => return None,
+    };
+    Some((ordinal, kind, &key[9..]))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_process(
+    ordinal: u64,
+    gathered: Gathered,
+    report: &mut VerifyReport,
+    totals: &mut Totals,
+    process_ids: &impl ReadableTable<&'static str, u64>,
+    by_created: &impl ReadableTable<(i64, u64), ()>,
+    by_status: &impl ReadableTable<(u8, u64), ()>,
+    by_type: &impl ReadableTable<(&'static str, u64), ()>,
+    by_correlation: &impl ReadableTable<(&'static str, u64), ()>,
+) -> Result<(), StoreError> {
+    totals.max_ordinal = totals.max_ordinal.max(Some(ordinal));
+    report.events += gathered.history_seqs.len() as u64;
+    totals.max_seq = totals.max_seq.max(gathered.max_seq);
+    let Some(process) = gathered.process else {
+        report.problem(format!(
+            "records of ordinal {ordinal} have no process record"
+        ));
+        return Ok(());
+    };
+    report.processes += 1;
+    totals.by_status[usize::from(process.status.code())] += 1;
+    let id = &process.id;
+    if process_ids.get(id.as_str())?.map(|o| o.value()) != Some(ordinal) {
+        report.problem(format!(
+            "process {id} is not found under its ordinal {ordinal} in the process id table"
+        ));
+    }
+    if by_created.get((process.created_at, ordinal))?.is_none() {
+        report.problem(format!(
+            "process {id} is missing from the created-order index"
+        ));
+    }
+    if by_status.get((process.status.code(), ordinal))?.is_none() {
+        report.problem(format!(
+            "process {id} is missing from the status index under {}",
+            process.status
+        ));
+    }
+    if let Some(process_type) = &process.process_type {
+        totals.with_type += 1;
+        if by_type.get((process_type.as_str(), ordinal))?.is_none() {
+            report.problem(format!("process {id} is missing from the type index"));
+        }
+    }
+    if let Some(correlation_id) = &process.correlation_id {
+        totals.with_correlation += 1;
+        if by_correlation
+            .get((correlation_id.as_str(), ordinal))?
+            .is_none()
+        {
+            report.problem(format!(
+                "process {id} is missing from the correlation index"
+            ));
+        }
+    }
+    let events = gathered.history_seqs.len() as u64;
+    if events != process.event_count {
+        report.problem(format!(
+            "process {id} counts {} events but its history holds {events}",
+            process.event_count
+        ));
+    }
+    if gathered.max_seq != process.last_seq {
+        report.problem(format!(
+            "process {id} says its last seq is {} but its history ends at {}",
+            process.last_seq, gathered.max_seq
+        ));
+    }
+    let mut counts = TaskCounts::default();
+    let tasks_by_ordinal: HashMap<u32, &Task> =
+        gathered.tasks.iter().map(|(o, t)| (*o, t)).collect();
+    for (_, task) in &gathered.tasks {
+        counts.add(task.status);
+        if task.attempts.len() != task.attempt as usize {
+            report.problem(format!(
+                "task {} of process {id} is on attempt {} but has {} attempt records",
+                task.id,
+                task.attempt,
+                task.attempts.len()
+            ));
+        }
+    }
+    if counts != process.task_counts || gathered.tasks.len() != process.task_total as usize {
+        report.problem(format!(
+            "process {id}'s task counts do not match its {} task records",
+            gathered.tasks.len()
+        ));
+    }
+    if gathered.task_ids.len() != gathered.tasks.len() {
+        report.problem(format!(
+            "process {id} has {} task ids for {} tasks",
+            gathered.task_ids.len(),
+            gathered.tasks.len()
+        ));
+    }
+    for (task_id, task_ordinal) in &gathered.task_ids {
+        if tasks_by_ordinal
+            .get(task_ordinal)
+            .is_none_or(|task| &task.id != task_id)
+        {
+            report.problem(format!(
+                "task id {task_id} of process {id} points at no matching task"
+            ));
+        }
+    }
+    for (event_id, seq) in &gathered.dedup_seqs {
+        if !gathered.history_seqs.contains(seq) {
+            report.problem(format!("idempotency key {event_id} of process {id} points at seq {seq}, which is not in its history"));
+        }
+    }
+    Ok(())
+}
+
+/// Process ids of finished processes whose `finished_at` is before `cut`.
+pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, StoreError> {
+    let txn = snapshot.transaction();
+    let by_status = txn.open_table(BY_STATUS)?;
+    let records = txn.open_table(RECORDS)?;
+    let mut ids = Vec::new();
+    for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+        for entry in by_status.range((status.code(), 0)..=(status.code(), u64::MAX))? {
+            let ordinal = entry?.0.value().1;
+            let key = schema::record_key(ordinal, Kind::Process, &[]);
+            let Some(bytes) = records.get(key.as_slice())? else {
+                continue;
+            };
+            let process: Process = decode_or_corrupt("process record", bytes.value())?;
+            if process.finished_at.is_some_and(|finished| finished < cut) {
+                ids.push(process.id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Deletes the given processes with everything that hangs off them, a few
+/// thousand per transaction. Returns how many were deleted.
+pub fn delete_processes(db: &Database, ids: &[String]) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    for chunk in ids.chunks(5_000) {
+        let txn = db.begin_write()?;
+        let counters = load_counters(&txn)?;
+        let mut batch = WriteBatch::open(&txn, counters)?;
+        for id in chunk {
+            if batch.delete_process(id)? {
+                deleted += 1;
+            }
+        }
+        batch.finish()?;
+        txn.commit()?;
+    }
+    Ok(deleted)
+}
