@@ -33,6 +33,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(AppState::new(db.clone(), writer, &config));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.http.effective_worker_threads())
         .enable_all()
         .thread_name("pm-http")
         .build()

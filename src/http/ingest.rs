@@ -4,7 +4,7 @@
 
 use super::problem::ApiError;
 use super::{json_response, AppState, Response};
-use crate::domain::{is_valid_event_id, is_valid_id, EventInput, InvalidField};
+use crate::domain::{is_valid_event_id, is_valid_id, EventInput, InvalidField, Status};
 use crate::store::codec;
 use crate::store::schema::StoredResult;
 use crate::store::write::{EventOutcome, IncomingEvent};
@@ -14,8 +14,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use hyper::{HeaderMap, Request, StatusCode};
+use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -219,72 +220,120 @@ fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
 }
 
 async fn ingest_one(state: &AppState, incoming: IncomingEvent) -> Result<Response, ApiError> {
-    let process_id = incoming.event.process_id.clone();
-    let task_id = incoming.event.task_id.clone();
-    let outcomes = state.writer.submit_events(vec![incoming])?.await?;
+    let outcomes = state.writer.submit_events(vec![incoming.clone()])?.await?;
     let outcome = outcomes
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal("the writer answered no outcome".into()))?;
-    let (status, body) = outcome_answer(&process_id, task_id, outcome)?;
-    let mut response = json_response(status, &body);
+    let event = &incoming.event;
+    let (status, answer) = EventAnswer::of(&event.process_id, event.task_id.as_deref(), outcome)?;
+    let mut response = json_response(status, &answer);
     if status == StatusCode::ACCEPTED {
-        if let Ok(location) = HeaderValue::from_str(&format!("/v1/processes/{process_id}")) {
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/processes/{}", event.process_id))
+        {
             response.headers_mut().insert(LOCATION, location);
         }
     }
     Ok(response)
 }
 
-/// The answer to one event: a status and body for 2xx outcomes, an error otherwise.
-fn outcome_answer(
-    process_id: &str,
-    task_id: Option<String>,
-    outcome: EventOutcome,
-) -> Result<(StatusCode, Value), ApiError> {
-    match outcome {
-        EventOutcome::Stored {
+/// The answer for one event, alone or as an item of a batch.
+#[derive(Serialize)]
+struct EventAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_result: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Map<String, Value>>,
+}
+
+impl<'a> EventAnswer<'a> {
+    /// The status and body for a 2xx outcome; the error for the others.
+    fn of(
+        process_id: &'a str,
+        task_id: Option<&str>,
+        outcome: EventOutcome,
+    ) -> Result<(StatusCode, Self), ApiError> {
+        let answer = |result, seq, original_result, process_status, task_status| EventAnswer {
+            index: None,
             result,
-            seq,
-            process_status,
+            seq: Some(seq),
+            original_result,
+            process_id: Some(process_id),
+            process_status: Some(process_status),
             task_status,
-        } => {
-            let mut body = json!({
-                "result": result.as_str(),
-                "seq": seq,
-                "process_id": process_id,
-                "process_status": process_status,
-            });
-            if let Some(task_status) = task_status {
-                body["task_status"] = json!(task_status);
+            error: None,
+        };
+        match outcome {
+            EventOutcome::Stored {
+                result,
+                seq,
+                process_status,
+                task_status,
+            } => {
+                let status = match result {
+                    StoredResult::Accepted => StatusCode::ACCEPTED,
+                    StoredResult::Stale => StatusCode::OK,
+                };
+                Ok((
+                    status,
+                    answer(result.as_str(), seq, None, process_status, task_status),
+                ))
             }
-            let status = match result {
-                StoredResult::Accepted => StatusCode::ACCEPTED,
-                StoredResult::Stale => StatusCode::OK,
-            };
-            Ok((status, body))
-        }
-        EventOutcome::Duplicate {
-            original,
-            seq,
-            process_status,
-        } => Ok((
-            StatusCode::OK,
-            json!({
-                "result": "duplicate",
-                "seq": seq,
-                "original_result": original.as_str(),
-                "process_id": process_id,
-                "process_status": process_status,
+            EventOutcome::Duplicate {
+                original,
+                seq,
+                process_status,
+            } => Ok((
+                StatusCode::OK,
+                answer(
+                    "duplicate",
+                    seq,
+                    Some(original.as_str()),
+                    process_status,
+                    None,
+                ),
+            )),
+            EventOutcome::Conflict { current_status } => Err(ApiError::Conflict {
+                current_status,
+                process_id: process_id.to_owned(),
+                task_id: task_id.map(str::to_owned),
             }),
-        )),
-        EventOutcome::Conflict { current_status } => Err(ApiError::Conflict {
-            current_status,
-            process_id: process_id.to_owned(),
-            task_id,
-        }),
-        EventOutcome::KeyReused { seq } => Err(ApiError::IdempotencyKeyReused { seq }),
+            EventOutcome::KeyReused { seq } => Err(ApiError::IdempotencyKeyReused { seq }),
+        }
     }
+
+    fn rejected(index: usize, error: &ApiError) -> Self {
+        EventAnswer {
+            index: Some(index),
+            result: "rejected",
+            seq: None,
+            original_result: None,
+            process_id: None,
+            process_status: None,
+            task_status: None,
+            error: Some(error.to_problem().body),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    accepted: usize,
+    duplicates: usize,
+    stale: usize,
+    rejected: usize,
+    results: Vec<EventAnswer<'a>>,
 }
 
 /// A batch: each item judged alone, in order; the valid ones go to the
@@ -318,48 +367,46 @@ async fn ingest_batch(
     }
     .into_iter();
 
-    let (mut accepted, mut duplicates, mut stale, mut rejected) = (0, 0, 0, 0);
-    let mut results = Vec::with_capacity(parsed.len());
-    for (index, item) in parsed.into_iter().enumerate() {
+    let mut batch = BatchAnswer {
+        accepted: 0,
+        duplicates: 0,
+        stale: 0,
+        rejected: 0,
+        results: Vec::with_capacity(parsed.len()),
+    };
+    for (index, item) in parsed.iter().enumerate() {
         let answer = match item {
-            Err(error) => Err(error),
+            Err(error) => Err(EventAnswer::rejected(index, error)),
             Ok(incoming) => {
                 let outcome = outcomes.next().ok_or_else(|| {
                     ApiError::Internal("the writer answered fewer outcomes than events".into())
                 })?;
-                outcome_answer(&incoming.event.process_id, incoming.event.task_id, outcome)
+                EventAnswer::of(
+                    &incoming.event.process_id,
+                    incoming.event.task_id.as_deref(),
+                    outcome,
+                )
+                .map_err(|error| EventAnswer::rejected(index, &error))
             }
         };
-        let mut entry = Map::new();
-        entry.insert("index".into(), json!(index));
-        match answer {
-            Ok((_, Value::Object(fields))) => {
-                match fields.get("result").and_then(Value::as_str) {
-                    Some("accepted") => accepted += 1,
-                    Some("stale") => stale += 1,
-                    _ => duplicates += 1,
+        let entry = match answer {
+            Ok((_, mut entry)) => {
+                match entry.result {
+                    "accepted" => batch.accepted += 1,
+                    "stale" => batch.stale += 1,
+                    _ => batch.duplicates += 1,
                 }
-                entry.extend(fields);
+                entry.index = Some(index);
+                entry
             }
-            Ok((_, _)) => return Err(ApiError::Internal("an outcome was not an object".into())),
-            Err(error) => {
-                rejected += 1;
-                entry.insert("result".into(), json!("rejected"));
-                entry.insert("error".into(), Value::Object(error.to_problem().body));
+            Err(rejected) => {
+                batch.rejected += 1;
+                rejected
             }
-        }
-        results.push(Value::Object(entry));
+        };
+        batch.results.push(entry);
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "accepted": accepted,
-            "duplicates": duplicates,
-            "stale": stale,
-            "rejected": rejected,
-            "results": results,
-        }),
-    ))
+    Ok(json_response(StatusCode::OK, &batch))
 }
 
 pub async fn delete_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {

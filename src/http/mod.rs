@@ -167,12 +167,15 @@ pub async fn serve(
 }
 
 async fn handle(state: &AppState, request: Request<Incoming>) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // Only pay for the request line when it will be logged.
+    let described = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| format!("{} {}", request.method(), request.uri().path()));
     let response = route(state, request)
         .await
         .unwrap_or_else(ApiError::into_response);
-    tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+    if let Some(request) = described {
+        tracing::debug!(%request, status = response.status().as_u16(), "request");
+    }
     response
 }
 

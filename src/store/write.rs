@@ -44,6 +44,25 @@ pub enum EventOutcome {
     KeyReused { seq: u64 },
 }
 
+/// The fields of a process that its index entries are made of, as they
+/// were before an event: enough to move its entries, without cloning the
+/// whole record.
+struct IndexedFields {
+    status: Status,
+    process_type: Option<String>,
+    correlation_id: Option<String>,
+}
+
+impl IndexedFields {
+    fn of(process: &Process) -> Self {
+        IndexedFields {
+            status: process.status,
+            process_type: process.process_type.clone(),
+            correlation_id: process.correlation_id.clone(),
+        }
+    }
+}
+
 /// The tables of one write transaction, and the counters as they will be
 /// once it commits.
 pub struct WriteBatch<'txn> {
@@ -139,7 +158,7 @@ impl<'txn> WriteBatch<'txn> {
                 (ordinal, Process::new(event.process_id.clone(), created_at))
             }
         };
-        let before = process.clone();
+        let before = IndexedFields::of(&process);
         let at = event.occurred_at.unwrap_or(incoming.received_at);
 
         let (outcome, task_status) = match event.kind.scope() {
@@ -276,7 +295,7 @@ impl<'txn> WriteBatch<'txn> {
     fn reindex(
         &mut self,
         ordinal: u64,
-        before: &Process,
+        before: &IndexedFields,
         after: &Process,
     ) -> Result<(), StoreError> {
         if before.status != after.status {

@@ -1,0 +1,147 @@
+//! Ingest throughput and ack latency against their floors, in one run.
+//!
+//! `cargo bench --bench ingest` (PM_BENCH_SECS sets each phase, default 10).
+//!
+//! - HTTP floor: a hyper server that parses and validates the same events
+//!   and answers without storing anything (this binary, re-run).
+//! - Storage floor: the same events appended to one redb table, one durable
+//!   commit per batch of the same size.
+//! - The daemon: durable ingest, single events at 64 connections, and
+//!   batches of 100.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+const SINGLE_CONNECTIONS: usize = 64;
+const BATCH_CONNECTIONS: usize = 16;
+const BATCH: u64 = 100;
+
+/// Appends pre-encoded events to one redb table, `batch` per durable commit.
+fn storage_floor(batch: u64, duration: Duration) -> f64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = redb::Database::create(dir.path().join("floor.redb")).expect("db");
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
+    let pool: Vec<Vec<u8>> = (0..10_000)
+        .map(|n| webhook(0, n).to_string().into_bytes())
+        .collect();
+    let started = Instant::now();
+    let mut seq = 0u64;
+    while started.elapsed() < duration {
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut events = txn.open_table(table).expect("table");
+            for _ in 0..batch {
+                seq += 1;
+                events
+                    .insert(seq, pool[(seq % 10_000) as usize].as_slice())
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    seq as f64 / started.elapsed().as_secs_f64()
+}
+
+fn report(name: &str, result: &LoadResult) {
+    println!(
+        "  {name:<34} {:>10.0} req/s {:>10.0} events/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  errors {}",
+        result.requests_per_sec(),
+        result.events_per_sec(),
+        result.percentile_ms(0.50),
+        result.percentile_ms(0.99),
+        result.percentile_ms(1.0),
+        result.errors
+    );
+}
+
+fn main() {
+    run_role_if_asked();
+    let secs = phase_secs();
+    // For profiling: only load a daemon started by hand, e.g.
+    // PM_BENCH_TARGET=127.0.0.1:8080 cargo bench --bench ingest
+    if let Ok(target) = std::env::var("PM_BENCH_TARGET") {
+        let addr = target.parse().expect("PM_BENCH_TARGET is HOST:PORT");
+        report(
+            "single events, 64 conns",
+            &run_load(addr, SINGLE_CONNECTIONS, secs, single_event_plan()),
+        );
+        report(
+            "batches of 100, 16 conns",
+            &run_load(addr, BATCH_CONNECTIONS, secs, batch_plan(BATCH)),
+        );
+        return;
+    }
+    println!(
+        "ingest benchmark on {}; {} s per phase",
+        machine(),
+        secs.as_secs()
+    );
+
+    let floor = Server::floor();
+    let floor_single = run_load(floor.addr, SINGLE_CONNECTIONS, secs, single_event_plan());
+    let floor_batch = run_load(floor.addr, BATCH_CONNECTIONS, secs, batch_plan(BATCH));
+    floor.stop();
+    let storage_floor_batch = storage_floor(BATCH, secs);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Server::daemon(dir.path());
+    let single = run_load(daemon.addr, SINGLE_CONNECTIONS, secs, single_event_plan());
+    let rss_single = daemon.peak_rss_bytes();
+    let batch = run_load(daemon.addr, BATCH_CONNECTIONS, secs, batch_plan(BATCH));
+    let rss = daemon.peak_rss_bytes();
+    daemon.stop();
+    let stored_events = single.events + batch.events;
+    let store_bytes = std::fs::metadata(dir.path().join("processmanager.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+
+    println!("\nfloors");
+    report("HTTP floor, single, 64 conns", &floor_single);
+    report("HTTP floor, batch 100, 16 conns", &floor_batch);
+    println!(
+        "  {:<34} {:>27.0} events/s",
+        "storage floor, batch 100", storage_floor_batch
+    );
+    println!("\ndaemon (durable: every 2xx committed with fsync)");
+    report("single events, 64 conns", &single);
+    report("batches of 100, 16 conns", &batch);
+
+    let single_ratio = single.requests_per_sec() / floor_single.requests_per_sec();
+    let batch_ratio = batch.events_per_sec() / storage_floor_batch;
+    println!("\nresults");
+    println!(
+        "  single-event ingest / HTTP floor   {single_ratio:.2}x  (target >= 0.33x)  {}",
+        verdict(single_ratio >= 0.33)
+    );
+    println!(
+        "  single-event p99 ack latency       {:.2} ms  (target < 20 ms)  {}",
+        single.percentile_ms(0.99),
+        verdict(single.percentile_ms(0.99) < 20.0)
+    );
+    println!(
+        "  batched ingest                     {:.0} events/s  (target >= 150000)  {}",
+        batch.events_per_sec(),
+        verdict(batch.events_per_sec() >= 150_000.0)
+    );
+    println!(
+        "  batched ingest / storage floor     {batch_ratio:.2}x  (target >= 0.5x)  {}",
+        verdict(batch_ratio >= 0.5)
+    );
+    println!("  peak RSS                           {:.1} MiB (single phase {:.1} MiB)  (target < 256 MiB)  {}", mib(rss), mib(rss_single), verdict(rss < 256 << 20));
+    println!(
+        "  store bytes per event              {:.0} B ({} events, {:.1} MiB)",
+        store_bytes as f64 / stored_events.max(1) as f64,
+        stored_events,
+        mib(store_bytes)
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
