@@ -1,1 +1,253 @@
-fn main() {}
+//! Queries, memory and restart on a large store, against the HTTP floor.
+//!
+//! `cargo bench --bench queries` builds (once, cached under the target
+//! directory) a store of PM_BENCH_PROCESSES processes (default 1,000,000)
+//! with 10 events each (10,000,000 events), then measures:
+//! - `GET /v1/processes/{id}` for random ids at 64 connections, against the
+//!   HTTP floor answering a process-sized body;
+//! - a filtered list page of 50 (status and type), p99 latency;
+//! - peak RSS of the daemon during each; store bytes per event;
+//! - time to ready after a clean stop, and after kill -9 under write load.
+
+mod support;
+
+use bytes::Bytes;
+use processmanager::store::write::{IncomingEvent, WriteBatch};
+use processmanager::store::{self, write::load_counters};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const CONNECTIONS: usize = 64;
+const LIST_CONNECTIONS: usize = 8;
+const EVENTS_PER_PROCESS: u64 = 10;
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// The n-th event of process `p`: ten per process; one in four processes
+/// is left running, the rest succeed or fail.
+fn event_of(p: u64, n: u64) -> processmanager::domain::Event {
+    let mut value = webhook(0, p * EVENTS_PER_PROCESS + n);
+    let id = format!("proc-{p}");
+    value["process_id"] = serde_json::json!(id);
+    value["event_id"] = serde_json::json!(format!("{id}-{n}"));
+    if n == 9 {
+        value["type"] = serde_json::json!(match p % 4 {
+            0 => "process.progress",
+            1 => "process.failed",
+            _ => "process.succeeded",
+        });
+    }
+    let input: processmanager::domain::EventInput =
+        serde_json::from_value(value).expect("valid event");
+    input.validate(None).expect("valid event")
+}
+
+/// Builds the store through the writer's own code path, committing in
+/// large transactions; reused across runs.
+fn build_store(processes: u64) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-store-{processes}"));
+    let path = store::store_path(&dir);
+    if dir.join("complete").exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let started = Instant::now();
+    let db = store::open_writable(&path, 256 << 20).expect("store");
+    let mut p = 0;
+    while p < processes {
+        let txn = db.begin_write().expect("txn");
+        let counters = load_counters(&txn).expect("counters");
+        let mut batch = WriteBatch::open(&txn, counters).expect("batch");
+        let now = processmanager::writer::now_millis();
+        for _ in 0..5_000 {
+            if p == processes {
+                break;
+            }
+            for n in 0..EVENTS_PER_PROCESS {
+                let event = event_of(p, n);
+                let incoming = IncomingEvent {
+                    event,
+                    fingerprint: [0; 16],
+                    received_at: now,
+                };
+                batch.apply(&incoming, now).expect("apply");
+            }
+            p += 1;
+        }
+        batch.finish().expect("finish");
+        txn.commit().expect("commit");
+        if p % 100_000 == 0 {
+            eprintln!(
+                "  built {p} processes in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    db.begin_write()
+        .expect("txn")
+        .commit()
+        .expect("durable commit");
+    drop(db);
+    std::fs::write(dir.join("complete"), b"").expect("marker");
+    eprintln!("  store built in {:.0} s", started.elapsed().as_secs_f64());
+    dir
+}
+
+fn get_plan(processes: u64) -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
+    Arc::new(move |conn, n| {
+        let mut state = ((conn as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (n + 1);
+        let p = xorshift(&mut state) % processes;
+        Planned {
+            method: hyper::Method::GET,
+            path: format!("/v1/processes/proc-{p}"),
+            body: Bytes::new(),
+            events: 0,
+        }
+    })
+}
+
+fn list_plan() -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
+    Arc::new(|conn, n| {
+        let mut state = ((conn as u64 + 7).wrapping_mul(0x2545_F491_4F6C_DD1D)) ^ (n + 3);
+        let r = xorshift(&mut state);
+        let status = ["running", "succeeded", "failed", "running,failed"][(r % 4) as usize];
+        let path = format!(
+            "/v1/processes?status={status}&process_type=type-{}&limit=50",
+            (r >> 8) % 7
+        );
+        Planned {
+            method: hyper::Method::GET,
+            path,
+            body: Bytes::new(),
+            events: 0,
+        }
+    })
+}
+
+fn report(name: &str, result: &LoadResult) {
+    println!(
+        "  {name:<36} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  errors {}",
+        result.requests_per_sec(),
+        result.percentile_ms(0.50),
+        result.percentile_ms(0.99),
+        result.percentile_ms(1.0),
+        result.errors
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn main() {
+    run_role_if_asked();
+    let secs = phase_secs();
+    let processes = env_number("PM_BENCH_PROCESSES", 1_000_000);
+    println!(
+        "queries benchmark on {}; {} s per phase; {processes} processes, {} events",
+        machine(),
+        secs.as_secs(),
+        processes * EVENTS_PER_PROCESS
+    );
+    // For profiling: only load a daemon started by hand on a built store.
+    if let Ok(target) = std::env::var("PM_BENCH_TARGET") {
+        let addr = target.parse().expect("PM_BENCH_TARGET is HOST:PORT");
+        report(
+            "GET /v1/processes/{id}, 64 conns",
+            &run_load(addr, CONNECTIONS, secs, get_plan(processes)),
+        );
+        report(
+            "filtered list page of 50, 8 conns",
+            &run_load(addr, LIST_CONNECTIONS, secs, list_plan()),
+        );
+        return;
+    }
+    let dir = build_store(processes);
+    let store_bytes = std::fs::metadata(store::store_path(&dir))
+        .map(|m| m.len())
+        .unwrap_or(0);
+
+    let floor = Server::floor();
+    let floor_get = run_load(floor.addr, CONNECTIONS, secs, get_plan(processes));
+    floor.stop();
+
+    let spawned = Instant::now();
+    let daemon = Server::daemon(&dir);
+    let first_ready = wait_ready(daemon.addr, spawned);
+    let get = run_load(daemon.addr, CONNECTIONS, secs, get_plan(processes));
+    let rss_get = daemon.peak_rss_bytes();
+    let list = run_load(daemon.addr, LIST_CONNECTIONS, secs, list_plan());
+    let rss_list = daemon.peak_rss_bytes();
+    daemon.stop();
+
+    let spawned = Instant::now();
+    let daemon = Server::daemon(&dir);
+    let clean_ready = wait_ready(daemon.addr, spawned);
+    // Crash it in the middle of durable writes, then time the recovery.
+    let writes = std::thread::spawn({
+        let addr = daemon.addr;
+        move || run_load(addr, 16, Duration::from_secs(3), single_event_plan())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_writes = daemon.peak_rss_bytes();
+    daemon.kill9();
+    let _ = writes.join();
+    let spawned = Instant::now();
+    let daemon = Server::daemon(&dir);
+    let crash_ready = wait_ready(daemon.addr, spawned);
+    let rss_recovery = daemon.peak_rss_bytes();
+    daemon.stop();
+
+    println!("\nfloor");
+    report("HTTP floor, GET process, 64 conns", &floor_get);
+    println!("\ndaemon");
+    report("GET /v1/processes/{id}, 64 conns", &get);
+    report("filtered list page of 50, 8 conns", &list);
+
+    let ratio = get.requests_per_sec() / floor_get.requests_per_sec();
+    let peak = rss_get.max(rss_list).max(rss_writes).max(rss_recovery);
+    println!("\nresults");
+    println!(
+        "  GET process / HTTP floor           {ratio:.2}x  (target >= 0.5x)  {}",
+        verdict(ratio >= 0.5)
+    );
+    println!(
+        "  filtered list page of 50, p99      {:.2} ms  (target < 5 ms)  {}",
+        list.percentile_ms(0.99),
+        verdict(list.percentile_ms(0.99) < 5.0)
+    );
+    println!(
+        "  peak RSS                           {:.1} MiB (get {:.1}, list {:.1}, writes {:.1}, recovery {:.1})  (target < 256 MiB)  {}",
+        mib(peak), mib(rss_get), mib(rss_list), mib(rss_writes), mib(rss_recovery), verdict(peak < 256 << 20)
+    );
+    println!(
+        "  ready after start on the store     {:.2} s",
+        first_ready.as_secs_f64()
+    );
+    println!(
+        "  ready after a clean stop           {:.2} s",
+        clean_ready.as_secs_f64()
+    );
+    println!(
+        "  ready after kill -9 during writes  {:.2} s  (target < 2 s)  {}",
+        crash_ready.as_secs_f64(),
+        verdict(crash_ready < Duration::from_secs(2))
+    );
+    println!(
+        "  store bytes per event              {:.0} B ({:.0} MiB)",
+        store_bytes as f64 / (processes * EVENTS_PER_PROCESS) as f64,
+        mib(store_bytes)
+    );
+}

@@ -20,6 +20,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub webhooks: WebhookConfig,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -56,6 +57,7 @@ pub struct WriterConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub cache_mib: usize,
+    pub quick_repair: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +68,28 @@ pub struct HttpConfig {
     pub header_read_timeout_secs: u64,
     pub body_read_timeout_secs: u64,
     pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Standard Webhooks secrets (`whsec_...`); with any, every event post
+    /// must be signed.
+    pub secrets: Vec<String>,
+    /// Secrets for GitHub-style `X-Hub-Signature-256`.
+    pub github_secrets: Vec<String>,
+    /// How far `webhook-timestamp` may be from the server clock.
+    pub tolerance_secs: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secrets: Vec::new(),
+            github_secrets: Vec::new(),
+            tolerance_secs: 300,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +112,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -121,7 +146,10 @@ impl Default for WriterConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mib: 64 }
+        StoreConfig {
+            cache_mib: 64,
+            quick_repair: true,
+        }
     }
 }
 
@@ -188,6 +216,11 @@ impl Config {
             ("PM_AUTH_INGEST_TOKENS", &mut config.auth.ingest_tokens),
             ("PM_AUTH_READ_TOKENS", &mut config.auth.read_tokens),
             ("PM_AUTH_ADMIN_TOKENS", &mut config.auth.admin_tokens),
+            ("PM_WEBHOOK_SECRETS", &mut config.webhooks.secrets),
+            (
+                "PM_WEBHOOK_GITHUB_SECRETS",
+                &mut config.webhooks.github_secrets,
+            ),
         ] {
             if let Some(list) = env.var(variable) {
                 *tokens = list
@@ -262,6 +295,9 @@ impl Config {
             if secs == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        for secret in &self.webhooks.secrets {
+            crate::http::signature::decode_secret(secret).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

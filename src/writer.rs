@@ -10,6 +10,7 @@
 //! drained, the writer commits what it has, and the thread ends.
 
 use crate::domain::Millis;
+use crate::store::read::SharedSnapshots;
 use crate::store::schema::Counters;
 use crate::store::write::{load_counters, EventOutcome, IncomingEvent, WriteBatch};
 use crate::store::StoreError;
@@ -96,15 +97,18 @@ pub struct WriterSettings {
     pub queue_capacity: usize,
     /// Events applied in one transaction at most.
     pub max_group_events: usize,
+    /// Save redb's allocator state with every commit, so that a restart
+    /// after a crash needs no full repair of the file.
+    pub quick_repair: bool,
 }
 
 /// Loads the counters and starts the writer thread.
 pub fn spawn(
-    db: Arc<Database>,
+    snapshots: Arc<SharedSnapshots>,
     settings: WriterSettings,
 ) -> Result<(WriterHandle, WriterThread), StoreError> {
     let counters = {
-        let txn = db.begin_write()?;
+        let txn = snapshots.database().begin_write()?;
         let counters = load_counters(&txn)?;
         txn.abort()?;
         counters
@@ -112,7 +116,7 @@ pub fn spawn(
     let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
     let thread = std::thread::Builder::new()
         .name("pm-writer".into())
-        .spawn(move || run(db, receiver, counters, settings.max_group_events))
+        .spawn(move || run(&snapshots, receiver, counters, &settings))
         .map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
     Ok((WriterHandle { sender }, WriterThread { thread }))
 }
@@ -175,15 +179,15 @@ pub fn now_millis() -> Millis {
 }
 
 fn run(
-    db: Arc<Database>,
+    snapshots: &SharedSnapshots,
     receiver: Receiver<Command>,
     mut counters: Counters,
-    max_group_events: usize,
+    settings: &WriterSettings,
 ) {
     while let Ok(first) = receiver.recv() {
         let mut weight = first.weight();
         let mut group = vec![first];
-        while weight < max_group_events {
+        while weight < settings.max_group_events {
             match receiver.try_recv() {
                 Ok(command) => {
                     weight += command.weight();
@@ -192,9 +196,16 @@ fn run(
                 Err(_) => break,
             }
         }
-        match commit_group(&db, &counters, &group) {
+        match commit_group(
+            snapshots.database(),
+            &counters,
+            &group,
+            settings.quick_repair,
+        ) {
             Ok((committed, answers)) => {
                 counters = committed;
+                // Before any answer: whoever got a 2xx must read this commit.
+                snapshots.invalidate();
                 for (command, answer) in group.into_iter().zip(answers) {
                     command.answer(Ok(answer));
                 }
@@ -221,9 +232,11 @@ fn commit_group(
     db: &Database,
     counters: &Counters,
     group: &[Command],
+    quick_repair: bool,
 ) -> Result<(Counters, Vec<Answer>), StoreError> {
     let now = now_millis();
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(quick_repair);
     let mut batch = WriteBatch::open(&txn, counters.clone())?;
     let mut answers = Vec::with_capacity(group.len());
     for command in group {

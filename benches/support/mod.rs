@@ -83,7 +83,11 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
-            .env("PM_CONFIG", "/dev/null")
+            // Defaults, unless PM_BENCH_DAEMON_CONFIG names a config file to try.
+            .env(
+                "PM_CONFIG",
+                std::env::var("PM_BENCH_DAEMON_CONFIG").unwrap_or_else(|_| "/dev/null".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

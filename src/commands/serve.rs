@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::store;
+use crate::store::{self, read::SharedSnapshots};
 use crate::writer::{self, WriterSettings};
 use anyhow::Context;
 use std::sync::Arc;
@@ -23,14 +23,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &path,
         config.store.cache_mib * 1024 * 1024,
     )?);
+    let snapshots = Arc::new(SharedSnapshots::new(db.clone()));
     let (writer, writer_thread) = writer::spawn(
-        db.clone(),
+        snapshots.clone(),
         WriterSettings {
             queue_capacity: config.ingest.queue_capacity,
             max_group_events: config.writer.max_group_events,
+            quick_repair: config.store.quick_repair,
         },
     )?;
-    let state = Arc::new(AppState::new(db.clone(), writer, &config));
+    let state =
+        Arc::new(AppState::new(snapshots.clone(), writer, &config).map_err(anyhow::Error::msg)?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http.effective_worker_threads())
@@ -55,6 +58,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     drop(state);
     writer_thread.join();
+    // The last snapshot holds the database too.
+    drop(snapshots);
     served?;
     match Arc::try_unwrap(db) {
         Ok(db) => db.close().context("the store did not close cleanly")?,

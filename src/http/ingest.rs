@@ -33,6 +33,7 @@ pub async fn post_events(
         return Err(ApiError::UnsupportedMediaType);
     }
     let header_key = idempotency_header(request.headers())?;
+    let headers = request.headers().clone();
     let body = read_body(
         request,
         state.limits.max_body_bytes,
@@ -40,6 +41,11 @@ pub async fn post_events(
     )
     .await?;
     let received_at = now_millis();
+    if let Some(verifier) = &state.webhooks {
+        verifier
+            .verify(&headers, &body, received_at.div_euclid(1000))
+            .map_err(ApiError::BadSignature)?;
+    }
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {
             let event = parse_event(&body, header_key.as_deref(), received_at)?;
@@ -220,17 +226,17 @@ fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
 }
 
 async fn ingest_one(state: &AppState, incoming: IncomingEvent) -> Result<Response, ApiError> {
-    let outcomes = state.writer.submit_events(vec![incoming.clone()])?.await?;
+    let process_id = incoming.event.process_id.clone();
+    let task_id = incoming.event.task_id.clone();
+    let outcomes = state.writer.submit_events(vec![incoming])?.await?;
     let outcome = outcomes
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal("the writer answered no outcome".into()))?;
-    let event = &incoming.event;
-    let (status, answer) = EventAnswer::of(&event.process_id, event.task_id.as_deref(), outcome)?;
+    let (status, answer) = EventAnswer::of(&process_id, task_id.as_deref(), outcome)?;
     let mut response = json_response(status, &answer);
     if status == StatusCode::ACCEPTED {
-        if let Ok(location) = HeaderValue::from_str(&format!("/v1/processes/{}", event.process_id))
-        {
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/processes/{process_id}")) {
             response.headers_mut().insert(LOCATION, location);
         }
     }

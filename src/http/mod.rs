@@ -7,9 +7,11 @@ mod auth;
 mod ingest;
 pub mod problem;
 mod query;
+pub mod signature;
 pub mod views;
 
 use crate::config::Config;
+use crate::store::read::SharedSnapshots;
 use crate::writer::WriterHandle;
 use auth::{Auth, Role};
 use bytes::Bytes;
@@ -22,7 +24,6 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use problem::ApiError;
-use redb::Database;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,11 +39,19 @@ pub type Response = hyper::Response<ResponseBody>;
 /// the rest of the contract's 10 seconds is for the final commit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// What work off the async workers may use.
+pub struct AppStateReads {
+    pub snapshots: Arc<SharedSnapshots>,
+}
+
 /// What every handler shares.
 pub struct AppState {
-    pub db: Arc<Database>,
+    /// Reads go through the shared snapshot; backups read the database.
+    pub snapshots: Arc<SharedSnapshots>,
     pub writer: WriterHandle,
     auth: Auth,
+    /// Set when webhooks must be signed.
+    webhooks: Option<signature::WebhookVerifier>,
     pub limits: Limits,
     /// Where backups are staged before they are streamed.
     pub data_dir: std::path::PathBuf,
@@ -60,9 +69,14 @@ pub struct Limits {
 }
 
 impl AppState {
-    pub fn new(db: Arc<Database>, writer: WriterHandle, config: &Config) -> AppState {
-        AppState {
-            db,
+    pub fn new(
+        snapshots: Arc<SharedSnapshots>,
+        writer: WriterHandle,
+        config: &Config,
+    ) -> Result<AppState, String> {
+        Ok(AppState {
+            webhooks: signature::WebhookVerifier::new(&config.webhooks)?,
+            snapshots,
             writer,
             auth: Auth::new(&config.auth),
             limits: Limits {
@@ -74,7 +88,7 @@ impl AppState {
             },
             data_dir: config.data_dir.clone(),
             ready: AtomicBool::new(false),
-        }
+        })
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -249,13 +263,15 @@ fn only(method: &Method, allowed: &Method, allow_header: &'static str) -> Result
     }
 }
 
-/// Runs a store read off the async workers.
+/// Runs work that may take long (a scan, a backup) off the async workers.
 async fn blocking<T: Send + 'static>(
     state: &AppState,
-    read: impl FnOnce(&Database) -> Result<T, ApiError> + Send + 'static,
+    work: impl FnOnce(&AppStateReads) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let db = state.db.clone();
-    tokio::task::spawn_blocking(move || read(&db))
+    let reads = AppStateReads {
+        snapshots: state.snapshots.clone(),
+    };
+    tokio::task::spawn_blocking(move || work(&reads))
         .await
         .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
 }

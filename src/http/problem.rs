@@ -36,6 +36,7 @@ pub enum ApiError {
     NotFound(String),
     MethodNotAllowed(&'static str),
     Unauthorized,
+    BadSignature(crate::http::signature::SignatureError),
     Forbidden,
     Overloaded,
     Unavailable(&'static str),
@@ -196,6 +197,12 @@ impl ApiError {
                 "unauthorized",
                 "Unauthorized",
                 "send a known token as `Authorization: Bearer <token>`",
+            ),
+            ApiError::BadSignature(error) => problem(
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                "Invalid webhook signature",
+                error.detail(),
             ),
             ApiError::Forbidden => problem(
                 StatusCode::FORBIDDEN,

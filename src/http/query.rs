@@ -4,7 +4,7 @@ use super::problem::ApiError;
 use super::views::{HistoryView, ProcessView, StatsView};
 use super::{blocking, json_response, AppState, Response};
 use crate::domain::{is_valid_id, parse_timestamp, Status};
-use crate::store::read::{ListPosition, ListQuery, Snapshot};
+use crate::store::read::{ListPosition, ListQuery};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hyper::StatusCode;
@@ -25,7 +25,7 @@ pub fn get_process(state: &AppState, process_id: &str) -> Result<Response, ApiEr
     if !is_valid_id(process_id) {
         return Err(not_found(process_id));
     }
-    let snapshot = Snapshot::begin(state.db.as_ref())?;
+    let snapshot = state.snapshots.get()?;
     let (process, tasks) = snapshot
         .process_with_tasks(process_id)?
         .ok_or_else(|| not_found(process_id))?;
@@ -124,8 +124,8 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
 
 pub async fn list_processes(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
     let list = parse_list_query(query)?;
-    blocking(state, move |db| {
-        let page = Snapshot::begin(db)?.list(&list)?;
+    blocking(state, move |reads| {
+        let page = reads.snapshots.get()?.list(&list)?;
         let items: Vec<ProcessView<'_>> = page.items.iter().map(ProcessView::summary).collect();
         Ok(json_response(
             StatusCode::OK,
@@ -163,8 +163,10 @@ pub async fn history(
         }
     }
     let process_id = process_id.to_owned();
-    blocking(state, move |db| {
-        let page = Snapshot::begin(db)?
+    blocking(state, move |reads| {
+        let page = reads
+            .snapshots
+            .get()?
             .history(&process_id, after_seq, limit)?
             .ok_or_else(|| not_found(&process_id))?;
         let items: Vec<HistoryView<'_>> = page.items.iter().map(HistoryView::from).collect();
@@ -177,8 +179,8 @@ pub async fn history(
 }
 
 pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
-    blocking(state, |db| {
-        let counters = Snapshot::begin(db)?.counters()?;
+    blocking(state, |reads| {
+        let counters = reads.snapshots.get()?.counters()?;
         Ok(json_response(StatusCode::OK, &StatsView(&counters)))
     })
     .await

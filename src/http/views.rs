@@ -5,7 +5,7 @@ use crate::store::schema::{Counters, HistoryRecord};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use time::macros::format_description;
+use std::fmt;
 use time::OffsetDateTime;
 
 /// A timestamp written as RFC 3339 in UTC with milliseconds.
@@ -13,17 +13,34 @@ use time::OffsetDateTime;
 pub struct Timestamp(pub Millis);
 
 pub fn format_millis(millis: Millis) -> String {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .ok()
-        .and_then(|at| at.format(&format).ok())
-        .unwrap_or_else(|| millis.to_string())
+    Timestamp(millis).to_string()
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The calendar comes from `time`; writing the fields directly is
+        // several times faster than a format description, and this runs
+        // about fifteen times for every process a query returns.
+        match OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000) {
+            Ok(at) if (0..=9999).contains(&at.year()) => {
+                let (hour, minute, second, milli) = at.to_hms_milli();
+                write!(
+                    f,
+                    "{:04}-{:02}-{:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z",
+                    at.year(),
+                    u8::from(at.month()),
+                    at.day()
+                )
+            }
+            _ => write!(f, "{}", self.0),
+        }
+    }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format_millis(self.0))
+        // Written straight into the output, with no String in between.
+        serializer.collect_str(self)
     }
 }
 

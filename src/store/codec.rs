@@ -67,6 +67,31 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_history_record_encodes_like_the_owned_one() {
+        use crate::domain::{Event, EventInput};
+        use crate::store::schema::{HistoryRecord, HistoryRecordRef, StoredResult};
+        let input: EventInput = serde_json::from_str(
+            r#"{"type":"task.failed","process_id":"p","task_id":"t","event_id":"k","error":{"code":"E","message":"m"},"attributes":{"a":"b"}}"#,
+        )
+        .unwrap();
+        let event: Event = input.validate(None).unwrap();
+        let owned = HistoryRecord {
+            seq: 7,
+            result: StoredResult::Stale,
+            received_at: 12,
+            event: event.clone(),
+        };
+        let borrowed = HistoryRecordRef {
+            seq: 7,
+            result: StoredResult::Stale,
+            received_at: 12,
+            event: &event,
+        };
+        assert_eq!(encode(&borrowed), encode(&owned));
+        assert_eq!(decode::<HistoryRecord>(&encode(&borrowed)).unwrap(), owned);
+    }
+
+    #[test]
     fn unknown_formats_and_garbage_are_errors_not_panics() {
         let mut bytes = encode(&Process::new("p".into(), 0));
         bytes[0] = 9;

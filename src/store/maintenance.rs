@@ -266,7 +266,7 @@ fn check_process(
     process_ids: &impl ReadableTable<&'static str, u64>,
     by_created: &impl ReadableTable<(i64, u64), ()>,
     by_status: &impl ReadableTable<(u8, u64), ()>,
-    by_type: &impl ReadableTable<(&'static str, u64), ()>,
+    by_type: &impl ReadableTable<(&'static str, u8, u64), ()>,
     by_correlation: &impl ReadableTable<(&'static str, u64), ()>,
 ) -> Result<(), StoreError> {
     totals.max_ordinal = totals.max_ordinal.max(Some(ordinal));
@@ -299,7 +299,8 @@ fn check_process(
     }
     if let Some(process_type) = &process.process_type {
         totals.with_type += 1;
-        if by_type.get((process_type.as_str(), ordinal))?.is_none() {
+        let key = (process_type.as_str(), process.status.code(), ordinal);
+        if by_type.get(key)?.is_none() {
             report.problem(format!("process {id} is missing from the type index"));
         }
     }

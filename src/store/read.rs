@@ -13,11 +13,15 @@ use super::schema::{
 };
 use super::StoreError;
 use crate::domain::{Millis, Process, Status, Task};
-use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A consistent view of the store as of one commit.
 pub struct Snapshot {
     txn: ReadTransaction,
+    /// The two tables every point read uses, opened once per snapshot.
+    records: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    process_ids: ReadOnlyTable<&'static str, u64>,
 }
 
 /// A position in a newest-first listing: the last process shown.
@@ -54,20 +58,66 @@ pub struct HistoryPage {
 
 type Ordinals<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
 
+/// One snapshot shared by every reader until the writer commits again.
+///
+/// Beginning a read transaction takes file locks (other processes may read
+/// the store) and opening tables walks a tree: too much for every request.
+/// The writer calls `invalidate` after each commit and before it answers,
+/// so a request that begins after a 2xx always sees that write. Nothing
+/// keeps an old snapshot once a newer commit exists, which lets redb reuse
+/// the pages it frees.
+pub struct SharedSnapshots {
+    db: Arc<Database>,
+    current: Mutex<Option<Arc<Snapshot>>>,
+}
+
+impl SharedSnapshots {
+    pub fn new(db: Arc<Database>) -> Self {
+        SharedSnapshots {
+            db,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The newest committed state.
+    pub fn get(&self) -> Result<Arc<Snapshot>, StoreError> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(snapshot) = current.as_ref() {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = Arc::new(Snapshot::begin(self.db.as_ref())?);
+        *current = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Forgets the shared snapshot; the next reader begins a new one.
+    pub fn invalidate(&self) {
+        let stale = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(stale);
+    }
+
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+}
+
 impl Snapshot {
     pub fn begin(db: &impl ReadableDatabase) -> Result<Snapshot, StoreError> {
+        let txn = db.begin_read()?;
         Ok(Snapshot {
-            txn: db.begin_read()?,
+            records: txn.open_table(RECORDS)?,
+            process_ids: txn.open_table(PROCESS_IDS)?,
+            txn,
         })
     }
 
     /// The read transaction behind this snapshot, for copying it whole.
     pub fn transaction(&self) -> &ReadTransaction {
         &self.txn
-    }
-
-    fn records(&self) -> Result<ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
-        Ok(self.txn.open_table(RECORDS)?)
     }
 
     pub fn counters(&self) -> Result<Counters, StoreError> {
@@ -81,18 +131,16 @@ impl Snapshot {
 
     pub fn ordinal_of(&self, process_id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .txn
-            .open_table(PROCESS_IDS)?
+            .process_ids
             .get(process_id)?
             .map(|ordinal| ordinal.value()))
     }
 
-    fn process_at(
-        &self,
-        records: &ReadOnlyTable<&'static [u8], &'static [u8]>,
-        ordinal: u64,
-    ) -> Result<Option<Process>, StoreError> {
-        match records.get(record_key(ordinal, Kind::Process, &[]).as_slice())? {
+    fn process_at(&self, ordinal: u64) -> Result<Option<Process>, StoreError> {
+        match self
+            .records
+            .get(record_key(ordinal, Kind::Process, &[]).as_slice())?
+        {
             Some(bytes) => decode_or_corrupt("process record", bytes.value()).map(Some),
             None => Ok(None),
         }
@@ -100,7 +148,7 @@ impl Snapshot {
 
     pub fn process(&self, process_id: &str) -> Result<Option<Process>, StoreError> {
         match self.ordinal_of(process_id)? {
-            Some(ordinal) => self.process_at(&self.records()?, ordinal),
+            Some(ordinal) => self.process_at(ordinal),
             None => Ok(None),
         }
     }
@@ -113,12 +161,11 @@ impl Snapshot {
         let Some(ordinal) = self.ordinal_of(process_id)? else {
             return Ok(None);
         };
-        let records = self.records()?;
         let start = record_key(ordinal, Kind::Process, &[]);
         let end = record_kind_end(ordinal, Kind::Task);
         let mut process = None;
         let mut tasks = Vec::new();
-        for entry in records.range(start.as_slice()..end.as_slice())? {
+        for entry in self.records.range(start.as_slice()..end.as_slice())? {
             let (key, value) = entry?;
             if key.value().get(8) == Some(&(Kind::Process as u8)) {
                 process = Some(decode_or_corrupt::<Process>(
@@ -143,7 +190,6 @@ impl Snapshot {
         let Some(ordinal) = self.ordinal_of(process_id)? else {
             return Ok(None);
         };
-        let records = self.records()?;
         let start = record_key(
             ordinal,
             Kind::History,
@@ -152,7 +198,7 @@ impl Snapshot {
         let end = record_kind_end(ordinal, Kind::History);
         let mut items = Vec::new();
         let mut more = false;
-        for entry in records.range(start.as_slice()..end.as_slice())? {
+        for entry in self.records.range(start.as_slice()..end.as_slice())? {
             if items.len() == limit {
                 more = true;
                 break;
@@ -180,14 +226,13 @@ impl Snapshot {
     /// The first and the last process created, for summaries.
     pub fn oldest_and_newest(&self) -> Result<(Option<Process>, Option<Process>), StoreError> {
         let by_created = self.txn.open_table(BY_CREATED)?;
-        let records = self.records()?;
         let mut ends = by_created.range::<(i64, u64)>(..)?;
         let oldest = match ends.next().transpose()? {
-            Some((key, _)) => self.process_at(&records, key.value().1)?,
+            Some((key, _)) => self.process_at(key.value().1)?,
             None => None,
         };
         let newest = match ends.next_back().transpose()? {
-            Some((key, _)) => self.process_at(&records, key.value().1)?,
+            Some((key, _)) => self.process_at(key.value().1)?,
             None => oldest.clone(),
         };
         Ok((oldest, newest))
@@ -244,9 +289,20 @@ impl Snapshot {
             Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
         } else if let Some(process_type) = &query.process_type {
             let table = self.txn.open_table(BY_TYPE)?;
-            let range =
-                table.range((process_type.as_str(), first)..(process_type.as_str(), end))?;
-            Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+            let statuses = if query.statuses.is_empty() {
+                &Status::ALL[..]
+            } else {
+                &query.statuses[..]
+            };
+            let mut streams = Vec::new();
+            for status in statuses {
+                let (kind, code) = (process_type.as_str(), status.code());
+                let range = table.range((kind, code, first)..(kind, code, end))?;
+                let stream: Ordinals<'_> =
+                    Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)));
+                streams.push(stream.peekable());
+            }
+            Box::new(MergeDescending { streams })
         } else if !query.statuses.is_empty() {
             let table = self.txn.open_table(BY_STATUS)?;
             let mut streams = Vec::new();
@@ -262,12 +318,11 @@ impl Snapshot {
             Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
         };
 
-        let records = self.records()?;
         let mut items = Vec::with_capacity(query.limit.min(1024));
         let mut next = None;
         for ordinal in ordinals {
             let ordinal = ordinal?;
-            let Some(process) = self.process_at(&records, ordinal)? else {
+            let Some(process) = self.process_at(ordinal)? else {
                 continue;
             };
             if !matches_filters(&process, query) {

@@ -25,8 +25,9 @@ pub const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records
 pub const BY_CREATED: TableDefinition<(i64, u64), ()> = TableDefinition::new("by_created");
 /// (status code, ordinal).
 pub const BY_STATUS: TableDefinition<(u8, u64), ()> = TableDefinition::new("by_status");
-/// (process_type, ordinal).
-pub const BY_TYPE: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_type");
+/// (process_type, status code, ordinal): type filters, alone or with
+/// statuses, walk exactly the processes they return.
+pub const BY_TYPE: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("by_type_status");
 /// (correlation_id, ordinal).
 pub const BY_CORRELATION: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_correlation");
 
@@ -40,7 +41,7 @@ pub const TABLE_NAMES: [&str; 7] = [
     "records",
     "by_created",
     "by_status",
-    "by_type",
+    "by_type_status",
     "by_correlation",
 ];
 
@@ -122,6 +123,16 @@ pub struct HistoryRecord {
     pub result: StoredResult,
     pub received_at: Millis,
     pub event: Event,
+}
+
+/// A `HistoryRecord` borrowing its event, for writing without a copy. The
+/// same fields in the same order encode to the same bytes.
+#[derive(Serialize)]
+pub struct HistoryRecordRef<'a> {
+    pub seq: u64,
+    pub result: StoredResult,
+    pub received_at: Millis,
+    pub event: &'a Event,
 }
 
 impl HistoryRecord {

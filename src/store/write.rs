@@ -5,8 +5,9 @@
 //! one group commit build on each other exactly as if committed one by one.
 
 use super::schema::{
-    self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecord, Kind, StoredResult,
-    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, META_COUNTERS, PROCESS_IDS, RECORDS,
+    self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecordRef, Kind,
+    StoredResult, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, META_COUNTERS, PROCESS_IDS,
+    RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{self, Event, Millis, Outcome, Process, Scope, Status, Task};
@@ -70,7 +71,7 @@ pub struct WriteBatch<'txn> {
     records: Table<'txn, &'static [u8], &'static [u8]>,
     by_created: Table<'txn, (i64, u64), ()>,
     by_status: Table<'txn, (u8, u64), ()>,
-    by_type: Table<'txn, (&'static str, u64), ()>,
+    by_type: Table<'txn, (&'static str, u8, u64), ()>,
     by_correlation: Table<'txn, (&'static str, u64), ()>,
     meta: Table<'txn, &'static str, &'static [u8]>,
     pub counters: Counters,
@@ -198,11 +199,11 @@ impl<'txn> WriteBatch<'txn> {
         self.counters.events_total += 1;
         process.event_count += 1;
         process.last_seq = seq;
-        let history = HistoryRecord {
+        let history = HistoryRecordRef {
             seq,
             result,
             received_at: incoming.received_at,
-            event: event.clone(),
+            event,
         };
         self.put_record(
             &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
@@ -283,7 +284,8 @@ impl<'txn> WriteBatch<'txn> {
         self.by_status
             .insert((process.status.code(), ordinal), ())?;
         if let Some(process_type) = &process.process_type {
-            self.by_type.insert((process_type.as_str(), ordinal), ())?;
+            self.by_type
+                .insert((process_type.as_str(), process.status.code(), ordinal), ())?;
         }
         if let Some(correlation_id) = &process.correlation_id {
             self.by_correlation
@@ -304,12 +306,14 @@ impl<'txn> WriteBatch<'txn> {
             self.counters.count_status(before.status, -1);
             self.counters.count_status(after.status, 1);
         }
-        if before.process_type != after.process_type {
+        if before.process_type != after.process_type || before.status != after.status {
             if let Some(old) = &before.process_type {
-                self.by_type.remove((old.as_str(), ordinal))?;
+                self.by_type
+                    .remove((old.as_str(), before.status.code(), ordinal))?;
             }
             if let Some(new) = &after.process_type {
-                self.by_type.insert((new.as_str(), ordinal), ())?;
+                self.by_type
+                    .insert((new.as_str(), after.status.code(), ordinal), ())?;
             }
         }
         if before.correlation_id != after.correlation_id {
@@ -336,7 +340,8 @@ impl<'txn> WriteBatch<'txn> {
         self.by_created.remove((process.created_at, ordinal))?;
         self.by_status.remove((process.status.code(), ordinal))?;
         if let Some(process_type) = &process.process_type {
-            self.by_type.remove((process_type.as_str(), ordinal))?;
+            self.by_type
+                .remove((process_type.as_str(), process.status.code(), ordinal))?;
         }
         if let Some(correlation_id) = &process.correlation_id {
             self.by_correlation
