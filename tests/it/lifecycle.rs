@@ -1,90 +1,15 @@
 //! Start, stop, restart and crash: nothing acknowledged is ever lost.
 
-use crate::support::{command, event, with, Client, Daemon, DaemonOptions};
+use crate::support::{
+    assert_all_present, command, event, run_load, wait_for_acks, with, Acknowledged, Client,
+    Daemon, DaemonOptions,
+};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Every event a load acknowledged, with the seq it was given.
-type Acknowledged = Vec<(Value, u64)>;
-
-/// Posts unique keyed events from `threads` threads until `stop` is set or
-/// the daemon stops answering; returns what was acknowledged with 2xx.
-fn run_load(
-    addr: SocketAddr,
-    threads: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Acknowledged>> {
-    (0..threads)
-        .map(|worker| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .into();
-                let mut acknowledged = Vec::new();
-                let mut n = 0u64;
-                while !stop.load(Ordering::SeqCst) && n < 100_000 {
-                    n += 1;
-                    let body = if n.is_multiple_of(3) {
-                        json!({"type": "task.progress", "process_id": format!("load-{worker}-{}", n / 10),
-                               "task_id": format!("t{}", n % 4), "event_id": format!("w{worker}-e{n}")})
-                    } else {
-                        json!({"type": "process.progress", "process_id": format!("load-{worker}-{}", n / 10),
-                               "event_id": format!("w{worker}-e{n}"), "progress": {"current": n}})
-                    };
-                    let result = agent
-                        .post(format!("http://{addr}/v1/events"))
-                        .header("content-type", "application/json")
-                        .send(body.to_string());
-                    let Ok(mut response) = result else { break };
-                    let status = response.status().as_u16();
-                    if status == 202 || status == 200 {
-                        let text = response.body_mut().read_to_string().unwrap_or_default();
-                        let answer: Value = serde_json::from_str(&text).expect("a 2xx body is JSON");
-                        acknowledged.push((body, answer["seq"].as_u64().expect("seq")));
-                    }
-                }
-                acknowledged
-            })
-        })
-        .collect()
-}
-
-/// Resends every acknowledged event; each must come back `duplicate` with its seq.
-fn assert_all_present(client: &Client, acknowledged: &Acknowledged) {
-    assert!(!acknowledged.is_empty(), "the load acknowledged nothing");
-    for (body, seq) in acknowledged {
-        let again = client.post(body);
-        assert_eq!(again.status, 200, "{body}: {}", again.text);
-        assert_eq!(again.json["result"], "duplicate", "{body} was lost");
-        assert_eq!(
-            again.json["seq"].as_u64(),
-            Some(*seq),
-            "{body} came back with another seq"
-        );
-    }
-}
-
-fn wait_for_acks(handles_started: Instant, addr: SocketAddr, at_least: u64) {
-    let client = Client::new(addr);
-    while client.get("/v1/stats").json["events_total"]
-        .as_u64()
-        .unwrap_or(0)
-        < at_least
-    {
-        assert!(
-            handles_started.elapsed() < Duration::from_secs(60),
-            "the load made no progress"
-        );
-        std::thread::yield_now();
-    }
-}
 
 #[test]
 fn sigterm_during_load_loses_no_acknowledged_event_and_exits_zero_in_time() {
@@ -92,7 +17,7 @@ fn sigterm_during_load_loses_no_acknowledged_event_and_exits_zero_in_time() {
     let daemon = Daemon::start_in(dir.path());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let load = run_load(daemon.addr, 8, stop.clone());
+    let load = run_load(daemon.addr, "", 8, stop.clone());
     wait_for_acks(started, daemon.addr, 300);
     let (status, took, output) = daemon.terminate();
     stop.store(true, Ordering::SeqCst);
@@ -110,7 +35,7 @@ fn kill_9_during_load_loses_no_acknowledged_event() {
     let daemon = Daemon::start_in(dir.path());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let load = run_load(daemon.addr, 8, stop.clone());
+    let load = run_load(daemon.addr, "", 8, stop.clone());
     wait_for_acks(started, daemon.addr, 500);
     daemon.kill9();
     stop.store(true, Ordering::SeqCst);

@@ -6,4 +6,5 @@ mod admin;
 mod ingest;
 mod lifecycle;
 mod queries;
+mod reliability;
 mod support;

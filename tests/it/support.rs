@@ -1,11 +1,12 @@
 //! Starts the real daemon on a free port with a temp data dir and talks
 //! HTTP to it.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -335,4 +336,84 @@ pub fn with(mut event: Value, fields: Value) -> Value {
         }
     }
     event
+}
+
+/// Every event a load acknowledged, with the seq it was given.
+pub type Acknowledged = Vec<(Value, u64)>;
+
+/// Posts unique keyed events from `threads` threads until `stop` is set or
+/// the daemon stops answering; returns what was acknowledged with 2xx.
+pub fn run_load(
+    addr: SocketAddr,
+    tag: &str,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Acknowledged>> {
+    (0..threads)
+        .map(|worker| {
+            let stop = stop.clone();
+            let worker = format!("{tag}{worker}");
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
+                let mut acknowledged = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) && n < 100_000 {
+                    n += 1;
+                    let body = if n.is_multiple_of(3) {
+                        json!({"type": "task.progress", "process_id": format!("load-{worker}-{}", n / 10),
+                               "task_id": format!("t{}", n % 4), "event_id": format!("w{worker}-e{n}")})
+                    } else {
+                        json!({"type": "process.progress", "process_id": format!("load-{worker}-{}", n / 10),
+                               "event_id": format!("w{worker}-e{n}"), "progress": {"current": n}})
+                    };
+                    let result = agent
+                        .post(format!("http://{addr}/v1/events"))
+                        .header("content-type", "application/json")
+                        .send(body.to_string());
+                    let Ok(mut response) = result else { break };
+                    let status = response.status().as_u16();
+                    if status == 202 || status == 200 {
+                        let text = response.body_mut().read_to_string().unwrap_or_default();
+                        let answer: Value = serde_json::from_str(&text).expect("a 2xx body is JSON");
+                        acknowledged.push((body, answer["seq"].as_u64().expect("seq")));
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+/// Resends every acknowledged event; each must come back `duplicate` with its seq.
+pub fn assert_all_present(client: &Client, acknowledged: &Acknowledged) {
+    assert!(!acknowledged.is_empty(), "the load acknowledged nothing");
+    for (body, seq) in acknowledged {
+        let again = client.post(body);
+        assert_eq!(again.status, 200, "{body}: {}", again.text);
+        assert_eq!(again.json["result"], "duplicate", "{body} was lost");
+        assert_eq!(
+            again.json["seq"].as_u64(),
+            Some(*seq),
+            "{body} came back with another seq"
+        );
+    }
+}
+
+pub fn wait_for_acks(handles_started: Instant, addr: SocketAddr, at_least: u64) {
+    let client = Client::new(addr);
+    while client.get("/v1/stats").json["events_total"]
+        .as_u64()
+        .unwrap_or(0)
+        < at_least
+    {
+        assert!(
+            handles_started.elapsed() < Duration::from_secs(60),
+            "the load made no progress"
+        );
+        std::thread::yield_now();
+    }
 }

@@ -1,0 +1,327 @@
+//! Faults and hostile clients: crashes at random moments, signed webhooks,
+//! slow clients.
+
+use crate::support::{
+    assert_all_present, command, event, run_load, Acknowledged, Daemon, DaemonOptions,
+};
+use base64::Engine;
+use hmac::Mac;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator, seeded from the clock and printed, so a
+/// failing run can be repeated with PM_CRASH_SEED.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+/// Cycles of: start, load from 6 threads, SIGKILL after a random number of
+/// committed events, restart. `PM_CRASH_CYCLES` sets how many (3 in CI).
+#[test]
+fn kill_9_at_random_moments_loses_no_acknowledged_event() {
+    let cycles: u64 = std::env::var("PM_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed = std::env::var("PM_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("crash loop: {cycles} cycles, seed {seed}");
+    let mut random = Random(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut acknowledged: Acknowledged = Vec::new();
+    for cycle in 0..cycles {
+        let daemon = Daemon::start_in(dir.path());
+        let client = daemon.client();
+        let before = client.get("/v1/stats").json["events_total"]
+            .as_u64()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = run_load(daemon.addr, &format!("c{cycle}-"), 6, stop.clone());
+        // Kill after a random number of commits, between 1 and 3000 events in.
+        let target = before + 1 + random.next(3000);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.get("/v1/stats").json["events_total"]
+            .as_u64()
+            .unwrap()
+            < target
+        {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::yield_now();
+        }
+        daemon.kill9();
+        stop.store(true, Ordering::SeqCst);
+        for handle in load {
+            acknowledged.extend(handle.join().unwrap());
+        }
+    }
+    let daemon = Daemon::start_in(dir.path());
+    let client = daemon.client();
+    assert_all_present(&client, &acknowledged);
+
+    // Per process: every acknowledged event is in its history, in seq
+    // order, and the history holds exactly what the process counts.
+    let mut by_process: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for (body, seq) in &acknowledged {
+        by_process
+            .entry(body["process_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(*seq);
+    }
+    for (process_id, seqs) in &by_process {
+        let process = client.get(&format!("/v1/processes/{process_id}")).json;
+        let history = client
+            .get(&format!("/v1/processes/{process_id}/history?limit=1000"))
+            .json;
+        let stored: Vec<u64> = history["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            stored.windows(2).all(|w| w[0] < w[1]),
+            "{process_id}: history out of order"
+        );
+        assert_eq!(
+            stored.len() as u64,
+            process["event_count"].as_u64().unwrap(),
+            "{process_id}: a gap in history"
+        );
+        let stored: BTreeSet<u64> = stored.into_iter().collect();
+        assert!(
+            seqs.is_subset(&stored),
+            "{process_id}: an acknowledged event is missing from history"
+        );
+    }
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+    let verify = command()
+        .args(["inspect", "--data-dir"])
+        .arg(dir.path())
+        .args(["verify", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["sound"], true, "{report}");
+    assert_eq!(report["pages_checked"], true);
+    println!(
+        "crash loop: {cycles} cycles, {} acknowledged events all present",
+        acknowledged.len()
+    );
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn with_a_secret_only_correctly_signed_webhooks_are_accepted() {
+    let rotated_out = "whsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludA==";
+    let daemon = Daemon::start_with(
+        DaemonOptions::default().env("PM_WEBHOOK_SECRETS", &format!("{rotated_out},{SECRET}")),
+    );
+    let client = daemon.client();
+    let body = event("process.started", "signed").to_string();
+    let now = now_secs();
+    let post = |id: &str, timestamp: i64, signature: &str| {
+        client.post_raw(
+            &body,
+            &[
+                ("webhook-id", id),
+                ("webhook-timestamp", &timestamp.to_string()),
+                ("webhook-signature", signature),
+            ],
+        )
+    };
+    let good = post("msg_1", now, &sign(SECRET, "msg_1", now, &body));
+    assert_eq!(good.status, 202, "{}", good.text);
+    let by_old_secret = post("msg_2", now, &sign(rotated_out, "msg_2", now, &body));
+    assert_eq!(
+        by_old_secret.status, 202,
+        "either configured secret verifies"
+    );
+    // The webhook-id is the idempotency key: a resend is a duplicate.
+    assert_eq!(
+        post("msg_1", now, &sign(SECRET, "msg_1", now, &body)).json["result"],
+        "duplicate"
+    );
+
+    let refused = [
+        client.post_raw(&body, &[]),
+        post("msg_3", now, "v1,"),
+        post("msg_3", now, &sign(SECRET, "msg_3", now, &body)[..20]),
+        post("msg_3", now, &sign(SECRET, "another-id", now, &body)),
+        post("msg_3", now - 301, &sign(SECRET, "msg_3", now - 301, &body)),
+        post("msg_3", now + 301, &sign(SECRET, "msg_3", now + 301, &body)),
+        client.post_raw(
+            &event("process.started", "tampered").to_string(),
+            &[
+                ("webhook-id", "msg_4"),
+                ("webhook-timestamp", &now.to_string()),
+                ("webhook-signature", &sign(SECRET, "msg_4", now, &body)),
+            ],
+        ),
+    ];
+    for (case, reply) in refused.iter().enumerate() {
+        assert_eq!(reply.status, 401, "case {case}: {}", reply.text);
+        assert_eq!(reply.json["code"], "invalid_signature", "case {case}");
+    }
+    assert_eq!(client.get("/v1/processes/tampered").status, 404);
+    assert_eq!(client.get("/v1/stats").json["events_total"], 2);
+}
+
+#[test]
+fn github_style_signatures_are_accepted_when_configured() {
+    let daemon = Daemon::start_with(
+        DaemonOptions::default().env("PM_WEBHOOK_GITHUB_SECRETS", "It's a Secret to Everybody"),
+    );
+    let client = daemon.client();
+    let body = event("process.started", "gh").to_string();
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(b"It's a Secret to Everybody").unwrap();
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(
+        client
+            .post_raw(&body, &[("X-Hub-Signature-256", &signature)])
+            .status,
+        202
+    );
+    assert_eq!(
+        client
+            .post_raw(&body, &[("X-Hub-Signature-256", "sha256=00")])
+            .status,
+        401
+    );
+    assert_eq!(client.post_raw(&body, &[]).status, 401);
+}
+
+fn slow_client_daemon(extra: &str) -> (Daemon, tempfile::NamedTempFile) {
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "[http]\nheader_read_timeout_secs = 1\nbody_read_timeout_secs = 1\n{extra}"
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(
+        DaemonOptions::default().env("PM_CONFIG", config.path().to_str().unwrap()),
+    );
+    (daemon, config)
+}
+
+/// Reads until the server closes the connection; returns what arrived and when.
+fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let (daemon, _config) = slow_client_daemon("");
+    let mut stream = TcpStream::connect(daemon.addr).unwrap();
+    stream
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let (_, took) = read_until_closed(&mut stream);
+    assert!(took < Duration::from_secs(10), "held for {took:?}");
+    // An idle connection that never sends a request is closed as well.
+    let mut idle = TcpStream::connect(daemon.addr).unwrap();
+    let (_, took) = read_until_closed(&mut idle);
+    assert!(took < Duration::from_secs(10), "idle held for {took:?}");
+}
+
+#[test]
+fn a_body_slower_than_the_timeout_is_408() {
+    let (daemon, _config) = slow_client_daemon("");
+    let mut stream = TcpStream::connect(daemon.addr).unwrap();
+    stream
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":")
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(10));
+    assert_eq!(daemon.client().get("/v1/stats").json["events_total"], 0);
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_until_one_closes() {
+    let (daemon, _config) = slow_client_daemon("max_connections = 2\n");
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(daemon.addr).unwrap())
+        .collect();
+    // The held connections send half a request, then nothing: the header
+    // timeout (1 s) ends them. Until then they fill the limit.
+    let closed_at: Vec<_> = held
+        .into_iter()
+        .map(|mut stream| {
+            stream
+                .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n")
+                .unwrap();
+            std::thread::spawn(move || {
+                read_until_closed(&mut stream);
+                Instant::now()
+            })
+        })
+        .collect();
+    let mut third = TcpStream::connect(daemon.addr).unwrap();
+    third
+        .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut third);
+    let answered_at = Instant::now();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let first_closed = closed_at
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        answered_at >= first_closed,
+        "the third connection was served while the limit was full"
+    );
+    assert_eq!(daemon.client().get("/livez").status, 200);
+}
