@@ -58,6 +58,9 @@ pub struct WriterConfig {
 pub struct StoreConfig {
     pub cache_mib: usize,
     pub quick_repair: bool,
+    /// Below this much free disk space, writes are refused (503) before
+    /// redb is asked, so the store never meets a full disk mid-commit.
+    pub min_free_mib: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,6 +152,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_mib: 64,
             quick_repair: true,
+            min_free_mib: 64,
         }
     }
 }

@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use redb::Database;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Why a write was not applied. Both are worth retrying later.
@@ -100,23 +101,36 @@ pub struct WriterSettings {
     /// Save redb's allocator state with every commit, so that a restart
     /// after a crash needs no full repair of the file.
     pub quick_repair: bool,
+    /// Refuse writes while the store's disk has less free space than this.
+    pub min_free_bytes: u64,
 }
+
+/// How long the writer keeps trying to reopen the store after an I/O
+/// error before it exits, so that a supervisor restarts the daemon.
+const REOPEN_GIVE_UP: Duration = Duration::from_secs(30);
 
 /// Loads the counters and starts the writer thread.
 pub fn spawn(
     snapshots: Arc<SharedSnapshots>,
     settings: WriterSettings,
 ) -> Result<(WriterHandle, WriterThread), StoreError> {
-    let counters = {
-        let txn = snapshots.database().begin_write()?;
-        let counters = load_counters(&txn)?;
-        txn.abort()?;
-        counters
-    };
+    let counters = committed_counters(&snapshots)?;
     let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
     let thread = std::thread::Builder::new()
         .name("pm-writer".into())
-        .spawn(move || run(&snapshots, receiver, counters, &settings))
+        .spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&snapshots, receiver, counters, &settings)
+            }));
+            if ran.is_err() {
+                // A daemon whose writer is gone would answer 503 forever:
+                // better to exit and be restarted.
+                tracing::error!(
+                    "the writer thread panicked; exiting so that a supervisor restarts the daemon"
+                );
+                std::process::exit(70);
+            }
+        })
         .map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
     Ok((WriterHandle { sender }, WriterThread { thread }))
 }
@@ -178,12 +192,27 @@ pub fn now_millis() -> Millis {
     Millis::try_from(nanos / 1_000_000).unwrap_or(Millis::MAX)
 }
 
+fn committed_counters(snapshots: &SharedSnapshots) -> Result<Counters, StoreError> {
+    let txn = snapshots.database()?.begin_write()?;
+    let counters = load_counters(&txn)?;
+    txn.abort()?;
+    Ok(counters)
+}
+
+/// Free space on the store's disk, when the system says.
+fn free_bytes(store: &std::path::Path) -> Option<u64> {
+    let dir = store.parent()?;
+    let stats = rustix::fs::statvfs(dir).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 fn run(
     snapshots: &SharedSnapshots,
     receiver: Receiver<Command>,
     mut counters: Counters,
     settings: &WriterSettings,
 ) {
+    let mut disk_full = false;
     while let Ok(first) = receiver.recv() {
         let mut weight = first.weight();
         let mut group = vec![first];
@@ -196,12 +225,29 @@ fn run(
                 Err(_) => break,
             }
         }
-        match commit_group(
-            snapshots.database(),
-            &counters,
-            &group,
-            settings.quick_repair,
-        ) {
+        // Never let redb meet a full disk mid-commit: it would refuse its
+        // handle afterwards. Refuse the writes instead; reads go on.
+        if free_bytes(snapshots.path()).is_some_and(|free| free < settings.min_free_bytes) {
+            if !disk_full {
+                tracing::error!(
+                    min_free_bytes = settings.min_free_bytes,
+                    "the store's disk is nearly full: refusing writes until space is freed"
+                );
+                disk_full = true;
+            }
+            for command in group {
+                command.answer(Err(WriteFailure::StorageFull));
+            }
+            continue;
+        }
+        if disk_full {
+            tracing::info!("the store's disk has room again: accepting writes");
+            disk_full = false;
+        }
+        let result = snapshots
+            .database()
+            .and_then(|db| commit_group(&db, &counters, &group, settings.quick_repair));
+        match result {
             Ok((committed, answers)) => {
                 counters = committed;
                 // Before any answer: whoever got a 2xx must read this commit.
@@ -220,10 +266,31 @@ fn run(
                 for command in group {
                     command.answer(Err(failure));
                 }
+                if error.poisons_handle() {
+                    counters = reopen_or_exit(snapshots);
+                }
             }
         }
     }
     tracing::debug!("writer stopped: every handle is gone and the queue is empty");
+}
+
+/// After an I/O error redb refuses the handle: reopen the store and carry
+/// on from what is committed, or exit so that a supervisor restarts us.
+fn reopen_or_exit(snapshots: &SharedSnapshots) -> Counters {
+    let reopened = snapshots
+        .reopen(REOPEN_GIVE_UP)
+        .and_then(|()| committed_counters(snapshots));
+    match reopened {
+        Ok(counters) => {
+            tracing::warn!("the store was reopened after an I/O error; writes go on");
+            counters
+        }
+        Err(error) => {
+            tracing::error!(%error, "the store cannot be reopened; exiting so that a supervisor restarts the daemon");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Applies a group in one transaction and commits it durably. On any error

@@ -19,17 +19,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let path = store::store_path(&config.data_dir);
-    let db = Arc::new(store::open_writable(
+    let snapshots = Arc::new(SharedSnapshots::open(
         &path,
         config.store.cache_mib * 1024 * 1024,
     )?);
-    let snapshots = Arc::new(SharedSnapshots::new(db.clone()));
     let (writer, writer_thread) = writer::spawn(
         snapshots.clone(),
         WriterSettings {
             queue_capacity: config.ingest.queue_capacity,
             max_group_events: config.writer.max_group_events,
             quick_repair: config.store.quick_repair,
+            min_free_bytes: config.store.min_free_mib * 1024 * 1024,
         },
     )?;
     let state =
@@ -59,11 +59,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     drop(state);
     writer_thread.join();
     // The last snapshot holds the database too.
-    drop(snapshots);
     served?;
-    match Arc::try_unwrap(db) {
-        Ok(db) => db.close().context("the store did not close cleanly")?,
-        Err(_) => tracing::warn!("the store is still referenced at exit; it is closed by the exit"),
+    match Arc::try_unwrap(snapshots) {
+        Ok(snapshots) => snapshots
+            .close()
+            .context("the store did not close cleanly")?,
+        Err(_) => tracing::warn!("the store is still referenced at exit; the exit closes it"),
     }
     tracing::info!("stopped");
     Ok(())

@@ -45,7 +45,16 @@ pub enum ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(error.to_string())
+        match error {
+            StoreError::Reopening => {
+                ApiError::Unavailable("the store is being reopened after an I/O error")
+            }
+            error if error.poisons_handle() => {
+                tracing::error!(%error, "a read failed on a storage error");
+                ApiError::Unavailable("the store had an I/O error; it is being reopened")
+            }
+            error => ApiError::Internal(error.to_string()),
+        }
     }
 }
 

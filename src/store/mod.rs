@@ -38,6 +38,8 @@ pub enum StoreError {
     Damaged { path: PathBuf, detail: String },
     #[error("{} does not exist", path.display())]
     Missing { path: PathBuf },
+    #[error("the store is being reopened after an I/O error")]
+    Reopening,
     #[error("the stored {what} is damaged: {source}; run `processmanager inspect verify` and restore from a backup")]
     Corrupt {
         what: String,
@@ -72,6 +74,15 @@ impl StoreError {
         matches!(
             self,
             StoreError::Redb(redb::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull
+        )
+    }
+
+    /// True when redb will refuse every further use of the handle, which
+    /// must then be reopened.
+    pub fn poisons_handle(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Redb(redb::Error::Io(_) | redb::Error::PreviousIo)
         )
     }
 }

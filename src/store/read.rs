@@ -14,7 +14,9 @@ use super::schema::{
 use super::StoreError;
 use crate::domain::{Millis, Process, Status, Task};
 use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// A consistent view of the store as of one commit.
 pub struct Snapshot {
@@ -22,6 +24,9 @@ pub struct Snapshot {
     /// The two tables every point read uses, opened once per snapshot.
     records: ReadOnlyTable<&'static [u8], &'static [u8]>,
     process_ids: ReadOnlyTable<&'static str, u64>,
+    /// For a shared snapshot, the handle it was read from: a reopen waits
+    /// until no snapshot of the old handle is left.
+    handle: Option<Arc<Database>>,
 }
 
 /// A position in a newest-first listing: the last process shown.
@@ -58,7 +63,8 @@ pub struct HistoryPage {
 
 type Ordinals<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
 
-/// One snapshot shared by every reader until the writer commits again.
+/// One snapshot shared by every reader until the writer commits again,
+/// and the one handle on the store that the daemon reads and writes with.
 ///
 /// Beginning a read transaction takes file locks (other processes may read
 /// the store) and opening tables walks a tree: too much for every request.
@@ -66,17 +72,40 @@ type Ordinals<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
 /// so a request that begins after a 2xx always sees that write. Nothing
 /// keeps an old snapshot once a newer commit exists, which lets redb reuse
 /// the pages it frees.
+///
+/// After an I/O error redb refuses every further use of its handle; the
+/// writer then calls `reopen`, which waits for the readers of the old
+/// handle to finish and opens the file anew.
 pub struct SharedSnapshots {
-    db: Arc<Database>,
+    path: PathBuf,
+    cache_bytes: usize,
+    db: RwLock<Option<Arc<Database>>>,
     current: Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl SharedSnapshots {
-    pub fn new(db: Arc<Database>) -> Self {
-        SharedSnapshots {
-            db,
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = super::open_writable(path, cache_bytes)?;
+        Ok(SharedSnapshots {
+            path: path.to_owned(),
+            cache_bytes,
+            db: RwLock::new(Some(Arc::new(db))),
             current: Mutex::new(None),
-        }
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The handle, unless it is being reopened.
+    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Reopening)
     }
 
     /// The newest committed state.
@@ -85,7 +114,10 @@ impl SharedSnapshots {
         if let Some(snapshot) = current.as_ref() {
             return Ok(snapshot.clone());
         }
-        let snapshot = Arc::new(Snapshot::begin(self.db.as_ref())?);
+        let db = self.database()?;
+        let mut snapshot = Snapshot::begin(db.as_ref())?;
+        snapshot.handle = Some(db);
+        let snapshot = Arc::new(snapshot);
         *current = Some(snapshot.clone());
         Ok(snapshot)
     }
@@ -100,8 +132,50 @@ impl SharedSnapshots {
         drop(stale);
     }
 
-    pub fn database(&self) -> &Arc<Database> {
-        &self.db
+    /// Drops the handle (once its readers are done) and opens the store
+    /// again, for `give_up_after` at most. Readers meanwhile get
+    /// `StoreError::Reopening`, a retryable answer.
+    pub fn reopen(&self, give_up_after: Duration) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.invalidate();
+        let old = self
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(old) = old {
+            // Snapshots and backups in flight hold the handle; redb must not
+            // open the file twice while they read it.
+            while Arc::strong_count(&old) > 1 && started.elapsed() < give_up_after {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(old);
+        }
+        loop {
+            match super::open_writable(&self.path, self.cache_bytes) {
+                Ok(db) => {
+                    *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+                    return Ok(());
+                }
+                Err(error) if started.elapsed() >= give_up_after => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, "the store cannot be reopened yet; trying again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Closes the store at shutdown, reporting what redb reports.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.invalidate();
+        let db = self.db.into_inner().unwrap_or_else(PoisonError::into_inner);
+        match db.map(Arc::try_unwrap) {
+            Some(Ok(db)) => Ok(db.close()?),
+            // Still referenced (a reader outlived the server): dropping the
+            // last reference closes it.
+            Some(Err(_)) | None => Ok(()),
+        }
     }
 }
 
@@ -111,6 +185,7 @@ impl Snapshot {
         Ok(Snapshot {
             records: txn.open_table(RECORDS)?,
             process_ids: txn.open_table(PROCESS_IDS)?,
+            handle: None,
             txn,
         })
     }

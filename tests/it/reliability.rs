@@ -325,3 +325,113 @@ fn connections_beyond_the_limit_wait_until_one_closes() {
     );
     assert_eq!(daemon.client().get("/livez").status, 200);
 }
+
+/// A small tmpfs, unmounted when dropped: a disk that really fills up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            mounted,
+            "this test mounts a tmpfs and needs root, as CI has"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the disk with the daemon's own writes until it refuses one, then
+/// checks that it stays up for reads, loses nothing acknowledged, and takes
+/// writes again by itself once space is freed.
+fn full_disk_round(min_free_mib: u64) {
+    let disk = SmallDisk::mount("4m");
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "[store]\nmin_free_mib = {min_free_mib}\ncache_mib = 4\n"
+    )
+    .unwrap();
+    let data_dir = disk.path().join("data");
+    let daemon = Daemon::start_with(
+        DaemonOptions::default()
+            .data_dir(&data_dir)
+            .env("PM_CONFIG", config.path().to_str().unwrap()),
+    );
+    let client = daemon.client();
+    // Leave about 1.5 MiB for the store.
+    std::fs::write(disk.path().join("filler"), vec![0u8; 2_500_000]).unwrap();
+    let pad = "x".repeat(2000);
+    let mut acknowledged: Acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..5000 {
+        let body = serde_json::json!({"type": "process.started", "process_id": format!("p{i}"), "event_id": format!("e{i}"), "attributes": {"pad": pad}});
+        let reply = client.post(&body);
+        match reply.status {
+            202 => acknowledged.push((body, reply.json["seq"].as_u64().unwrap())),
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", reply.text),
+        }
+    }
+    let refused = refused.expect("the disk never filled");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert_eq!(refused.json["code"], "unavailable");
+    assert!(!acknowledged.is_empty());
+    // Reads go on while the disk is full, and the daemon stays up.
+    assert_eq!(client.get("/livez").status, 200);
+    assert_eq!(
+        client.get("/v1/stats").json["processes_total"].as_u64(),
+        Some(acknowledged.len() as u64)
+    );
+    assert_eq!(client.get("/v1/processes?limit=5").status, 200);
+    // Room again: writes resume with no restart.
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = client.post(&event("process.started", "after-room"));
+        if reply.status == 202 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        assert!(Instant::now() < deadline, "writes never resumed");
+        std::thread::yield_now();
+    }
+    assert_all_present(&client, &acknowledged);
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success(), "the daemon ran on and stopped cleanly");
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers_alone() {
+    // The free-space guard refuses writes before redb meets the full disk.
+    full_disk_round(1);
+}
+
+#[test]
+fn an_io_error_mid_commit_is_answered_503_and_the_store_reopened() {
+    // No guard: redb meets ENOSPC inside a commit, the writer reopens it.
+    full_disk_round(0);
+}
