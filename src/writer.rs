@@ -263,11 +263,13 @@ fn run(
                     WriteFailure::Storage
                 };
                 tracing::error!(%error, requests = group.len(), "write group failed; nothing of it was applied");
-                for command in group {
-                    command.answer(Err(failure));
-                }
+                // Reopen before answering, so that whoever reads next after
+                // this 503 finds the store usable again.
                 if error.poisons_handle() {
                     counters = reopen_or_exit(snapshots);
+                }
+                for command in group {
+                    command.answer(Err(failure));
                 }
             }
         }
