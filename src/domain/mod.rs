@@ -3,6 +3,7 @@
 //! these rules decide; everything here is testable without a store.
 
 mod event;
+pub mod model;
 mod rules;
 mod status;
 

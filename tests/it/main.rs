@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod ingest;
 mod lifecycle;
+mod property;
 mod queries;
 mod reliability;
 mod support;

@@ -1,0 +1,135 @@
+//! A plain reference model of the transition rules, written status by
+//! status from the API contract's text, independently of `rules`. Unit
+//! tests, the HTTP property test and the fuzz target check the real thing
+//! against it. It tracks statuses, attempts and times only: what the rules
+//! decide, not the fields they carry along.
+
+use super::{EventType, Millis, Outcome, Status};
+use std::collections::HashMap;
+use EventType::*;
+
+/// The contract's rules written as plainly as possible, status by status.
+#[derive(Default, Debug)]
+pub struct Model {
+    pub process: Option<ModelEntity>,
+    pub tasks: HashMap<String, ModelEntity>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelEntity {
+    pub status: Status,
+    pub last: Option<Millis>,
+    pub finished: Option<Millis>,
+    pub attempt: u32,
+}
+
+impl ModelEntity {
+    fn new() -> Self {
+        ModelEntity {
+            status: Status::Pending,
+            last: None,
+            finished: None,
+            attempt: 0,
+        }
+    }
+}
+
+/// What a rule of the model decided.
+enum Decision {
+    Accept(ModelEntity),
+    Stale,
+    Conflict,
+}
+
+impl Model {
+    /// Applies one event to this process (and its task), as the contract says.
+    pub fn send(&mut self, kind: EventType, task: Option<&str>, at: Millis) -> Outcome {
+        let process = self.process.get_or_insert_with(ModelEntity::new).clone();
+        let (decision, current_status) = match task {
+            None => (
+                Self::process_rule(process.clone(), kind, at),
+                process.status,
+            ),
+            Some(id) => {
+                let current = self.tasks.get(id).cloned().unwrap_or_else(ModelEntity::new);
+                let status = current.status;
+                (Self::task_rule(process.status, current, kind, at), status)
+            }
+        };
+        match (decision, task) {
+            (Decision::Accept(entity), None) => self.process = Some(entity),
+            (Decision::Accept(entity), Some(id)) => {
+                self.tasks.insert(id.to_owned(), entity);
+                let p = self.process.as_mut().expect("process was just made");
+                if p.status == Status::Pending {
+                    p.status = Status::Running;
+                }
+            }
+            (Decision::Stale, _) => return Outcome::Stale,
+            (Decision::Conflict, _) => return Outcome::Conflict { current_status },
+        }
+        Outcome::Accepted
+    }
+
+    fn process_rule(mut p: ModelEntity, kind: EventType, at: Millis) -> Decision {
+        match (p.status.is_terminal(), kind.terminal_status()) {
+            (true, Some(t)) if t == p.status => Decision::Stale,
+            (true, Some(_)) => Decision::Conflict,
+            (true, None) => Decision::Stale,
+            (false, Some(t)) => {
+                p.status = t;
+                Decision::Accept(p)
+            }
+            (false, None) => {
+                if p.last.is_some_and(|l| at < l) {
+                    return Decision::Stale;
+                }
+                match (kind, p.status) {
+                    (ProcessQueued, Status::Running) => return Decision::Stale,
+                    (ProcessQueued, _) => {}
+                    _ => p.status = Status::Running,
+                }
+                p.last = Some(at);
+                Decision::Accept(p)
+            }
+        }
+    }
+
+    fn task_rule(process: Status, mut t: ModelEntity, kind: EventType, at: Millis) -> Decision {
+        if t.attempt == 0 {
+            t.attempt = 1;
+        }
+        match (t.status.is_terminal(), kind.terminal_status()) {
+            (true, Some(s)) if s == t.status => Decision::Stale,
+            (true, Some(_)) => Decision::Conflict,
+            (false, Some(s)) => {
+                t.status = s;
+                t.finished = Some(at);
+                t.last = Some(t.last.map_or(at, |l| l.max(at)));
+                Decision::Accept(t)
+            }
+            (_, None) if process.is_terminal() => Decision::Stale,
+            (true, None) => {
+                let retry = kind == TaskStarted
+                    && t.status == Status::Failed
+                    && t.finished.is_some_and(|f| at >= f);
+                if !retry {
+                    return Decision::Stale;
+                }
+                t.attempt += 1;
+                t.status = Status::Running;
+                t.finished = None;
+                t.last = Some(t.last.map_or(at, |l| l.max(at)));
+                Decision::Accept(t)
+            }
+            (false, None) => {
+                if t.last.is_some_and(|l| at < l) {
+                    return Decision::Stale;
+                }
+                t.status = Status::Running;
+                t.last = Some(at);
+                Decision::Accept(t)
+            }
+        }
+    }
+}

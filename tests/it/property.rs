@@ -1,0 +1,229 @@
+//! Random interleavings of events (duplicates, reused keys, reorderings,
+//! retries, conflicts) sent through the HTTP API end in the state the
+//! reference model predicts, and every answer is the one it predicts.
+//! `PM_PROPTEST_CASES` sets the number of cases (256 in CI).
+
+use crate::support::{Client, Daemon};
+use processmanager::domain::model::Model;
+use processmanager::domain::{EventType, Outcome, Scope};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One step: an event for process `process` (0..2) and task `task` (0..3)
+/// that happened `at` seconds in, and what to do with its key.
+#[derive(Clone, Debug)]
+struct Step {
+    process: u8,
+    kind: EventType,
+    task: u8,
+    at: u8,
+    action: Action,
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    /// A new event with a new key.
+    Fresh,
+    /// A new event with no key at all.
+    Unkeyed,
+    /// The n-th earlier event sent again, exactly.
+    Resend(usize),
+    /// This event, under the key of the n-th earlier one.
+    ReuseKey(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let action = prop_oneof![
+        5 => Just(Action::Fresh),
+        1 => Just(Action::Unkeyed),
+        2 => any::<usize>().prop_map(Action::Resend),
+        1 => any::<usize>().prop_map(Action::ReuseKey),
+    ];
+    (
+        0u8..2,
+        prop::sample::select(EventType::ALL.to_vec()),
+        0u8..3,
+        0u8..4,
+        action,
+    )
+        .prop_map(|(process, kind, task, at, action)| Step {
+            process,
+            kind,
+            task,
+            at,
+            action,
+        })
+}
+
+fn body_of(case: u64, step: &Step, key: Option<String>) -> Value {
+    let mut body = json!({
+        "type": step.kind.as_str(),
+        "process_id": format!("prop{case}-{}", step.process),
+        "occurred_at": format!("2026-11-25T10:00:{:02}Z", step.at),
+    });
+    if step.kind.scope() == Scope::Task {
+        body["task_id"] = json!(format!("t{}", step.task));
+    }
+    if let Some(key) = key {
+        body["event_id"] = json!(key);
+    }
+    body
+}
+
+/// What a key was first answered with.
+struct Stored {
+    body: Value,
+    seq: u64,
+    result: &'static str,
+}
+
+fn run_case(client: &Client, case: u64, steps: &[Step]) {
+    let mut models: HashMap<u8, Model> = HashMap::new();
+    let mut sent: Vec<(Step, Value)> = Vec::new();
+    // Keys are scoped to their process.
+    let mut keys: HashMap<(String, String), Stored> = HashMap::new();
+    for (index, original) in steps.iter().enumerate() {
+        let (step, body) = match &original.action {
+            Action::Fresh => (
+                original.clone(),
+                body_of(case, original, Some(format!("k{index}"))),
+            ),
+            Action::Unkeyed => (original.clone(), body_of(case, original, None)),
+            Action::Resend(n) if !sent.is_empty() => sent[n % sent.len()].clone(),
+            Action::ReuseKey(n) if !sent.is_empty() => {
+                let key = sent[n % sent.len()].1["event_id"]
+                    .as_str()
+                    .map(str::to_owned);
+                (original.clone(), body_of(case, original, key))
+            }
+            _ => (
+                original.clone(),
+                body_of(case, original, Some(format!("k{index}"))),
+            ),
+        };
+        let reply = client.post(&body);
+        let key = body["event_id"].as_str().map(|k| {
+            (
+                body["process_id"].as_str().unwrap_or_default().to_owned(),
+                k.to_owned(),
+            )
+        });
+        if let Some(stored) = key.as_ref().and_then(|k| keys.get(k)) {
+            if stored.body == body {
+                assert_eq!(
+                    reply.json["result"], "duplicate",
+                    "step {index} {body}: {}",
+                    reply.text
+                );
+                assert_eq!(reply.json["seq"].as_u64(), Some(stored.seq), "step {index}");
+                assert_eq!(reply.json["original_result"], stored.result, "step {index}");
+            } else {
+                assert_eq!(reply.status, 422, "step {index} {body}: {}", reply.text);
+                assert_eq!(reply.json["code"], "idempotency_key_reused");
+            }
+            sent.push((step, body));
+            continue;
+        }
+        let task = (step.kind.scope() == Scope::Task).then(|| format!("t{}", step.task));
+        let expected = models.entry(step.process).or_default().send(
+            step.kind,
+            task.as_deref(),
+            i64::from(step.at) * 1000,
+        );
+        match expected {
+            Outcome::Accepted => {
+                assert_eq!(reply.status, 202, "step {index} {body}: {}", reply.text)
+            }
+            Outcome::Stale => {
+                assert_eq!(
+                    (reply.status, reply.json["result"].as_str()),
+                    (200, Some("stale")),
+                    "step {index} {body}: {}",
+                    reply.text
+                )
+            }
+            Outcome::Conflict { current_status } => {
+                assert_eq!(reply.status, 409, "step {index} {body}: {}", reply.text);
+                assert_eq!(
+                    reply.json["current_status"],
+                    current_status.as_str(),
+                    "step {index}"
+                );
+            }
+        }
+        if let (Some(key), Outcome::Accepted | Outcome::Stale) = (key, expected) {
+            let result = if expected == Outcome::Accepted {
+                "accepted"
+            } else {
+                "stale"
+            };
+            keys.insert(
+                key,
+                Stored {
+                    body: body.clone(),
+                    seq: reply.json["seq"].as_u64().unwrap(),
+                    result,
+                },
+            );
+        }
+        sent.push((step, body));
+    }
+    for (process, model) in &models {
+        let got = client
+            .get(&format!("/v1/processes/prop{case}-{process}"))
+            .json;
+        let want = model.process.as_ref().expect("a sent process exists");
+        assert_eq!(
+            got["status"],
+            want.status.as_str(),
+            "process {process}: {got}"
+        );
+        let tasks = got["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), model.tasks.len(), "process {process}");
+        for task in tasks {
+            let id = task["id"].as_str().unwrap();
+            let want = &model.tasks[id];
+            assert_eq!(task["status"], want.status.as_str(), "task {id}");
+            assert_eq!(
+                task["attempt"].as_u64(),
+                Some(u64::from(want.attempt)),
+                "task {id}"
+            );
+            assert_eq!(
+                task["attempts"].as_array().unwrap().len() as u32,
+                want.attempt,
+                "task {id}"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_interleavings_through_http_end_in_the_models_state() {
+    let cases = std::env::var("PM_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let case = AtomicU64::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&prop::collection::vec(step(), 1..40), |steps| {
+        run_case(&client, case.fetch_add(1, Ordering::SeqCst), &steps);
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+    println!(
+        "property test: {} cases through HTTP",
+        case.load(Ordering::SeqCst)
+    );
+}
