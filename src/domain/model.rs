@@ -4,7 +4,7 @@
 //! against it. It tracks statuses, attempts and times only: what the rules
 //! decide, not the fields they carry along.
 
-use super::{EventType, Millis, Outcome, Status};
+use super::{apply, Event, EventType, Millis, Outcome, Process, Status, Task};
 use std::collections::HashMap;
 use EventType::*;
 
@@ -131,5 +131,62 @@ impl Model {
                 Decision::Accept(t)
             }
         }
+    }
+}
+
+/// An event with nothing but its type and task, as the rules see it.
+fn bare_event(kind: EventType, task: Option<&str>) -> Event {
+    Event {
+        event_id: None,
+        kind,
+        process_id: "p".into(),
+        task_id: task.map(str::to_owned),
+        occurred_at: None,
+        name: None,
+        process_type: None,
+        correlation_id: None,
+        progress: None,
+        error: None,
+        attributes: Default::default(),
+    }
+}
+
+/// One process with its tasks, in memory, driven through the real rules
+/// the way the writer drives them: the other side of every comparison
+/// with `Model`.
+#[derive(Default)]
+pub struct Replay {
+    pub process: Option<Process>,
+    pub tasks: Vec<Task>,
+}
+
+impl Replay {
+    pub fn send(&mut self, kind: EventType, task_id: Option<&str>, at: Millis) -> Outcome {
+        let event = bare_event(kind, task_id);
+        let process = self
+            .process
+            .get_or_insert_with(|| Process::new("p".into(), 0));
+        let Some(task_id) = task_id else {
+            return apply(process, None, false, &event, at);
+        };
+        match self.tasks.iter().position(|t| t.id == task_id) {
+            Some(index) => apply(process, Some(&mut self.tasks[index]), false, &event, at),
+            None => {
+                let mut task = Task::new(task_id.into(), 0);
+                let outcome = apply(process, Some(&mut task), true, &event, at);
+                if outcome == Outcome::Accepted {
+                    self.tasks.push(task);
+                }
+                outcome
+            }
+        }
+    }
+
+    pub fn process_status(&self) -> Status {
+        self.process.as_ref().map_or(Status::Pending, |p| p.status)
+    }
+
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.id == id)
     }
 }

@@ -20,58 +20,20 @@ fn event(kind: EventType, task: Option<&str>) -> Event {
     }
 }
 
-/// A process with its tasks, driven the way the writer drives the rules.
-#[derive(Default)]
-struct Harness {
-    process: Option<Process>,
-    tasks: Vec<Task>,
-}
-
-impl Harness {
-    fn send(&mut self, kind: EventType, task_id: Option<&str>, at: Millis) -> Outcome {
-        let event = event(kind, task_id);
-        let process = self
-            .process
-            .get_or_insert_with(|| Process::new("p".into(), 0));
-        let Some(task_id) = task_id else {
-            return apply(process, None, false, &event, at);
-        };
-        match self.tasks.iter().position(|t| t.id == task_id) {
-            Some(index) => apply(process, Some(&mut self.tasks[index]), false, &event, at),
-            None => {
-                let mut task = Task::new(task_id.into(), 0);
-                let outcome = apply(process, Some(&mut task), true, &event, at);
-                if outcome == Outcome::Accepted {
-                    self.tasks.push(task);
-                }
-                outcome
-            }
-        }
-    }
-
-    fn process_status(&self) -> Status {
-        self.process.as_ref().map_or(Status::Pending, |p| p.status)
-    }
-
-    fn task(&self, id: &str) -> &Task {
-        self.tasks.iter().find(|t| t.id == id).expect("task exists")
-    }
-}
-
 use EventType::*;
 
 #[test]
 fn an_unknown_process_and_task_are_created_by_any_event() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     assert_eq!(h.send(TaskProgress, Some("t"), 10), Outcome::Accepted);
     assert_eq!(h.process_status(), Status::Running);
-    assert_eq!(h.task("t").status, Status::Running);
-    assert_eq!(h.task("t").attempt, 1);
+    assert_eq!(h.task("t").unwrap().status, Status::Running);
+    assert_eq!(h.task("t").unwrap().attempt, 1);
 }
 
 #[test]
 fn a_process_moves_pending_running_terminal() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     assert_eq!(h.send(ProcessQueued, None, 10), Outcome::Accepted);
     assert_eq!(h.process_status(), Status::Pending);
     assert_eq!(h.send(ProcessHeartbeat, None, 20), Outcome::Accepted);
@@ -92,7 +54,7 @@ fn a_process_moves_pending_running_terminal() {
 
 #[test]
 fn a_terminal_event_ends_a_pending_process_directly() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     assert_eq!(h.send(ProcessQueued, None, 10), Outcome::Accepted);
     assert_eq!(h.send(ProcessCancelled, None, 20), Outcome::Accepted);
     assert_eq!(h.process_status(), Status::Cancelled);
@@ -100,7 +62,7 @@ fn a_terminal_event_ends_a_pending_process_directly() {
 
 #[test]
 fn terminal_is_sticky_same_is_stale_different_is_conflict() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     h.send(ProcessStarted, None, 10);
     h.send(ProcessFailed, None, 20);
     assert_eq!(h.send(ProcessFailed, None, 30), Outcome::Stale);
@@ -116,12 +78,12 @@ fn terminal_is_sticky_same_is_stale_different_is_conflict() {
 
 #[test]
 fn a_failed_task_is_retried_with_a_record_per_attempt() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     h.send(TaskStarted, Some("t"), 10);
     h.send(TaskFailed, Some("t"), 20);
     assert_eq!(h.send(TaskStarted, Some("t"), 30), Outcome::Accepted);
     assert_eq!(h.send(TaskSucceeded, Some("t"), 40), Outcome::Accepted);
-    let task = h.task("t");
+    let task = h.task("t").unwrap();
     assert_eq!(task.attempt, 2);
     let summary: Vec<_> = task
         .attempts
@@ -141,20 +103,20 @@ fn a_failed_task_is_retried_with_a_record_per_attempt() {
 
 #[test]
 fn a_start_older_than_the_failure_is_not_a_retry() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     h.send(TaskFailed, Some("t"), 20);
     assert_eq!(h.send(TaskStarted, Some("t"), 10), Outcome::Stale);
-    assert_eq!(h.task("t").attempt, 1);
+    assert_eq!(h.task("t").unwrap().attempt, 1);
 }
 
 #[test]
 fn a_late_task_completion_on_a_finished_process_is_applied() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     h.send(TaskStarted, Some("t"), 10);
     h.send(ProcessSucceeded, None, 20);
     assert_eq!(h.send(TaskProgress, Some("t"), 25), Outcome::Stale);
     assert_eq!(h.send(TaskSucceeded, Some("t"), 30), Outcome::Accepted);
-    assert_eq!(h.task("t").status, Status::Succeeded);
+    assert_eq!(h.task("t").unwrap().status, Status::Succeeded);
     assert_eq!(h.process_status(), Status::Succeeded);
     assert_eq!(h.send(TaskStarted, Some("new"), 40), Outcome::Stale);
     assert!(
@@ -165,7 +127,7 @@ fn a_late_task_completion_on_a_finished_process_is_applied() {
 
 #[test]
 fn an_older_non_terminal_update_does_not_turn_back_time() {
-    let mut h = Harness::default();
+    let mut h = Replay::default();
     let mut progress = event(ProcessProgress, None);
     progress.progress = Some(Progress {
         percent: Some(60.0),
@@ -188,7 +150,7 @@ fn an_older_non_terminal_update_does_not_turn_back_time() {
     assert_eq!((p.finished_at, p.updated_at), (Some(15), 20));
 }
 
-use super::model::Model;
+use super::model::{Model, Replay};
 
 fn arbitrary_step() -> impl Strategy<Value = (EventType, Option<&'static str>, Millis)> {
     let kind = prop::sample::select(EventType::ALL.to_vec());
@@ -204,7 +166,7 @@ proptest! {
 
     #[test]
     fn the_rules_agree_with_the_reference_model(steps in prop::collection::vec(arbitrary_step(), 1..40)) {
-        let mut real = Harness::default();
+        let mut real = Replay::default();
         let mut model = Model::default();
         for (kind, task, at) in steps {
             let got = real.send(kind, task, at);
@@ -212,7 +174,7 @@ proptest! {
             prop_assert_eq!(got, want, "{:?} on {:?} at {}", kind, task, at);
             prop_assert_eq!(real.process_status(), model.process.as_ref().unwrap().status);
             for (id, t) in &model.tasks {
-                let actual = real.task(id);
+                let actual = real.task(id).unwrap();
                 prop_assert_eq!((actual.status, actual.attempt), (t.status, t.attempt), "task {}", id);
                 prop_assert_eq!(actual.attempts.len() as u32, actual.attempt);
             }

@@ -3,6 +3,7 @@
 //! answer once they are committed.
 
 use super::problem::ApiError;
+use super::signature::SignatureHeaders;
 use super::{json_response, AppState, Response};
 use crate::domain::{is_valid_event_id, is_valid_id, EventInput, InvalidField, Status};
 use crate::store::codec;
@@ -33,7 +34,12 @@ pub async fn post_events(
         return Err(ApiError::UnsupportedMediaType);
     }
     let header_key = idempotency_header(request.headers())?;
-    let headers = request.headers().clone();
+    // Only when webhooks must be signed: the body is read after the request
+    // is taken apart, so keep the few headers the check needs.
+    let signed = state
+        .webhooks
+        .as_ref()
+        .map(|verifier| (verifier, SignatureHeaders::from_headers(request.headers())));
     let body = read_body(
         request,
         state.limits.max_body_bytes,
@@ -41,17 +47,64 @@ pub async fn post_events(
     )
     .await?;
     let received_at = now_millis();
-    if let Some(verifier) = &state.webhooks {
+    if let Some((verifier, headers)) = signed {
         verifier
             .verify(&headers, &body, received_at.div_euclid(1000))
             .map_err(ApiError::BadSignature)?;
     }
+    match decode_body(
+        &body,
+        header_key.as_deref(),
+        state.limits.max_batch,
+        received_at,
+    )? {
+        DecodedBody::Single(event) => ingest_one(state, event).await,
+        DecodedBody::Batch(items) => ingest_batch(state, items).await,
+    }
+}
+
+/// A request body, decoded and validated; nothing of it has touched the store.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and moved straight on; a box would only add an allocation"
+)]
+pub enum DecodedBody {
+    Single(IncomingEvent),
+    /// Each item judged alone: an invalid one does not spoil the others.
+    Batch(Vec<Result<IncomingEvent, ApiError>>),
+}
+
+/// Decodes one event object or an array of at most `max_batch`. What the
+/// daemon runs on every body, and what the fuzzer feeds arbitrary bytes.
+pub fn decode_body(
+    body: &[u8],
+    header_key: Option<&str>,
+    max_batch: usize,
+    received_at: i64,
+) -> Result<DecodedBody, ApiError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => {
-            let event = parse_event(&body, header_key.as_deref(), received_at)?;
-            ingest_one(state, event).await
+        Some(b'{') => Ok(DecodedBody::Single(parse_event(
+            body,
+            header_key,
+            received_at,
+        )?)),
+        Some(b'[') => {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|error| json_error(&error, "."))?;
+            if items.len() > max_batch {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "the batch has {} events; at most {max_batch} are allowed",
+                    items.len()
+                )));
+            }
+            Ok(DecodedBody::Batch(
+                items
+                    .iter()
+                    .map(|item| parse_event(item.get().as_bytes(), None, received_at))
+                    .collect(),
+            ))
         }
-        Some(b'[') => ingest_batch(state, &body, received_at).await,
         _ => Err(ApiError::NotJson),
     }
 }
@@ -346,22 +399,8 @@ struct BatchAnswer<'a> {
 /// writer together and are committed before the answer.
 async fn ingest_batch(
     state: &AppState,
-    body: &[u8],
-    received_at: i64,
+    parsed: Vec<Result<IncomingEvent, ApiError>>,
 ) -> Result<Response, ApiError> {
-    let items: Vec<&RawValue> =
-        serde_json::from_slice(body).map_err(|error| json_error(&error, "."))?;
-    if items.len() > state.limits.max_batch {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the batch has {} events; at most {} are allowed",
-            items.len(),
-            state.limits.max_batch
-        )));
-    }
-    let parsed: Vec<Result<IncomingEvent, ApiError>> = items
-        .iter()
-        .map(|item| parse_event(item.get().as_bytes(), None, received_at))
-        .collect();
     let valid: Vec<IncomingEvent> = parsed
         .iter()
         .filter_map(|item| item.as_ref().ok().cloned())

@@ -4,7 +4,7 @@
 
 mod admin;
 mod auth;
-mod ingest;
+pub mod ingest;
 pub mod problem;
 mod query;
 pub mod signature;

@@ -43,6 +43,32 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The headers a signature check reads, copied out of a request.
+#[derive(Debug, Default)]
+pub struct SignatureHeaders {
+    id: Option<String>,
+    timestamp: Option<String>,
+    signature: Option<String>,
+    github: Option<String>,
+}
+
+impl SignatureHeaders {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        SignatureHeaders {
+            id: header("webhook-id"),
+            timestamp: header("webhook-timestamp"),
+            signature: header("webhook-signature"),
+            github: header("x-hub-signature-256"),
+        }
+    }
+}
+
 pub struct WebhookVerifier {
     standard: Vec<Vec<u8>>,
     github: Vec<Vec<u8>>,
@@ -75,15 +101,18 @@ impl WebhookVerifier {
     /// Checks the request's signature; `now_secs` is the server clock.
     pub fn verify(
         &self,
-        headers: &HeaderMap,
+        headers: &SignatureHeaders,
         body: &[u8],
         now_secs: i64,
     ) -> Result<(), SignatureError> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        if let (false, Some(signatures)) = (self.standard.is_empty(), header("webhook-signature")) {
-            let id =
-                header("webhook-id").ok_or(SignatureError::Malformed("webhook-id is missing"))?;
-            let timestamp = header("webhook-timestamp")
+        if let (false, Some(signatures)) = (self.standard.is_empty(), &headers.signature) {
+            let id = headers
+                .id
+                .as_deref()
+                .ok_or(SignatureError::Malformed("webhook-id is missing"))?;
+            let timestamp = headers
+                .timestamp
+                .as_deref()
                 .ok_or(SignatureError::Malformed("webhook-timestamp is missing"))?;
             return verify_standard(
                 &self.standard,
@@ -95,7 +124,7 @@ impl WebhookVerifier {
                 self.tolerance_secs,
             );
         }
-        if let (false, Some(signature)) = (self.github.is_empty(), header("x-hub-signature-256")) {
+        if let (false, Some(signature)) = (self.github.is_empty(), &headers.github) {
             return verify_github(&self.github, signature, body);
         }
         Err(SignatureError::Missing)
