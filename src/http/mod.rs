@@ -226,7 +226,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response,
         ["v1", "processes", id] => match *method {
             Method::GET => {
                 state.auth.require(request.headers(), Role::Read)?;
-                query::get_process(state, id)
+                query::get_process(state, id).await
             }
             Method::DELETE => {
                 state.auth.require(request.headers(), Role::Admin)?;

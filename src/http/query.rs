@@ -20,19 +20,24 @@ fn not_found(process_id: &str) -> ApiError {
     ApiError::NotFound(format!("there is no process {process_id}"))
 }
 
-/// A point lookup: fast enough to answer on the async worker.
-pub fn get_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {
+/// A point lookup; off the async workers all the same, since on a store
+/// larger than memory it waits for the disk.
+pub async fn get_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {
     if !is_valid_id(process_id) {
         return Err(not_found(process_id));
     }
-    let snapshot = state.snapshots.get()?;
-    let (process, tasks) = snapshot
-        .process_with_tasks(process_id)?
-        .ok_or_else(|| not_found(process_id))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ProcessView::with_tasks(&process, &tasks),
-    ))
+    let process_id = process_id.to_owned();
+    blocking(state, move |reads| {
+        let snapshot = reads.snapshots.get()?;
+        let (process, tasks) = snapshot
+            .process_with_tasks(&process_id)?
+            .ok_or_else(|| not_found(&process_id))?;
+        Ok(json_response(
+            StatusCode::OK,
+            &ProcessView::with_tasks(&process, &tasks),
+        ))
+    })
+    .await
 }
 
 fn invalid(parameter: &str, detail: impl Into<String>) -> ApiError {
