@@ -135,7 +135,7 @@ impl Model {
 }
 
 /// An event with nothing but its type and task, as the rules see it.
-fn bare_event(kind: EventType, task: Option<&str>) -> Event {
+pub fn bare_event(kind: EventType, task: Option<&str>) -> Event {
     Event {
         event_id: None,
         kind,

@@ -4,22 +4,6 @@
 use super::*;
 use proptest::prelude::*;
 
-fn event(kind: EventType, task: Option<&str>) -> Event {
-    Event {
-        event_id: None,
-        kind,
-        process_id: "p".into(),
-        task_id: task.map(str::to_owned),
-        occurred_at: None,
-        name: None,
-        process_type: None,
-        correlation_id: None,
-        progress: None,
-        error: None,
-        attributes: Default::default(),
-    }
-}
-
 use EventType::*;
 
 #[test]
@@ -150,7 +134,7 @@ fn an_older_non_terminal_update_does_not_turn_back_time() {
     assert_eq!((p.finished_at, p.updated_at), (Some(15), 20));
 }
 
-use super::model::{Model, Replay};
+use super::model::{bare_event as event, Model, Replay};
 
 fn arbitrary_step() -> impl Strategy<Value = (EventType, Option<&'static str>, Millis)> {
     let kind = prop::sample::select(EventType::ALL.to_vec());

@@ -14,7 +14,7 @@ pub async fn backup(state: &AppState) -> Result<Response, ApiError> {
     let data_dir = state.data_dir.clone();
     // The snapshot goes to a file beside the store (never into memory),
     // from one read transaction while writes go on; then it is streamed.
-    let (temp, summary, sha256, length) = blocking(state, move |reads| {
+    let (temp, summary, sha256, length) = blocking(state, move |snapshots| {
         let io = |error: std::io::Error| ApiError::Internal(format!("backup file: {error}"));
         let temp = tempfile::Builder::new()
             .prefix(".processmanager-backup-")
@@ -22,7 +22,7 @@ pub async fn backup(state: &AppState) -> Result<Response, ApiError> {
             .tempfile_in(&data_dir)
             .map_err(io)?
             .into_temp_path();
-        let summary = backup::write_snapshot(reads.snapshots.database()?.as_ref(), &temp)?;
+        let summary = backup::write_snapshot(snapshots.database()?.as_ref(), &temp)?;
         let sha256 = backup::sha256_file(&temp).map_err(io)?;
         let length = std::fs::metadata(&temp).map_err(io)?.len();
         Ok((temp, summary, sha256, length))

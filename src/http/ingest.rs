@@ -33,7 +33,9 @@ pub async fn post_events(
     if !is_json(request.headers()) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let header_key = idempotency_header(request.headers())?;
+    // Read now, judged after the signature: an unsigned request learns
+    // nothing but 401.
+    let header_key = idempotency_header(request.headers());
     // Only when webhooks must be signed: the body is read after the request
     // is taken apart, so keep the few headers the check needs.
     let signed = state
@@ -52,6 +54,7 @@ pub async fn post_events(
             .verify(&headers, &body, received_at.div_euclid(1000))
             .map_err(ApiError::BadSignature)?;
     }
+    let header_key = header_key?;
     match decode_body(
         &body,
         header_key.as_deref(),

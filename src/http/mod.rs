@@ -39,11 +39,6 @@ pub type Response = hyper::Response<ResponseBody>;
 /// the rest of the contract's 10 seconds is for the final commit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// What work off the async workers may use.
-pub struct AppStateReads {
-    pub snapshots: Arc<SharedSnapshots>,
-}
-
 /// What every handler shares.
 pub struct AppState {
     /// Reads go through the shared snapshot; backups read the database.
@@ -263,15 +258,14 @@ fn only(method: &Method, allowed: &Method, allow_header: &'static str) -> Result
     }
 }
 
-/// Runs work that may take long (a scan, a backup) off the async workers.
+/// Runs a store read that may wait (on the disk, or for a long scan) off
+/// the async workers.
 async fn blocking<T: Send + 'static>(
     state: &AppState,
-    work: impl FnOnce(&AppStateReads) -> Result<T, ApiError> + Send + 'static,
+    work: impl FnOnce(&SharedSnapshots) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let reads = AppStateReads {
-        snapshots: state.snapshots.clone(),
-    };
-    tokio::task::spawn_blocking(move || work(&reads))
+    let snapshots = state.snapshots.clone();
+    tokio::task::spawn_blocking(move || work(&snapshots))
         .await
         .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
 }

@@ -27,8 +27,8 @@ pub async fn get_process(state: &AppState, process_id: &str) -> Result<Response,
         return Err(not_found(process_id));
     }
     let process_id = process_id.to_owned();
-    blocking(state, move |reads| {
-        let snapshot = reads.snapshots.get()?;
+    blocking(state, move |snapshots| {
+        let snapshot = snapshots.get()?;
         let (process, tasks) = snapshot
             .process_with_tasks(&process_id)?
             .ok_or_else(|| not_found(&process_id))?;
@@ -129,8 +129,8 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
 
 pub async fn list_processes(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
     let list = parse_list_query(query)?;
-    blocking(state, move |reads| {
-        let page = reads.snapshots.get()?.list(&list)?;
+    blocking(state, move |snapshots| {
+        let page = snapshots.get()?.list(&list)?;
         let items: Vec<ProcessView<'_>> = page.items.iter().map(ProcessView::summary).collect();
         Ok(json_response(
             StatusCode::OK,
@@ -168,9 +168,8 @@ pub async fn history(
         }
     }
     let process_id = process_id.to_owned();
-    blocking(state, move |reads| {
-        let page = reads
-            .snapshots
+    blocking(state, move |snapshots| {
+        let page = snapshots
             .get()?
             .history(&process_id, after_seq, limit)?
             .ok_or_else(|| not_found(&process_id))?;
@@ -184,8 +183,8 @@ pub async fn history(
 }
 
 pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
-    blocking(state, |reads| {
-        let counters = reads.snapshots.get()?.counters()?;
+    blocking(state, |snapshots| {
+        let counters = snapshots.get()?.counters()?;
         Ok(json_response(StatusCode::OK, &StatsView(&counters)))
     })
     .await

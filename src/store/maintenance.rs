@@ -13,7 +13,7 @@ use super::schema::{
 use super::write::{load_counters, WriteBatch};
 use super::StoreError;
 use crate::domain::{Millis, Process, Status, Task, TaskCounts};
-use redb::{Database, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadOnlyTable, ReadableTable, ReadableTableMetadata};
 use std::collections::{HashMap, HashSet};
 
 /// Problems reported at most; past that only their number grows.
@@ -74,11 +74,13 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         Err(other) => return Err(other),
     };
     let records = txn.open_table(RECORDS)?;
-    let process_ids = txn.open_table(PROCESS_IDS)?;
-    let by_created = txn.open_table(BY_CREATED)?;
-    let by_status = txn.open_table(BY_STATUS)?;
-    let by_type = txn.open_table(BY_TYPE)?;
-    let by_correlation = txn.open_table(BY_CORRELATION)?;
+    let indexes = Indexes {
+        process_ids: txn.open_table(PROCESS_IDS)?,
+        by_created: txn.open_table(BY_CREATED)?,
+        by_status: txn.open_table(BY_STATUS)?,
+        by_type: txn.open_table(BY_TYPE)?,
+        by_correlation: txn.open_table(BY_CORRELATION)?,
+    };
     let mut totals = Totals {
         by_status: [0; 7],
         with_type: 0,
@@ -101,17 +103,7 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         };
         if current.as_ref().is_none_or(|(o, _)| *o != ordinal) {
             if let Some((done, gathered)) = current.take() {
-                check_process(
-                    done,
-                    gathered,
-                    &mut report,
-                    &mut totals,
-                    &process_ids,
-                    &by_created,
-                    &by_status,
-                    &by_type,
-                    &by_correlation,
-                )?;
+                indexes.check_process(done, gathered, &mut report, &mut totals)?;
             }
             current = Some((ordinal, Gathered::default()));
         }
@@ -176,24 +168,14 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         }
     }
     if let Some((done, gathered)) = current.take() {
-        check_process(
-            done,
-            gathered,
-            &mut report,
-            &mut totals,
-            &process_ids,
-            &by_created,
-            &by_status,
-            &by_type,
-            &by_correlation,
-        )?;
+        indexes.check_process(done, gathered, &mut report, &mut totals)?;
     }
 
     let processes = report.processes;
     for (name, length) in [
-        ("process id", process_ids.len()?),
-        ("created-order index", by_created.len()?),
-        ("status index", by_status.len()?),
+        ("process id", indexes.process_ids.len()?),
+        ("created-order index", indexes.by_created.len()?),
+        ("status index", indexes.by_status.len()?),
     ] {
         if length != processes {
             report.problem(format!(
@@ -201,17 +183,17 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             ));
         }
     }
-    if by_type.len()? != totals.with_type {
+    if indexes.by_type.len()? != totals.with_type {
         report.problem(format!(
             "the process type index has {} entries for {} typed processes",
-            by_type.len()?,
+            indexes.by_type.len()?,
             totals.with_type
         ));
     }
-    if by_correlation.len()? != totals.with_correlation {
+    if indexes.by_correlation.len()? != totals.with_correlation {
         report.problem(format!(
             "the correlation index has {} entries for {} processes with a correlation id",
-            by_correlation.len()?,
+            indexes.by_correlation.len()?,
             totals.with_correlation
         ));
     }
@@ -257,120 +239,135 @@ fn split_key(key: &[u8]) -> Option<(u64, Kind, &[u8])> {
     Some((ordinal, kind, &key[9..]))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_process(
-    ordinal: u64,
-    gathered: Gathered,
-    report: &mut VerifyReport,
-    totals: &mut Totals,
-    process_ids: &impl ReadableTable<&'static str, u64>,
-    by_created: &impl ReadableTable<(i64, u64), ()>,
-    by_status: &impl ReadableTable<(u8, u64), ()>,
-    by_type: &impl ReadableTable<(&'static str, u8, u64), ()>,
-    by_correlation: &impl ReadableTable<(&'static str, u64), ()>,
-) -> Result<(), StoreError> {
-    totals.max_ordinal = totals.max_ordinal.max(Some(ordinal));
-    report.events += gathered.history_seqs.len() as u64;
-    totals.max_seq = totals.max_seq.max(gathered.max_seq);
-    let Some(process) = gathered.process else {
-        report.problem(format!(
-            "records of ordinal {ordinal} have no process record"
-        ));
-        return Ok(());
-    };
-    report.processes += 1;
-    totals.by_status[usize::from(process.status.code())] += 1;
-    let id = &process.id;
-    if process_ids.get(id.as_str())?.map(|o| o.value()) != Some(ordinal) {
-        report.problem(format!(
-            "process {id} is not found under its ordinal {ordinal} in the process id table"
-        ));
-    }
-    if by_created.get((process.created_at, ordinal))?.is_none() {
-        report.problem(format!(
-            "process {id} is missing from the created-order index"
-        ));
-    }
-    if by_status.get((process.status.code(), ordinal))?.is_none() {
-        report.problem(format!(
-            "process {id} is missing from the status index under {}",
-            process.status
-        ));
-    }
-    if let Some(process_type) = &process.process_type {
-        totals.with_type += 1;
-        let key = (process_type.as_str(), process.status.code(), ordinal);
-        if by_type.get(key)?.is_none() {
-            report.problem(format!("process {id} is missing from the type index"));
-        }
-    }
-    if let Some(correlation_id) = &process.correlation_id {
-        totals.with_correlation += 1;
-        if by_correlation
-            .get((correlation_id.as_str(), ordinal))?
-            .is_none()
-        {
+/// The tables a process's records must agree with.
+struct Indexes {
+    process_ids: ReadOnlyTable<&'static str, u64>,
+    by_created: ReadOnlyTable<(i64, u64), ()>,
+    by_status: ReadOnlyTable<(u8, u64), ()>,
+    by_type: ReadOnlyTable<(&'static str, u8, u64), ()>,
+    by_correlation: ReadOnlyTable<(&'static str, u64), ()>,
+}
+
+impl Indexes {
+    /// Checks one process's records, gathered while walking, against
+    /// themselves and the indexes.
+    fn check_process(
+        &self,
+        ordinal: u64,
+        gathered: Gathered,
+        report: &mut VerifyReport,
+        totals: &mut Totals,
+    ) -> Result<(), StoreError> {
+        let Indexes {
+            process_ids,
+            by_created,
+            by_status,
+            by_type,
+            by_correlation,
+        } = self;
+        totals.max_ordinal = totals.max_ordinal.max(Some(ordinal));
+        report.events += gathered.history_seqs.len() as u64;
+        totals.max_seq = totals.max_seq.max(gathered.max_seq);
+        let Some(process) = gathered.process else {
             report.problem(format!(
-                "process {id} is missing from the correlation index"
+                "records of ordinal {ordinal} have no process record"
+            ));
+            return Ok(());
+        };
+        report.processes += 1;
+        totals.by_status[usize::from(process.status.code())] += 1;
+        let id = &process.id;
+        if process_ids.get(id.as_str())?.map(|o| o.value()) != Some(ordinal) {
+            report.problem(format!(
+                "process {id} is not found under its ordinal {ordinal} in the process id table"
             ));
         }
-    }
-    let events = gathered.history_seqs.len() as u64;
-    if events != process.event_count {
-        report.problem(format!(
-            "process {id} counts {} events but its history holds {events}",
-            process.event_count
-        ));
-    }
-    if gathered.max_seq != process.last_seq {
-        report.problem(format!(
-            "process {id} says its last seq is {} but its history ends at {}",
-            process.last_seq, gathered.max_seq
-        ));
-    }
-    let mut counts = TaskCounts::default();
-    let tasks_by_ordinal: HashMap<u32, &Task> =
-        gathered.tasks.iter().map(|(o, t)| (*o, t)).collect();
-    for (_, task) in &gathered.tasks {
-        counts.add(task.status);
-        if task.attempts.len() != task.attempt as usize {
+        if by_created.get((process.created_at, ordinal))?.is_none() {
             report.problem(format!(
-                "task {} of process {id} is on attempt {} but has {} attempt records",
-                task.id,
-                task.attempt,
-                task.attempts.len()
+                "process {id} is missing from the created-order index"
             ));
         }
-    }
-    if counts != process.task_counts || gathered.tasks.len() != process.task_total as usize {
-        report.problem(format!(
-            "process {id}'s task counts do not match its {} task records",
-            gathered.tasks.len()
-        ));
-    }
-    if gathered.task_ids.len() != gathered.tasks.len() {
-        report.problem(format!(
-            "process {id} has {} task ids for {} tasks",
-            gathered.task_ids.len(),
-            gathered.tasks.len()
-        ));
-    }
-    for (task_id, task_ordinal) in &gathered.task_ids {
-        if tasks_by_ordinal
-            .get(task_ordinal)
-            .is_none_or(|task| &task.id != task_id)
-        {
+        if by_status.get((process.status.code(), ordinal))?.is_none() {
             report.problem(format!(
-                "task id {task_id} of process {id} points at no matching task"
+                "process {id} is missing from the status index under {}",
+                process.status
             ));
         }
-    }
-    for (event_id, seq) in &gathered.dedup_seqs {
-        if !gathered.history_seqs.contains(seq) {
-            report.problem(format!("idempotency key {event_id} of process {id} points at seq {seq}, which is not in its history"));
+        if let Some(process_type) = &process.process_type {
+            totals.with_type += 1;
+            let key = (process_type.as_str(), process.status.code(), ordinal);
+            if by_type.get(key)?.is_none() {
+                report.problem(format!("process {id} is missing from the type index"));
+            }
         }
+        if let Some(correlation_id) = &process.correlation_id {
+            totals.with_correlation += 1;
+            if by_correlation
+                .get((correlation_id.as_str(), ordinal))?
+                .is_none()
+            {
+                report.problem(format!(
+                    "process {id} is missing from the correlation index"
+                ));
+            }
+        }
+        let events = gathered.history_seqs.len() as u64;
+        if events != process.event_count {
+            report.problem(format!(
+                "process {id} counts {} events but its history holds {events}",
+                process.event_count
+            ));
+        }
+        if gathered.max_seq != process.last_seq {
+            report.problem(format!(
+                "process {id} says its last seq is {} but its history ends at {}",
+                process.last_seq, gathered.max_seq
+            ));
+        }
+        let mut counts = TaskCounts::default();
+        let tasks_by_ordinal: HashMap<u32, &Task> =
+            gathered.tasks.iter().map(|(o, t)| (*o, t)).collect();
+        for (_, task) in &gathered.tasks {
+            counts.add(task.status);
+            if task.attempts.len() != task.attempt as usize {
+                report.problem(format!(
+                    "task {} of process {id} is on attempt {} but has {} attempt records",
+                    task.id,
+                    task.attempt,
+                    task.attempts.len()
+                ));
+            }
+        }
+        if counts != process.task_counts || gathered.tasks.len() != process.task_total as usize {
+            report.problem(format!(
+                "process {id}'s task counts do not match its {} task records",
+                gathered.tasks.len()
+            ));
+        }
+        if gathered.task_ids.len() != gathered.tasks.len() {
+            report.problem(format!(
+                "process {id} has {} task ids for {} tasks",
+                gathered.task_ids.len(),
+                gathered.tasks.len()
+            ));
+        }
+        for (task_id, task_ordinal) in &gathered.task_ids {
+            if tasks_by_ordinal
+                .get(task_ordinal)
+                .is_none_or(|task| &task.id != task_id)
+            {
+                report.problem(format!(
+                    "task id {task_id} of process {id} points at no matching task"
+                ));
+            }
+        }
+        for (event_id, seq) in &gathered.dedup_seqs {
+            if !gathered.history_seqs.contains(seq) {
+                report.problem(format!("idempotency key {event_id} of process {id} points at seq {seq}, which is not in its history"));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Process ids of finished processes whose `finished_at` is before `cut`.

@@ -91,6 +91,25 @@ fn a_restart_keeps_every_process_identical() {
     );
 }
 
+/// Waits for `100 Continue`: hyper sends it when the handler starts to
+/// read the body, so the request is then truly in flight.
+fn await_handler(stream: &mut TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("100 Continue arrives");
+        seen.push(byte[0]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
 #[test]
 fn shutdown_refuses_new_connections_and_finishes_the_request_in_flight() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,10 +120,11 @@ fn shutdown_refuses_new_connections_and_finishes_the_request_in_flight() {
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    write!(stream, "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).unwrap();
+    write!(stream, "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n", body.len()).unwrap();
+    await_handler(&mut stream);
     stream.write_all(&body.as_bytes()[..10]).unwrap();
     stream.flush().unwrap();
-    // Headers are in; the daemon now waits for the rest of the body.
+    // The handler runs and waits for the rest of the body.
     daemon.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_ok() {
@@ -134,8 +154,10 @@ fn a_second_signal_exits_at_once() {
     // A request that never completes holds the drain open.
     let mut stream = TcpStream::connect(daemon.addr).unwrap();
     stream
-        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n")
         .unwrap();
+    await_handler(&mut stream);
+    stream.write_all(b"{").unwrap();
     daemon.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !daemon.output().contains("shutting down") {
