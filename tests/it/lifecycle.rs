@@ -11,17 +11,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A load of 8 threads posting keyed events, stopped on demand.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Acknowledged>>,
+}
+
+impl Load {
+    /// Starts the load and waits until `at_least` events are committed.
+    fn start(daemon: &Daemon, at_least: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let threads = run_load(daemon.addr, "", 8, stop.clone());
+        wait_for_acks(started, daemon.addr, at_least);
+        Load { stop, threads }
+    }
+
+    /// Stops the load; what it got a 2xx for.
+    fn acknowledged(self) -> Acknowledged {
+        self.stop.store(true, Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    }
+}
+
 #[test]
 fn sigterm_during_load_loses_no_acknowledged_event_and_exits_zero_in_time() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_in(dir.path());
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let load = run_load(daemon.addr, "", 8, stop.clone());
-    wait_for_acks(started, daemon.addr, 300);
+    let load = Load::start(&daemon, 300);
     let (status, took, output) = daemon.terminate();
-    stop.store(true, Ordering::SeqCst);
-    let acknowledged: Acknowledged = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let acknowledged = load.acknowledged();
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(output.contains("stopped"));
@@ -33,13 +55,9 @@ fn sigterm_during_load_loses_no_acknowledged_event_and_exits_zero_in_time() {
 fn kill_9_during_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_in(dir.path());
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let load = run_load(daemon.addr, "", 8, stop.clone());
-    wait_for_acks(started, daemon.addr, 500);
+    let load = Load::start(&daemon, 500);
     daemon.kill9();
-    stop.store(true, Ordering::SeqCst);
-    let acknowledged: Acknowledged = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let acknowledged = load.acknowledged();
     let restarted = Daemon::start_in(dir.path());
     let client = restarted.client();
     assert_all_present(&client, &acknowledged);
