@@ -34,7 +34,10 @@ pub enum Command {
     /// Run the daemon: accept webhooks on POST /v1/events and answer queries.
     ///
     /// Creates the data directory and store when missing. Logs `listening on
-    /// ADDR` once it accepts connections. SIGTERM or SIGINT: /readyz turns
+    /// ADDR` once it accepts connections; /livez answers from then on, and
+    /// /readyz once the store is open. If another process holds the store
+    /// (the daemon this one replaces), it waits for it, ready when it is
+    /// free. SIGTERM or SIGINT: /readyz turns
     /// 503, new connections are refused, requests in flight finish, every
     /// queued event is committed, and it exits 0 within 10 seconds. A second
     /// signal exits at once.

@@ -92,7 +92,9 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the daemon starts");
-        Server::wait_listening(child)
+        let server = Server::wait_listening(child);
+        wait_ready(server.addr, Instant::now());
+        server
     }
 
     /// This benchmark binary re-run as the HTTP floor.

@@ -1,14 +1,17 @@
-//! `processmanager serve`: open the store, start the writer, serve HTTP
-//! until a signal, then drain, commit and close.
+//! `processmanager serve`: listen, open the store (waiting while another
+//! process holds it), start the writer, serve until a signal, then drain,
+//! commit and close.
 
 use crate::config::Config;
-use crate::http::{self, AppState};
-use crate::store::{self, read::SharedSnapshots};
-use crate::writer::{self, WriterSettings};
+use crate::http::{self, AppState, Core};
+use crate::store::{self, read::SharedSnapshots, StoreError};
+use crate::writer::{self, WriterHandle, WriterSettings, WriterThread};
 use anyhow::Context;
+use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     config.check_anonymous_serving()?;
@@ -19,55 +22,116 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let path = store::store_path(&config.data_dir);
-    let snapshots = Arc::new(SharedSnapshots::open(
-        &path,
-        config.store.cache_mib * 1024 * 1024,
-    )?);
-    let (writer, writer_thread) = writer::spawn(
-        snapshots.clone(),
-        WriterSettings {
-            queue_capacity: config.ingest.queue_capacity,
-            max_group_events: config.writer.max_group_events,
-            quick_repair: config.store.quick_repair,
-            min_free_bytes: config.store.min_free_mib * 1024 * 1024,
-        },
-    )?;
-    let state =
-        Arc::new(AppState::new(snapshots.clone(), writer, &config).map_err(anyhow::Error::msg)?);
-
+    let state = Arc::new(AppState::new(&config).map_err(anyhow::Error::msg)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http.effective_worker_threads())
         .enable_all()
         .thread_name("pm-http")
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(async {
+    let stopping = CancellationToken::new();
+    // Probes answer from the start: livez 200, readyz 503 until the store
+    // is open, which may wait for another process (the daemon being
+    // replaced) to let go of it.
+    let opened = runtime.block_on(async {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener
             .local_addr()
             .context("cannot read the listening address")?;
-        let shutdown = shutdown_signal()?;
-        state.set_ready(true);
+        let signals = shutdown_signal()?;
+        tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                signals.await;
+                stopping.cancel();
+            }
+        });
+        let server = tokio::spawn(http::serve(
+            listener,
+            state.clone(),
+            stopping.clone().cancelled_owned(),
+        ));
         tracing::info!(%address, store = %path.display(), "listening on {address}");
-        http::serve(listener, state.clone(), shutdown).await;
-        anyhow::Ok(())
+        let opening = tokio::task::spawn_blocking({
+            let (path, stopping) = (path.clone(), stopping.clone());
+            let settings = WriterSettings {
+                queue_capacity: config.ingest.queue_capacity,
+                max_group_events: config.writer.max_group_events,
+                quick_repair: config.store.quick_repair,
+                min_free_bytes: config.store.min_free_mib * 1024 * 1024,
+            };
+            move || {
+                open_store(
+                    &path,
+                    config.store.cache_mib * 1024 * 1024,
+                    settings,
+                    &stopping,
+                )
+            }
+        });
+        let opened = match opening.await {
+            Ok(opened) => opened,
+            Err(error) => Err(anyhow::anyhow!("opening the store failed: {error}")),
+        };
+        match &opened {
+            Ok(Some((snapshots, writer, _))) => {
+                state.open(Core {
+                    snapshots: snapshots.clone(),
+                    writer: writer.clone(),
+                });
+                tracing::info!("ready: the store is open");
+            }
+            // Stopped before the store opened, or it cannot be opened.
+            Ok(None) | Err(_) => stopping.cancel(),
+        }
+        let _ = server.await;
+        opened.map(|opened| opened.map(|(snapshots, _, thread)| (snapshots, thread)))
     });
     // Tasks still holding the state (and so the writer's sender) end here.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     drop(state);
-    writer_thread.join();
-    // The last snapshot holds the database too.
-    served?;
-    match Arc::try_unwrap(snapshots) {
-        Ok(snapshots) => snapshots
-            .close()
-            .context("the store did not close cleanly")?,
-        Err(_) => tracing::warn!("the store is still referenced at exit; the exit closes it"),
+    if let Some((snapshots, writer_thread)) = opened? {
+        writer_thread.join();
+        match Arc::try_unwrap(snapshots) {
+            Ok(snapshots) => snapshots
+                .close()
+                .context("the store did not close cleanly")?,
+            Err(_) => tracing::warn!("the store is still referenced at exit; the exit closes it"),
+        }
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+type Opened = (Arc<SharedSnapshots>, WriterHandle, WriterThread);
+
+/// Opens the store and starts the writer. While another process holds the
+/// store, waits for it (until `stopping`); other errors end the start.
+fn open_store(
+    path: &Path,
+    cache_bytes: usize,
+    settings: WriterSettings,
+    stopping: &CancellationToken,
+) -> anyhow::Result<Option<Opened>> {
+    let mut waiting = false;
+    let snapshots = loop {
+        match SharedSnapshots::open(path, cache_bytes) {
+            Ok(snapshots) => break Arc::new(snapshots),
+            Err(StoreError::Locked { .. }) if !stopping.is_cancelled() => {
+                if !waiting {
+                    tracing::warn!(store = %path.display(), "another process holds the store; waiting for it (readyz answers 503 meanwhile)");
+                    waiting = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(StoreError::Locked { .. }) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let (writer, thread) = writer::spawn(snapshots.clone(), settings)?;
+    Ok(Some((snapshots, writer, thread)))
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.

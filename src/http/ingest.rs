@@ -284,7 +284,7 @@ fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
 async fn ingest_one(state: &AppState, incoming: IncomingEvent) -> Result<Response, ApiError> {
     let process_id = incoming.event.process_id.clone();
     let task_id = incoming.event.task_id.clone();
-    let outcomes = state.writer.submit_events(vec![incoming])?.await?;
+    let outcomes = state.core()?.writer.submit_events(vec![incoming])?.await?;
     let outcome = outcomes
         .into_iter()
         .next()
@@ -411,7 +411,7 @@ async fn ingest_batch(
     let mut outcomes = if valid.is_empty() {
         Vec::new()
     } else {
-        state.writer.submit_events(valid)?.await?
+        state.core()?.writer.submit_events(valid)?.await?
     }
     .into_iter();
 
@@ -463,7 +463,11 @@ pub async fn delete_process(state: &AppState, process_id: &str) -> Result<Respon
             "there is no process {process_id}"
         )));
     }
-    let found = state.writer.submit_delete(process_id.to_owned())?.await?;
+    let found = state
+        .core()?
+        .writer
+        .submit_delete(process_id.to_owned())?
+        .await?;
     if !found {
         return Err(ApiError::NotFound(format!(
             "there is no process {process_id}"

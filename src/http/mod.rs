@@ -27,7 +27,7 @@ use problem::ApiError;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -39,11 +39,18 @@ pub type Response = hyper::Response<ResponseBody>;
 /// the rest of the contract's 10 seconds is for the final commit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// What every handler shares.
-pub struct AppState {
+/// The store and its writer, once they are open.
+pub struct Core {
     /// Reads go through the shared snapshot; backups read the database.
     pub snapshots: Arc<SharedSnapshots>,
     pub writer: WriterHandle,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// Set once the store is open. Until then the probes answer (livez
+    /// 200, readyz 503) and everything else is 503 "starting".
+    core: OnceLock<Core>,
     auth: Auth,
     /// Set when webhooks must be signed.
     webhooks: Option<signature::WebhookVerifier>,
@@ -64,15 +71,10 @@ pub struct Limits {
 }
 
 impl AppState {
-    pub fn new(
-        snapshots: Arc<SharedSnapshots>,
-        writer: WriterHandle,
-        config: &Config,
-    ) -> Result<AppState, String> {
+    pub fn new(config: &Config) -> Result<AppState, String> {
         Ok(AppState {
+            core: OnceLock::new(),
             webhooks: signature::WebhookVerifier::new(&config.webhooks)?,
-            snapshots,
-            writer,
             auth: Auth::new(&config.auth),
             limits: Limits {
                 max_batch: config.ingest.max_batch,
@@ -84,6 +86,19 @@ impl AppState {
             data_dir: config.data_dir.clone(),
             ready: AtomicBool::new(false),
         })
+    }
+
+    /// The store is open and the writer runs: serve everything.
+    pub fn open(&self, core: Core) {
+        if self.core.set(core).is_ok() {
+            self.set_ready(true);
+        }
+    }
+
+    pub fn core(&self) -> Result<&Core, ApiError> {
+        self.core
+            .get()
+            .ok_or(ApiError::Unavailable("starting: the store is not open yet"))
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -264,7 +279,7 @@ async fn blocking<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce(&SharedSnapshots) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let snapshots = state.snapshots.clone();
+    let snapshots = state.core()?.snapshots.clone();
     tokio::task::spawn_blocking(move || work(&snapshots))
         .await
         .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?

@@ -276,3 +276,65 @@ fn another_process_can_read_the_store_while_the_daemon_writes() {
     // The daemon keeps writing meanwhile.
     assert_eq!(client.post(&event("process.started", "more")).status, 202);
 }
+
+#[test]
+fn a_daemon_whose_store_is_held_is_live_but_not_ready_until_it_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start_in(dir.path());
+    first
+        .client()
+        .post(&event("process.started", "from-the-first"));
+    // The second daemon, as in a rolling restart, finds the store held.
+    let second = Daemon::start_with(
+        DaemonOptions::default()
+            .data_dir(dir.path())
+            .without_waiting_for_ready(),
+    );
+    let client = second.client();
+    assert_eq!(client.get("/livez").status, 200);
+    let ready = client.get("/readyz");
+    assert_eq!(
+        (ready.status, ready.header("retry-after")),
+        (503, Some("5"))
+    );
+    let starting = client.get("/v1/processes/from-the-first");
+    assert_eq!(starting.status, 503);
+    assert!(
+        starting.json["detail"]
+            .as_str()
+            .unwrap()
+            .contains("starting"),
+        "{}",
+        starting.text
+    );
+    assert_eq!(
+        client.post(&event("process.started", "too-early")).status,
+        503
+    );
+    assert!(second.output().contains("another process holds the store"));
+    // The first one stops; the second opens the store and serves it.
+    let (status, _, _) = first.terminate();
+    assert!(status.success());
+    second.wait_ready();
+    assert_eq!(client.get("/v1/processes/from-the-first").status, 200);
+    assert_eq!(client.post(&event("process.started", "now")).status, 202);
+}
+
+#[test]
+fn a_signal_while_waiting_for_the_store_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Daemon::start_in(dir.path());
+    let second = Daemon::start_with(
+        DaemonOptions::default()
+            .data_dir(dir.path())
+            .without_waiting_for_ready(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.output().contains("another process holds the store") {
+        assert!(Instant::now() < deadline, "never waited for the store");
+        std::thread::yield_now();
+    }
+    let (status, took, _) = second.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(10));
+}

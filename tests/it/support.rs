@@ -121,6 +121,8 @@ pub struct Daemon {
 pub struct DaemonOptions {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    /// Return as soon as it listens, before /readyz says it is ready.
+    pub not_waiting_for_ready: bool,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
 }
@@ -128,6 +130,11 @@ pub struct DaemonOptions {
 impl DaemonOptions {
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn without_waiting_for_ready(mut self) -> Self {
+        self.not_waiting_for_ready = true;
         self
     }
 
@@ -205,12 +212,30 @@ impl Daemon {
                 );
             }
         };
-        Daemon {
+        let daemon = Daemon {
             child,
             addr,
             data_dir,
             output,
             _temp: temp,
+        };
+        if !options.not_waiting_for_ready {
+            daemon.wait_ready();
+        }
+        daemon
+    }
+
+    /// Waits until /readyz answers 200: the store is open.
+    pub fn wait_ready(&self) {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get("/readyz").status != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never became ready:\n{}",
+                self.output()
+            );
+            std::thread::yield_now();
         }
     }
 
