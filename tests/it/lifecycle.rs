@@ -311,7 +311,11 @@ fn a_daemon_whose_store_is_held_is_live_but_not_ready_until_it_is_free() {
         client.post(&event("process.started", "too-early")).status,
         503
     );
-    assert!(second.output().contains("another process holds the store"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.output().contains("another process holds the store") {
+        assert!(Instant::now() < deadline, "it never said why it waits");
+        std::thread::yield_now();
+    }
     // The first one stops; the second opens the store and serves it.
     let (status, _, _) = first.terminate();
     assert!(status.success());
