@@ -14,7 +14,7 @@ pub async fn backup(state: &AppState) -> Result<Response, ApiError> {
     let data_dir = state.data_dir.clone();
     // The snapshot goes to a file beside the store (never into memory),
     // from one read transaction while writes go on; then it is streamed.
-    let (temp, summary, sha256, length) = blocking(state, move |snapshots| {
+    let (temp, counters, sha256, length) = blocking(state, move |snapshots| {
         let io = |error: std::io::Error| ApiError::Internal(format!("backup file: {error}"));
         let temp = tempfile::Builder::new()
             .prefix(".processmanager-backup-")
@@ -22,10 +22,10 @@ pub async fn backup(state: &AppState) -> Result<Response, ApiError> {
             .tempfile_in(&data_dir)
             .map_err(io)?
             .into_temp_path();
-        let summary = backup::write_snapshot(snapshots.database()?.as_ref(), &temp)?;
+        let counters = backup::write_snapshot(snapshots.database()?.as_ref(), &temp)?;
         let sha256 = backup::sha256_file(&temp).map_err(io)?;
         let length = std::fs::metadata(&temp).map_err(io)?.len();
-        Ok((temp, summary, sha256, length))
+        Ok((temp, counters, sha256, length))
     })
     .await?;
     let file = tokio::fs::File::open(&temp)
@@ -40,14 +40,17 @@ pub async fn backup(state: &AppState) -> Result<Response, ApiError> {
     let mut response = hyper::Response::new(BodyExt::boxed(StreamBody::new(frames)));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
-    let last_seq = summary.counters.last_seq;
+    let last_seq = counters.last_seq;
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     headers.insert("x-backup-last-seq", HeaderValue::from(last_seq));
-    headers.insert("x-backup-processes", HeaderValue::from(summary.processes()));
+    headers.insert(
+        "x-backup-processes",
+        HeaderValue::from(counters.processes_total()),
+    );
     if let Ok(value) = HeaderValue::from_str(&sha256) {
         headers.insert("x-backup-sha256", value);
     }

@@ -117,14 +117,16 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    // Media types are case-insensitive; compare without allocating.
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype
+                .get(subtype.len().saturating_sub(5)..)
+                .is_some_and(|end| end.eq_ignore_ascii_case("+json")))
 }
 
 /// The idempotency key of a single event without `event_id`: the
@@ -476,4 +478,35 @@ pub async fn delete_process(state: &AppState, process_id: &str) -> Result<Respon
     let mut response = hyper::Response::new(super::full_body(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_are_recognised_in_any_case_with_parameters() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json(&headers)
+        };
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/cloudevents+json",
+        ] {
+            assert!(accepts(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/xml",
+            "application/jsonx",
+            "json",
+            "application/+jso",
+        ] {
+            assert!(!accepts(no), "{no}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
 }

@@ -21,18 +21,6 @@ use std::path::{Path, PathBuf};
 /// to fit in one transaction's memory.
 const COPY_CHUNK: usize = 50_000;
 
-/// What a snapshot holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotSummary {
-    pub counters: Counters,
-}
-
-impl SnapshotSummary {
-    pub fn processes(&self) -> u64 {
-        self.counters.processes_total()
-    }
-}
-
 fn copy_table<K: Key + 'static, V: Value + 'static>(
     source: &ReadTransaction,
     target: &Database,
@@ -64,11 +52,12 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
 }
 
 /// Writes the store as seen by `snapshot_source` (one read transaction) into
-/// a new store file at `path`, durably. `path` must not exist or be empty.
+/// a new store file at `path`, durably, and returns the counters it holds.
+/// `path` must not exist or be empty.
 pub fn write_snapshot(
     snapshot_source: &impl ReadableDatabase,
     path: &Path,
-) -> Result<SnapshotSummary, StoreError> {
+) -> Result<Counters, StoreError> {
     // Everything below reads this one transaction: the copy is the store as
     // of one commit, whatever the writer does meanwhile.
     let snapshot = Snapshot::begin(snapshot_source)?;
@@ -85,7 +74,7 @@ pub fn write_snapshot(
     // A final durable commit makes every chunk before it durable.
     target.begin_write()?.commit()?;
     target.close()?;
-    Ok(SnapshotSummary { counters })
+    Ok(counters)
 }
 
 /// SHA-256 of a file, as lowercase hex.

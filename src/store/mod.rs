@@ -32,7 +32,7 @@ pub enum StoreError {
         found: u32,
         expected: u32,
     },
-    #[error("{} is a redb file but not a ProcessManager store (it has no schema version); point --data-dir at a ProcessManager data directory", path.display())]
+    #[error("{} is not a ProcessManager store; point --data-dir at a ProcessManager data directory, or move the file away to start a new store", path.display())]
     NotAStore { path: PathBuf },
     #[error("{} is damaged and cannot be used ({detail}); restore it from another backup", path.display())]
     Damaged { path: PathBuf, detail: String },
@@ -102,6 +102,14 @@ fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
             path: path.to_owned(),
         },
+        // redb's word for a file that is not a redb database at all.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::NotAStore {
+                path: path.to_owned(),
+            }
+        }
         other => other.into(),
     }
 }

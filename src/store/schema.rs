@@ -34,17 +34,6 @@ pub const BY_CORRELATION: TableDefinition<(&str, u64), ()> = TableDefinition::ne
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_COUNTERS: &str = "counters";
 
-/// The names of every table, for telling a ProcessManager store from other files.
-pub const TABLE_NAMES: [&str; 7] = [
-    "meta",
-    "process_ids",
-    "records",
-    "by_created",
-    "by_status",
-    "by_type_status",
-    "by_correlation",
-];
-
 /// Record kinds, the byte after the ordinal in a `RECORDS` key. Their order
 /// puts a process right before its tasks, so one scan reads both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

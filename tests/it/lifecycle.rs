@@ -1,7 +1,7 @@
 //! Start, stop, restart and crash: nothing acknowledged is ever lost.
 
 use crate::support::{
-    assert_all_present, command, event, run_load, wait_for_acks, with, Acknowledged, Client,
+    assert_all_present, event, run_load, serve_refused, wait_for_acks, with, Acknowledged, Client,
     Daemon, DaemonOptions,
 };
 use serde_json::{json, Value};
@@ -228,13 +228,7 @@ fn a_store_of_another_schema_version_is_refused_with_what_to_do() {
         }
         txn.commit().unwrap();
     }
-    let output = command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_refused("127.0.0.1:0", dir.path());
     assert!(
         stderr.contains("schema version 99") && stderr.contains("restore a backup"),
         "{stderr}"
@@ -249,15 +243,12 @@ fn a_file_that_is_not_a_store_is_refused() {
         b"definitely not redb",
     )
     .unwrap();
-    let output = command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
+    let stderr = serve_refused("127.0.0.1:0", dir.path());
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("is not a ProcessManager store"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
 }
 
 #[test]

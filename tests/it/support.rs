@@ -162,6 +162,20 @@ pub fn command() -> Command {
     command
 }
 
+/// Runs `serve` where it must refuse to start; returns its stderr after
+/// checking that it exited 1 without a panic.
+pub fn serve_refused(listen: &str, data_dir: &Path) -> String {
+    let output = command()
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 impl Daemon {
     pub fn start() -> Daemon {
         Daemon::start_with(DaemonOptions::default())
