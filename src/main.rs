@@ -5,6 +5,12 @@ use processmanager::config::{Config, ProcessEnvironment};
 use processmanager::logging::{self, Destination};
 use std::process::ExitCode;
 
+/// Store reads and list pages allocate a buffer per page and per record;
+/// mimalloc serves them faster than the system allocator (lists of 50 on the
+/// 1M-process store: about 12.9k req/s against 8.6k, see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // A bug must still end in one sentence, not a backtrace.
     std::panic::set_hook(Box::new(|info| {

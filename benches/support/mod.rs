@@ -17,6 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+/// The daemon's allocator, so that the floors measured in this binary
+/// are not slower for want of it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_processmanager");
 
 /// Seconds each load phase runs: `PM_BENCH_SECS`, default 10.

@@ -26,6 +26,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http.effective_worker_threads())
         .enable_all()
+        .max_blocking_threads(config.http.effective_read_threads())
         .thread_name("pm-http")
         .build()
         .context("cannot start the async runtime")?;
