@@ -41,6 +41,7 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         StoreError::Damaged { .. }
         | StoreError::NotAStore { .. }
         | StoreError::SchemaMismatch { .. }
+        | StoreError::Outdated { .. }
         | StoreError::Missing { .. } => {
             anyhow::anyhow!("{error}; nothing was changed")
         }

@@ -6,7 +6,7 @@
 //! command and the daemon open it as they would any other.
 
 use super::schema::{
-    Counters, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, PROCESS_IDS, RECORDS,
+    Counters, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, META, PROCESS_IDS, RECORDS,
 };
 use super::{read::Snapshot, StoreError};
 use redb::{
@@ -67,6 +67,7 @@ pub fn write_snapshot(
     copy_table(source, &target, META)?;
     copy_table(source, &target, PROCESS_IDS)?;
     copy_table(source, &target, RECORDS)?;
+    copy_table(source, &target, EVENTS)?;
     copy_table(source, &target, BY_CREATED)?;
     copy_table(source, &target, BY_STATUS)?;
     copy_table(source, &target, BY_TYPE)?;
@@ -142,7 +143,11 @@ pub fn open_checked_copy(file: &Path, near: &Path) -> Result<CheckedCopy, StoreE
             path: file.to_owned(),
             detail: error.to_string(),
         })?;
-    super::check_schema(file, &db)?;
+    match super::check_schema(file, &db) {
+        // The copy is private and writable: bring it to this schema.
+        Err(StoreError::Outdated { .. }) => super::upgrade_in_place(&db)?,
+        other => other?,
+    }
     Ok(CheckedCopy {
         db,
         _dir: dir,

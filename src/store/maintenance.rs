@@ -1,14 +1,14 @@
 //! Offline and admin work on a store: the logical integrity check, and
 //! purging finished processes.
 //!
-//! The check walks the records table once, in key order. All records of a
-//! process are adjacent there, so it holds one process at a time in memory
-//! whatever the size of the store.
+//! The check walks the records and events tables once, together in key
+//! order. All records of a process are adjacent in that order, so it holds
+//! one process at a time in memory whatever the size of the store.
 
 use super::read::Snapshot;
 use super::schema::{
     self, decode_or_corrupt, history_seq, Counters, DedupRecord, HistoryRecord, Kind,
-    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, PROCESS_IDS, RECORDS,
+    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, PROCESS_IDS, RECORDS,
 };
 use super::write::{load_counters, WriteBatch};
 use super::StoreError;
@@ -74,6 +74,7 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         Err(other) => return Err(other),
     };
     let records = txn.open_table(RECORDS)?;
+    let events = txn.open_table(EVENTS)?;
     let indexes = Indexes {
         process_ids: txn.open_table(PROCESS_IDS)?,
         by_created: txn.open_table(BY_CREATED)?,
@@ -90,7 +91,24 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
     };
 
     let mut current: Option<(u64, Gathered)> = None;
-    for entry in records.iter()? {
+    let mut records = records.iter()?.peekable();
+    let mut events = events.iter()?.peekable();
+    loop {
+        // The two tables share one key layout: take whichever key is next.
+        let from_events = match (records.peek(), events.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(Ok((record, _))), Some(Ok((event, _)))) => event.value() < record.value(),
+            (Some(Err(_)), _) => false,
+            (_, Some(Err(_))) => true,
+        };
+        let entry = if from_events {
+            events.next()
+        } else {
+            records.next()
+        };
+        let Some(entry) = entry else { break };
         let (key, value) = entry?;
         let (key, value) = (key.value(), value.value());
         report.records += 1;
@@ -101,6 +119,12 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             ));
             continue;
         };
+        if kind.is_event() != from_events {
+            report.problem(format!(
+                "a {kind:?} record of ordinal {ordinal} is in the {} table",
+                if from_events { "events" } else { "records" }
+            ));
+        }
         if current.as_ref().is_none_or(|(o, _)| *o != ordinal) {
             if let Some((done, gathered)) = current.take() {
                 indexes.check_process(done, gathered, &mut report, &mut totals)?;
@@ -228,14 +252,7 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
 
 fn split_key(key: &[u8]) -> Option<(u64, Kind, &[u8])> {
     let ordinal = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-    let kind = match *key.get(8)? {
-        0 => Kind::Process,
-        1 => Kind::Task,
-        2 => Kind::TaskId,
-        3 => Kind::Dedup,
-        4 => Kind::History,
-        _ => return None,
-    };
+    let kind = Kind::from_code(*key.get(8)?)?;
     Some((ordinal, kind, &key[9..]))
 }
 

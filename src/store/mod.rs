@@ -32,6 +32,8 @@ pub enum StoreError {
         found: u32,
         expected: u32,
     },
+    #[error("the store {} has schema version {found}, from an earlier build; start `processmanager serve` on it once, which upgrades it in place", path.display())]
+    Outdated { path: PathBuf, found: u32 },
     #[error("{} is not a ProcessManager store; point --data-dir at a ProcessManager data directory, or move the file away to start a new store", path.display())]
     NotAStore { path: PathBuf },
     #[error("{} is damaged and cannot be used ({detail}); restore it from another backup", path.display())]
@@ -137,6 +139,7 @@ pub fn open_writable(path: &Path, cache_bytes: usize) -> Result<Database, StoreE
         }
     };
     match version {
+        Some(1) => upgrade_from_v1(&txn)?,
         Some(found) if found != SCHEMA_VERSION => {
             return Err(StoreError::SchemaMismatch {
                 path: path.to_owned(),
@@ -165,12 +168,52 @@ pub fn open_writable(path: &Path, cache_bytes: usize) -> Result<Database, StoreE
     // Create every table, so that readers never meet a missing one.
     txn.open_table(schema::PROCESS_IDS)?;
     txn.open_table(schema::RECORDS)?;
+    txn.open_table(schema::EVENTS)?;
     txn.open_table(schema::BY_CREATED)?;
     txn.open_table(schema::BY_STATUS)?;
     txn.open_table(schema::BY_TYPE)?;
     txn.open_table(schema::BY_CORRELATION)?;
     txn.commit()?;
     Ok(db)
+}
+
+/// Version 1 kept idempotency keys and history in `records`: move them to
+/// `events`, inside the transaction that opens the store, so the upgrade
+/// happens whole or not at all.
+fn upgrade_from_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    fn is_event(key: &[u8]) -> bool {
+        key.get(8)
+            .and_then(|code| schema::Kind::from_code(*code))
+            .is_some_and(schema::Kind::is_event)
+    }
+    tracing::info!("upgrading the store from schema version 1: moving events to their own table");
+    let mut records = txn.open_table(schema::RECORDS)?;
+    let mut events = txn.open_table(schema::EVENTS)?;
+    let mut moved: u64 = 0;
+    for entry in records.iter()? {
+        let (key, value) = entry?;
+        if is_event(key.value()) {
+            events.insert(key.value(), value.value())?;
+            moved += 1;
+        }
+    }
+    records.retain(|key, _| !is_event(key))?;
+    let mut meta = txn.open_table(META)?;
+    meta.insert(
+        META_SCHEMA_VERSION,
+        codec::encode(&SCHEMA_VERSION).as_slice(),
+    )?;
+    tracing::info!(moved, "store upgraded to schema version {SCHEMA_VERSION}");
+    Ok(())
+}
+
+/// Upgrades a writable copy of an older store, such as a backup being
+/// restored or inspected, to this build's schema.
+pub fn upgrade_in_place(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    upgrade_from_v1(&txn)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// Opens an existing store, or a backup file, read-only; it may be in use
@@ -218,6 +261,12 @@ pub fn check_schema(path: &Path, db: &impl ReadableDatabase) -> Result<(), Store
             })
         }
     };
+    if found == 1 {
+        return Err(StoreError::Outdated {
+            path: path.to_owned(),
+            found,
+        });
+    }
     if found != SCHEMA_VERSION {
         return Err(StoreError::SchemaMismatch {
             path: path.to_owned(),
@@ -226,4 +275,123 @@ pub fn check_schema(path: &Path, db: &impl ReadableDatabase) -> Result<(), Store
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read::Snapshot;
+    use super::schema::{Kind, EVENTS, RECORDS};
+    use super::write::{load_counters, IncomingEvent, WriteBatch};
+    use super::*;
+    use crate::domain::model::bare_event;
+    use crate::domain::EventType;
+    use redb::{ReadableTable, ReadableTableMetadata};
+
+    fn event(process: &str, kind: EventType, task: Option<&str>, id: &str) -> IncomingEvent {
+        let mut event = bare_event(kind, task);
+        event.process_id = process.into();
+        event.event_id = Some(id.into());
+        IncomingEvent {
+            event,
+            fingerprint: [7; 16],
+            received_at: 1_795_600_800_000,
+        }
+    }
+
+    /// Lays the store out as version 1 did: every record in `records`.
+    fn downgrade_to_v1(db: &Database) {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut records = txn.open_table(RECORDS).unwrap();
+            let mut events = txn.open_table(EVENTS).unwrap();
+            for entry in events.iter().unwrap() {
+                let (key, value) = entry.unwrap();
+                records.insert(key.value(), value.value()).unwrap();
+            }
+            events.retain(|_, _| false).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_SCHEMA_VERSION, codec::encode(&1u32).as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_on_open_with_nothing_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path());
+        let db = open_writable(&path, 1 << 20).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut batch = WriteBatch::open(&txn, load_counters(&txn).unwrap()).unwrap();
+        for (process, kind, task, id) in [
+            ("a", EventType::ProcessStarted, None, "e1"),
+            ("a", EventType::TaskStarted, Some("t"), "e2"),
+            ("b", EventType::ProcessStarted, None, "e3"),
+            ("a", EventType::TaskSucceeded, Some("t"), "e4"),
+            ("a", EventType::ProcessSucceeded, None, "e5"),
+        ] {
+            batch
+                .apply(&event(process, kind, task, id), 1_795_600_800_000)
+                .unwrap();
+        }
+        batch.finish().unwrap();
+        txn.commit().unwrap();
+        let history_of = |db: &Database, id: &str| {
+            let snapshot = Snapshot::begin(db).unwrap();
+            let page = snapshot.history(id, 0, 100).unwrap().unwrap();
+            let (process, tasks) = snapshot.process_with_tasks(id).unwrap().unwrap();
+            (page.items, process, tasks)
+        };
+        let before = (history_of(&db, "a"), history_of(&db, "b"));
+        assert_eq!(before.0 .0.len(), 4);
+        downgrade_to_v1(&db);
+        drop(db);
+
+        // Read-only opens cannot upgrade, and say what will.
+        let refused = open_read_only(&path, 1 << 20).err().unwrap();
+        assert!(matches!(refused, StoreError::Outdated { found: 1, .. }));
+        assert!(refused.to_string().contains("processmanager serve"));
+
+        let db = open_writable(&path, 1 << 20).unwrap();
+        assert_eq!((history_of(&db, "a"), history_of(&db, "b")), before);
+        let snapshot = Snapshot::begin(&db).unwrap();
+        let report = maintenance::verify(&snapshot).unwrap();
+        assert!(report.is_sound(), "{:?}", report.problems);
+        let txn = db.begin_read().unwrap();
+        let records = txn.open_table(RECORDS).unwrap();
+        for entry in records.iter().unwrap() {
+            let kind = Kind::from_code(entry.unwrap().0.value()[8]).unwrap();
+            assert!(!kind.is_event(), "{kind:?} left in records");
+        }
+        assert_eq!(txn.open_table(EVENTS).unwrap().len().unwrap(), 10);
+        drop(db);
+        assert!(open_read_only(&path, 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn verify_finds_an_event_in_the_wrong_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_writable(&store_path(dir.path()), 1 << 20).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut batch = WriteBatch::open(&txn, load_counters(&txn).unwrap()).unwrap();
+        batch
+            .apply(
+                &event("a", EventType::ProcessStarted, None, "e1"),
+                1_795_600_800_000,
+            )
+            .unwrap();
+        batch.finish().unwrap();
+        txn.commit().unwrap();
+        downgrade_to_v1(&db);
+        let report = maintenance::verify(&Snapshot::begin(&db).unwrap()).unwrap();
+        assert!(!report.is_sound());
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|problem| problem.contains("is in the records table")),
+            "{:?}",
+            report.problems
+        );
+    }
 }

@@ -9,7 +9,8 @@
 
 use super::schema::{
     decode_or_corrupt, history_seq, record_key, record_kind_end, Counters, HistoryRecord, Kind,
-    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, META_COUNTERS, PROCESS_IDS, RECORDS,
+    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, META, META_COUNTERS, PROCESS_IDS,
+    RECORDS,
 };
 use super::StoreError;
 use crate::domain::{Millis, Process, Status, Task};
@@ -21,8 +22,9 @@ use std::time::{Duration, Instant};
 /// A consistent view of the store as of one commit.
 pub struct Snapshot {
     txn: ReadTransaction,
-    /// The two tables every point read uses, opened once per snapshot.
+    /// The tables every point read uses, opened once per snapshot.
     records: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    events: ReadOnlyTable<&'static [u8], &'static [u8]>,
     process_ids: ReadOnlyTable<&'static str, u64>,
     /// For a shared snapshot, the handle it was read from: a reopen waits
     /// until no snapshot of the old handle is left.
@@ -184,6 +186,7 @@ impl Snapshot {
         let txn = db.begin_read()?;
         Ok(Snapshot {
             records: txn.open_table(RECORDS)?,
+            events: txn.open_table(EVENTS)?,
             process_ids: txn.open_table(PROCESS_IDS)?,
             handle: None,
             txn,
@@ -273,7 +276,7 @@ impl Snapshot {
         let end = record_kind_end(ordinal, Kind::History);
         let mut items = Vec::new();
         let mut more = false;
-        for entry in self.records.range(start.as_slice()..end.as_slice())? {
+        for entry in self.events.range(start.as_slice()..end.as_slice())? {
             if items.len() == limit {
                 more = true;
                 break;

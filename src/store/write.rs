@@ -6,8 +6,8 @@
 
 use super::schema::{
     self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecordRef, Kind,
-    StoredResult, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, META, META_COUNTERS, PROCESS_IDS,
-    RECORDS,
+    StoredResult, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, META, META_COUNTERS,
+    PROCESS_IDS, RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{self, Event, Millis, Outcome, Process, Scope, Status, Task};
@@ -69,6 +69,7 @@ impl IndexedFields {
 pub struct WriteBatch<'txn> {
     process_ids: Table<'txn, &'static str, u64>,
     records: Table<'txn, &'static [u8], &'static [u8]>,
+    events: Table<'txn, &'static [u8], &'static [u8]>,
     by_created: Table<'txn, (i64, u64), ()>,
     by_status: Table<'txn, (u8, u64), ()>,
     by_type: Table<'txn, (&'static str, u8, u64), ()>,
@@ -92,6 +93,7 @@ impl<'txn> WriteBatch<'txn> {
         Ok(WriteBatch {
             process_ids: txn.open_table(PROCESS_IDS)?,
             records: txn.open_table(RECORDS)?,
+            events: txn.open_table(EVENTS)?,
             by_created: txn.open_table(BY_CREATED)?,
             by_status: txn.open_table(BY_STATUS)?,
             by_type: txn.open_table(BY_TYPE)?,
@@ -111,16 +113,26 @@ impl<'txn> WriteBatch<'txn> {
     fn get_record<T: serde::de::DeserializeOwned>(
         &self,
         what: &str,
+        kind: Kind,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        match self.records.get(key)? {
+        let table = if kind.is_event() {
+            &self.events
+        } else {
+            &self.records
+        };
+        match table.get(key)? {
             Some(bytes) => decode_or_corrupt(what, bytes.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    fn put_record(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.records.insert(key, value)?;
+    fn put_record(&mut self, kind: Kind, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if kind.is_event() {
+            self.events.insert(key, value)?;
+        } else {
+            self.records.insert(key, value)?;
+        }
         Ok(())
     }
 
@@ -138,7 +150,9 @@ impl<'txn> WriteBatch<'txn> {
 
         if let (Some(ordinal), Some(event_id)) = (known_ordinal, &event.event_id) {
             let key = record_key(ordinal, Kind::Dedup, event_id.as_bytes());
-            if let Some(seen) = self.get_record::<DedupRecord>("idempotency record", &key)? {
+            if let Some(seen) =
+                self.get_record::<DedupRecord>("idempotency record", Kind::Dedup, &key)?
+            {
                 if seen.fingerprint != incoming.fingerprint {
                     return Ok(EventOutcome::KeyReused { seq: seen.seq });
                 }
@@ -173,14 +187,18 @@ impl<'txn> WriteBatch<'txn> {
                     if is_new {
                         process.task_total += 1;
                         let map_key = record_key(ordinal, Kind::TaskId, task_id.as_bytes());
-                        self.put_record(&map_key, &schema::task_ordinal_bytes(task_ordinal))?;
+                        self.put_record(
+                            Kind::TaskId,
+                            &map_key,
+                            &schema::task_ordinal_bytes(task_ordinal),
+                        )?;
                     }
                     let task_key = record_key(
                         ordinal,
                         Kind::Task,
                         &schema::task_ordinal_bytes(task_ordinal),
                     );
-                    self.put_record(&task_key, &codec::encode(&task))?;
+                    self.put_record(Kind::Task, &task_key, &codec::encode(&task))?;
                 }
                 let task_exists = outcome == Outcome::Accepted || !is_new;
                 (outcome, task_exists.then_some(task.status))
@@ -206,6 +224,7 @@ impl<'txn> WriteBatch<'txn> {
             event,
         };
         self.put_record(
+            Kind::History,
             &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
             &codec::encode(&history),
         )?;
@@ -216,11 +235,13 @@ impl<'txn> WriteBatch<'txn> {
                 fingerprint: incoming.fingerprint,
             };
             self.put_record(
+                Kind::Dedup,
                 &record_key(ordinal, Kind::Dedup, event_id.as_bytes()),
                 &codec::encode(&dedup),
             )?;
         }
         self.put_record(
+            Kind::Process,
             &record_key(ordinal, Kind::Process, &[]),
             &codec::encode(&process),
         )?;
@@ -237,11 +258,15 @@ impl<'txn> WriteBatch<'txn> {
     }
 
     fn load_process(&self, ordinal: u64) -> Result<Process, StoreError> {
-        self.get_record("process record", &record_key(ordinal, Kind::Process, &[]))?
-            .ok_or_else(|| StoreError::Corrupt {
-                what: format!("process record of ordinal {ordinal}"),
-                source: codec::CodecError::Empty,
-            })
+        self.get_record(
+            "process record",
+            Kind::Process,
+            &record_key(ordinal, Kind::Process, &[]),
+        )?
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("process record of ordinal {ordinal}"),
+            source: codec::CodecError::Empty,
+        })
     }
 
     fn load_or_new_task(
@@ -263,12 +288,12 @@ impl<'txn> WriteBatch<'txn> {
                     Kind::Task,
                     &schema::task_ordinal_bytes(task_ordinal),
                 );
-                let task =
-                    self.get_record("task record", &key)?
-                        .ok_or_else(|| StoreError::Corrupt {
-                            what: format!("task record {task_id} of process {}", process.id),
-                            source: codec::CodecError::Empty,
-                        })?;
+                let task = self
+                    .get_record("task record", Kind::Task, &key)?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: format!("task record {task_id} of process {}", process.id),
+                        source: codec::CodecError::Empty,
+                    })?;
                 Ok((task_ordinal, task, false))
             }
             None => Ok((process.task_total, Task::new(task_id.to_owned(), now), true)),
@@ -336,6 +361,8 @@ impl<'txn> WriteBatch<'txn> {
         let process = self.load_process(ordinal)?;
         let (start, end) = schema::process_range(ordinal);
         self.records
+            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+        self.events
             .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
         self.by_created.remove((process.created_at, ordinal))?;
         self.by_status.remove((process.status.code(), ordinal))?;
