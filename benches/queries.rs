@@ -50,9 +50,12 @@ fn event_of(p: u64, n: u64) -> processmanager::domain::Event {
 }
 
 /// Builds the store through the writer's own code path, committing in
-/// large transactions; reused across runs.
+/// large transactions; reused across runs of the same schema version.
 fn build_store(processes: u64) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-store-{processes}"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "bench-store-v{}-{processes}",
+        store::schema::SCHEMA_VERSION
+    ));
     let path = store::store_path(&dir);
     if dir.join("complete").exists() {
         return dir;
