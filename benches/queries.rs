@@ -4,7 +4,9 @@
 //! directory) a store of PM_BENCH_PROCESSES processes (default 1,000,000)
 //! with 10 events each (10,000,000 events), then measures:
 //! - `GET /v1/processes/{id}` for random ids at 64 connections, against the
-//!   HTTP floor answering a process-sized body;
+//!   HTTP floor answering a process-sized body. Each gets a first phase of
+//!   the same load on other ids, reported but not compared: it reads the
+//!   store into the page cache, as a daemon that has been serving finds it;
 //! - a filtered list page of 50 (status and type), p99 latency;
 //! - peak RSS of the daemon during each; store bytes per event;
 //! - time to ready after a clean stop, and after kill -9 under write load.
@@ -104,9 +106,12 @@ fn build_store(processes: u64) -> PathBuf {
     dir
 }
 
-fn get_plan(processes: u64) -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
+/// Random process ids; another `round` draws other ids.
+fn get_plan(processes: u64, round: u64) -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
     Arc::new(move |conn, n| {
-        let mut state = ((conn as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (n + 1);
+        let mut state = ((conn as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            ^ (n + 1)
+            ^ round.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let p = xorshift(&mut state) % processes;
         Planned {
             method: hyper::Method::GET,
@@ -169,7 +174,7 @@ fn main() {
         let addr = target.parse().expect("PM_BENCH_TARGET is HOST:PORT");
         report(
             "GET /v1/processes/{id}, 64 conns",
-            &run_load(addr, CONNECTIONS, secs, get_plan(processes)),
+            &run_load(addr, CONNECTIONS, secs, get_plan(processes, 0)),
         );
         report(
             "filtered list page of 50, 8 conns",
@@ -183,13 +188,15 @@ fn main() {
         .unwrap_or(0);
 
     let floor = Server::floor();
-    let floor_get = run_load(floor.addr, CONNECTIONS, secs, get_plan(processes));
+    let floor_first = run_load(floor.addr, CONNECTIONS, secs, get_plan(processes, 1));
+    let floor_get = run_load(floor.addr, CONNECTIONS, secs, get_plan(processes, 0));
     floor.stop();
 
     let spawned = Instant::now();
     let daemon = Server::daemon(&dir);
     let first_ready = wait_ready(daemon.addr, spawned);
-    let get = run_load(daemon.addr, CONNECTIONS, secs, get_plan(processes));
+    let first_get = run_load(daemon.addr, CONNECTIONS, secs, get_plan(processes, 1));
+    let get = run_load(daemon.addr, CONNECTIONS, secs, get_plan(processes, 0));
     let rss_get = daemon.peak_rss_bytes();
     let list = run_load(daemon.addr, LIST_CONNECTIONS, secs, list_plan());
     let rss_list = daemon.peak_rss_bytes();
@@ -214,8 +221,10 @@ fn main() {
     daemon.stop();
 
     println!("\nfloor");
+    report("HTTP floor, first phase", &floor_first);
     report("HTTP floor, GET process, 64 conns", &floor_get);
     println!("\ndaemon");
+    report("GET, first phase after start", &first_get);
     report("GET /v1/processes/{id}, 64 conns", &get);
     report("filtered list page of 50, 8 conns", &list);
 
