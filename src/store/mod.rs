@@ -352,6 +352,19 @@ mod tests {
         assert!(matches!(refused, StoreError::Outdated { found: 1, .. }));
         assert!(refused.to_string().contains("processmanager serve"));
 
+        // restore and inspect --file upgrade their private copy, and leave
+        // the file they were given as it was.
+        let copy = backup::open_checked_copy(&path, dir.path()).unwrap();
+        assert_eq!(
+            (history_of(&copy.db, "a"), history_of(&copy.db, "b")),
+            before
+        );
+        drop(copy);
+        assert!(matches!(
+            open_read_only(&path, 1 << 20),
+            Err(StoreError::Outdated { found: 1, .. })
+        ));
+
         let db = open_writable(&path, 1 << 20).unwrap();
         assert_eq!((history_of(&db, "a"), history_of(&db, "b")), before);
         let snapshot = Snapshot::begin(&db).unwrap();
