@@ -6,9 +6,9 @@
 //! events for recently active processes dirties few pages: the process, its
 //! tasks and its task-id map in `records`, where reading a process with its
 //! tasks is one range scan; its idempotency keys and its history in
-//! `events`, under the same key layout. Kept apart, the records a GET reads
-//! are about a quarter of the store, and stay in memory where the whole
-//! store would not.
+//! `events`, under the same key layout. Kept apart, the pages a GET reads
+//! (`records` and `process_ids`) are about a sixth of the store, and stay
+//! in memory where the whole store would not.
 
 use super::codec;
 use crate::domain::{Event, Millis, Status};
