@@ -22,7 +22,9 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        match store::open_writable(&target, 1 << 20) {
+        // Only held, never read: a store about to be replaced needs no
+        // schema upgrade.
+        match store::hold(&target) {
             Ok(db) => Some(db),
             Err(StoreError::Locked { .. }) => {
                 bail!(
@@ -41,7 +43,6 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         StoreError::Damaged { .. }
         | StoreError::NotAStore { .. }
         | StoreError::SchemaMismatch { .. }
-        | StoreError::Outdated { .. }
         | StoreError::Missing { .. } => {
             anyhow::anyhow!("{error}; nothing was changed")
         }

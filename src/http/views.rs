@@ -61,10 +61,9 @@ impl fmt::Display for Timestamp {
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.rfc3339() {
-            Some(text) => match std::str::from_utf8(&text) {
-                Ok(text) => serializer.serialize_str(text),
-                Err(_) => serializer.collect_str(&self.0),
-            },
+            // Only ASCII digits and separators were written.
+            Some(text) => serializer
+                .serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?),
             None => serializer.collect_str(&self.0),
         }
     }

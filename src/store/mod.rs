@@ -231,6 +231,15 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
     Ok(db)
 }
 
+/// Opens an existing store for writing without reading or changing its
+/// contents (no schema check, no upgrade): only to hold it, so that no
+/// daemon starts on it meanwhile.
+pub fn hold(path: &Path) -> Result<Database, StoreError> {
+    builder(1 << 20)
+        .open(path)
+        .map_err(|error| map_open_error(path, error))
+}
+
 /// True when a daemon (a writer in another process) has the store open.
 /// Asks the file locks only: nothing is written.
 pub fn held_by_writer(path: &Path) -> bool {
