@@ -61,6 +61,8 @@ pub struct StoreConfig {
     /// Below this much free disk space, writes are refused (503) before
     /// redb is asked, so the store never meets a full disk mid-commit.
     pub min_free_mib: u64,
+    /// Size of each of the two journal files that take the store's syncs.
+    pub journal_mib: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,6 +159,7 @@ impl Default for StoreConfig {
             cache_mib: 64,
             quick_repair: true,
             min_free_mib: 64,
+            journal_mib: 32,
         }
     }
 }
@@ -285,6 +288,7 @@ impl Config {
             ("ingest.queue_capacity", self.ingest.queue_capacity),
             ("writer.max_group_events", self.writer.max_group_events),
             ("http.max_connections", self.http.max_connections),
+            ("store.journal_mib", self.store.journal_mib as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -66,7 +66,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             move || {
                 open_store(
                     &path,
-                    config.store.cache_mib * 1024 * 1024,
+                    (
+                        config.store.cache_mib * 1024 * 1024,
+                        config.store.journal_mib * 1024 * 1024,
+                    ),
                     settings,
                     &stopping,
                 )
@@ -112,13 +115,14 @@ type Opened = (Arc<SharedSnapshots>, WriterHandle, WriterThread);
 /// store, waits for it (until `stopping`); other errors end the start.
 fn open_store(
     path: &Path,
-    cache_bytes: usize,
+    sizes: (usize, u64),
     settings: WriterSettings,
     stopping: &CancellationToken,
 ) -> anyhow::Result<Option<Opened>> {
+    let (cache_bytes, journal_bytes) = sizes;
     let mut waiting = false;
     let snapshots = loop {
-        match SharedSnapshots::open(path, cache_bytes) {
+        match SharedSnapshots::open(path, cache_bytes, Some(journal_bytes)) {
             Ok(snapshots) => break Arc::new(snapshots),
             Err(StoreError::Locked { .. }) if !stopping.is_cancelled() => {
                 if !waiting {

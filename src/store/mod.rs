@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod journal;
 pub mod maintenance;
 pub mod read;
 pub mod schema;
@@ -38,6 +39,8 @@ pub enum StoreError {
     NotAStore { path: PathBuf },
     #[error("{} is damaged and cannot be used ({detail}); restore it from another backup", path.display())]
     Damaged { path: PathBuf, detail: String },
+    #[error("the store {} was not stopped cleanly and its journal is not yet replayed; start `processmanager serve` on it once, which recovers it, then try again", path.display())]
+    NeedsRecovery { path: PathBuf },
     #[error("{} does not exist", path.display())]
     Missing { path: PathBuf },
     #[error("the store is being reopened after an I/O error")]
@@ -119,8 +122,18 @@ fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
 /// Opens the store for writing, creating it (and its tables) when missing,
 /// and checks its schema version.
 pub fn open_writable(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    open_writable_with_journal(path, cache_bytes, None)
+}
+
+/// `open_writable`, with the size of each journal file; `None` keeps the
+/// size the journals have, or the default for new ones.
+pub fn open_writable_with_journal(
+    path: &Path,
+    cache_bytes: usize,
+    journal_bytes: Option<u64>,
+) -> Result<Database, StoreError> {
     let db = builder(cache_bytes)
-        .create(path)
+        .create_with_backend(open_journaled(path, journal_bytes)?)
         .map_err(|error| map_open_error(path, error))?;
     let txn = db.begin_write()?;
     let existing: Vec<String> = txn
@@ -224,6 +237,14 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
             path: path.to_owned(),
         });
     }
+    // Without its writer, a store with journal records left is not whole
+    // until they are replayed, which only a writer does. With its writer
+    // running, the file holds every write already.
+    if journal::has_pending_records(path).unwrap_or(false) && !held_by_writer(path) {
+        return Err(StoreError::NeedsRecovery {
+            path: path.to_owned(),
+        });
+    }
     let db = builder(cache_bytes)
         .open_read_only(path)
         .map_err(|error| map_open_error(path, error))?;
@@ -236,8 +257,22 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
 /// daemon starts on it meanwhile.
 pub fn hold(path: &Path) -> Result<Database, StoreError> {
     builder(1 << 20)
-        .open(path)
+        .create_with_backend(open_journaled(path, None)?)
         .map_err(|error| map_open_error(path, error))
+}
+
+/// The store file under its journal, replayed if its last writer did not
+/// stop cleanly.
+fn open_journaled(
+    path: &Path,
+    journal_bytes: Option<u64>,
+) -> Result<journal::JournaledFile, StoreError> {
+    journal::JournaledFile::open(path, journal_bytes).map_err(|error| match error.kind() {
+        std::io::ErrorKind::WouldBlock => StoreError::Locked {
+            path: path.to_owned(),
+        },
+        _ => StoreError::Redb(redb::Error::Io(error)),
+    })
 }
 
 /// True when a daemon (a writer in another process) has the store open.

@@ -619,3 +619,49 @@ fn every_subcommand_explains_itself_and_misuse_is_exit_2() {
         stderr(&missing_store)
     );
 }
+
+#[test]
+fn after_kill_9_inspect_and_backup_ask_for_recovery_and_a_restart_gives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = path(dir.path());
+    let daemon = Daemon::start_in(dir.path());
+    let client = daemon.client();
+    for i in 0..20 {
+        assert_eq!(
+            client
+                .post(&event("process.started", &format!("p{i}")))
+                .status,
+            202
+        );
+    }
+    // Live, the store file already holds every acknowledged write.
+    let live = json_of(&run(&["inspect", "--data-dir", data_dir, "--json"]));
+    assert_eq!(live["processes_total"], 20);
+
+    daemon.kill9();
+    // Down after a crash, the journal's last records are not yet in the
+    // store file: the tools say what to do instead of reading half of it.
+    let out = dir.path().join("after-crash.redb");
+    for args in [
+        vec!["inspect", "--data-dir", data_dir],
+        vec!["backup", "--data-dir", data_dir, "--out", path(&out)],
+    ] {
+        let refused = run(&args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&refused).contains("was not stopped cleanly")
+                && stderr(&refused).contains("start `processmanager serve` on it once"),
+            "{}",
+            stderr(&refused)
+        );
+    }
+    assert!(!out.exists());
+
+    let restarted = Daemon::start_in(dir.path());
+    let (status, _, _) = restarted.terminate();
+    assert!(status.success());
+    let recovered = json_of(&run(&["inspect", "--data-dir", data_dir, "--json"]));
+    assert_eq!(recovered["processes_total"], 20);
+    let verify = run(&["inspect", "--data-dir", data_dir, "verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
+}

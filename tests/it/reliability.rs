@@ -363,11 +363,11 @@ impl Drop for SmallDisk {
 /// checks that it stays up for reads, loses nothing acknowledged, and takes
 /// writes again by itself once space is freed.
 fn full_disk_round(min_free_mib: u64) {
-    let disk = SmallDisk::mount("4m");
+    let disk = SmallDisk::mount("8m");
     let mut config = tempfile::NamedTempFile::new().unwrap();
     write!(
         config,
-        "[store]\nmin_free_mib = {min_free_mib}\ncache_mib = 4\n"
+        "[store]\nmin_free_mib = {min_free_mib}\ncache_mib = 4\njournal_mib = 1\n"
     )
     .unwrap();
     let data_dir = disk.path().join("data");
@@ -377,8 +377,11 @@ fn full_disk_round(min_free_mib: u64) {
             .env("PM_CONFIG", config.path().to_str().unwrap()),
     );
     let client = daemon.client();
-    // Leave about 1.5 MiB for the store.
-    std::fs::write(disk.path().join("filler"), vec![0u8; 2_500_000]).unwrap();
+    // Leave about 1.5 MiB for the store, beside its two journals.
+    let stats = rustix::fs::statvfs(disk.path()).unwrap();
+    let free = stats.f_bavail * stats.f_frsize;
+    let filler = usize::try_from(free - 1_500_000).unwrap();
+    std::fs::write(disk.path().join("filler"), vec![0u8; filler]).unwrap();
     let pad = "x".repeat(2000);
     let mut acknowledged: Acknowledged = Vec::new();
     let mut refused = None;
