@@ -104,7 +104,8 @@ struct State {
     /// Where the next record goes in the active journal.
     pos: u64,
     epoch: u64,
-    /// Entries not yet in a record.
+    /// The next record: room for its header, then the entries not yet
+    /// written out.
     pending: Vec<u8>,
     capacity: u64,
     flush_bytes: usize,
@@ -250,7 +251,7 @@ impl JournaledFile {
                 active: 0,
                 pos: 0,
                 epoch: last_epoch + 1,
-                pending: Vec::new(),
+                pending: vec![0; HEADER_BYTES],
                 capacity,
                 flush_bytes: FLUSH_BYTES.min((capacity / 4) as usize),
                 piece_bytes: PIECE_BYTES.min((capacity / 8) as usize),
@@ -266,19 +267,19 @@ impl JournaledFile {
     /// Appends what is pending to the active journal as one record, moving
     /// to the other journal when it does not fit.
     fn write_record(&self, state: &mut State) -> io::Result<()> {
-        if state.pending.is_empty() {
+        if state.pending.len() == HEADER_BYTES {
             return Ok(());
         }
-        let len = (HEADER_BYTES + state.pending.len()) as u64;
+        let len = state.pending.len() as u64;
         if state.pos + len > state.capacity {
             self.switch_journal(state)?;
         }
         // Entries are written out before they pass a quarter of a journal.
         debug_assert!(len <= state.capacity);
-        let record = encode_record(state.epoch, self.ino, &state.pending);
-        state.journals[state.active].write_all_at(&record, state.pos)?;
-        state.pos += record.len() as u64;
-        state.pending.clear();
+        seal_record(&mut state.pending, state.epoch, self.ino);
+        state.journals[state.active].write_all_at(&state.pending, state.pos)?;
+        state.pos += len;
+        state.pending.truncate(HEADER_BYTES);
         Ok(())
     }
 
@@ -348,18 +349,16 @@ fn size_journal(journal: &File, capacity: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn encode_record(epoch: u64, ino: u64, payload: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
-    record.extend_from_slice(&MAGIC.to_le_bytes());
-    record.extend_from_slice(&[0; 4]); // the checksum, below
-    record.extend_from_slice(&epoch.to_le_bytes());
-    record.extend_from_slice(&ino.to_le_bytes());
-    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    record.extend_from_slice(&[0; 4]);
-    record.extend_from_slice(payload);
+/// Fills in the header of a record whose entries follow it in `record`.
+fn seal_record(record: &mut [u8], epoch: u64, ino: u64) {
+    let payload_len = (record.len() - HEADER_BYTES) as u32;
+    record[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    record[8..16].copy_from_slice(&epoch.to_le_bytes());
+    record[16..24].copy_from_slice(&ino.to_le_bytes());
+    record[24..28].copy_from_slice(&payload_len.to_le_bytes());
+    record[28..32].fill(0);
     let checksum = crc32fast::hash(&record[8..]);
     record[4..8].copy_from_slice(&checksum.to_le_bytes());
-    record
 }
 
 /// A record read back: its epoch and payload.
