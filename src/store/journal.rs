@@ -285,6 +285,11 @@ impl JournaledFile {
 
     fn switch_journal(&self, state: &mut State) -> io::Result<()> {
         let next = 1 - state.active;
+        // Records written out ahead of a sync (a large transaction) may sit
+        // unsynced at the end of this journal; the next sync only reaches
+        // the next journal, and replay must never find a later record
+        // without the earlier ones.
+        state.journals[state.active].sync_data()?;
         // The next journal may be written over only once the store file
         // holds its records durably: wait for its checkpoint.
         self.shared.wait_idle()?;
