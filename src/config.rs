@@ -309,6 +309,12 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
+        if self.store.journal_mib > 4096 {
+            return Err(ConfigError::Invalid(
+                "store.journal_mib must be at most 4096 (each of the two journals is preallocated)"
+                    .into(),
+            ));
+        }
         for secret in &self.webhooks.secrets {
             crate::http::signature::decode_secret(secret).map_err(ConfigError::Invalid)?;
         }
@@ -413,6 +419,24 @@ mod tests {
         std::fs::write(&file, "[ingest]\nmax_bacth = 5\n").unwrap();
         let error = Config::from_file(&file).unwrap_err().to_string();
         assert!(error.contains("max_bacth"), "{error}");
+    }
+
+    #[test]
+    fn a_journal_size_out_of_range_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pm.toml");
+        for (value, says) in [("0", "at least 1"), ("5000", "at most 4096")] {
+            std::fs::write(&file, format!("[store]\njournal_mib = {value}\n")).unwrap();
+            let overrides = Overrides {
+                config_file: Some(file.clone()),
+                ..Overrides::default()
+            };
+            let error = Config::load(&overrides, &no_env()).unwrap_err().to_string();
+            assert!(
+                error.contains("store.journal_mib") && error.contains(says),
+                "{error}"
+            );
+        }
     }
 
     #[test]
