@@ -159,7 +159,7 @@ impl Default for StoreConfig {
             cache_mib: 64,
             quick_repair: true,
             min_free_mib: 64,
-            journal_mib: 32,
+            journal_mib: crate::store::journal::DEFAULT_JOURNAL_BYTES >> 20,
         }
     }
 }

@@ -161,6 +161,12 @@ impl Shared {
         }
     }
 
+    /// Lets the checkpoint thread end once it is idle.
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.changed.notify_all();
+    }
+
     /// Waits until no checkpoint is running.
     fn wait_idle(&self) -> io::Result<()> {
         let mut checkpoint = self.lock();
@@ -328,8 +334,7 @@ impl JournaledFile {
 
 impl Drop for JournaledFile {
     fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.changed.notify_all();
+        self.shared.stop();
     }
 }
 
@@ -510,10 +515,7 @@ impl StorageBackend for JournaledFile {
 
     fn close(&self) -> Result<(), io::Error> {
         let result = self.checkpoint_all();
-        {
-            self.shared.lock().stop = true;
-            self.shared.changed.notify_all();
-        }
+        self.shared.stop();
         let closed = self.inner.close();
         result.and(closed)
     }
