@@ -9,7 +9,8 @@
 //!     try_send on a bounded crossbeam channel      -- full: 429 + Retry-After
 //! writer (one thread, the only one that writes)
 //!     drain the queue, apply every event with the domain rules inside one
-//!     redb write transaction, commit once (fsync), then answer each request
+//!     redb write transaction, commit once (its syncs go to the journal,
+//!     store::journal, as one sequential write each), then answer each request
 //! dashboards --GET--> http: a redb read snapshot, never blocked by the writer
 //! ```
 //!

@@ -2,9 +2,10 @@
 //!
 //! Requests queue on a bounded crossbeam channel. The writer blocks for the
 //! first, takes whatever else is queued (up to `max_group_events`), applies
-//! all of it in one redb write transaction, commits once (one fsync for the
-//! whole group), and only then answers each request. The group grows by
-//! itself under load; there is no timer and no added latency when idle.
+//! all of it in one redb write transaction, commits once (its syncs, through
+//! the journal in `store::journal`, serve the whole group), and only then
+//! answers each request. The group grows by itself under load; there is no
+//! timer and no added latency when idle.
 //!
 //! Shutdown is dropping every `WriterHandle`: the channel disconnects once
 //! drained, the writer commits what it has, and the thread ends.
