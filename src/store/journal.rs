@@ -78,6 +78,31 @@ pub fn has_pending_records(store: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
+/// True when the file at `store` is neither missing, nor empty, nor a redb
+/// file, and has no journals whose replay could make it one: no journals
+/// should be created beside it.
+pub fn is_foreign(store: &Path) -> io::Result<bool> {
+    const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+    if journal_paths(store).iter().any(|path| path.exists()) {
+        return Ok(false);
+    }
+    let file = match File::open(store) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut start = [0u8; REDB_MAGIC.len()];
+    if len < start.len() as u64 {
+        return Ok(true);
+    }
+    file.read_exact_at(&mut start, 0)?;
+    Ok(start != REDB_MAGIC)
+}
+
 /// Removes the journals of a store file that is about to be replaced.
 pub fn remove(store: &Path) -> io::Result<()> {
     for path in journal_paths(store) {

@@ -267,6 +267,12 @@ fn open_journaled(
     path: &Path,
     journal_bytes: Option<u64>,
 ) -> Result<journal::JournaledFile, StoreError> {
+    // redb would refuse such a file, but only after the journals exist.
+    if journal::is_foreign(path).map_err(|error| StoreError::Redb(redb::Error::Io(error)))? {
+        return Err(StoreError::NotAStore {
+            path: path.to_owned(),
+        });
+    }
     journal::JournaledFile::open(path, journal_bytes).map_err(|error| match error.kind() {
         std::io::ErrorKind::WouldBlock => StoreError::Locked {
             path: path.to_owned(),

@@ -249,6 +249,12 @@ fn a_file_that_is_not_a_store_is_refused() {
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["processmanager.redb"], "nothing written beside it");
 }
 
 #[test]
