@@ -240,7 +240,13 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
     // Without its writer, a store with journal records left is not whole
     // until they are replayed, which only a writer does. With its writer
     // running, the file holds every write already.
-    if journal::has_pending_records(path).unwrap_or(false) && !held_by_writer(path) {
+    let pending = journal::has_pending_records(path).map_err(|error| {
+        StoreError::Redb(redb::Error::Io(std::io::Error::new(
+            error.kind(),
+            format!("cannot read the journal beside {}: {error}", path.display()),
+        )))
+    })?;
+    if pending && !held_by_writer(path) {
         return Err(StoreError::NeedsRecovery {
             path: path.to_owned(),
         });
