@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -24,13 +25,44 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_processmanager");
 
-/// Seconds each load phase runs: `PM_BENCH_SECS`, default 10.
-pub fn phase_secs() -> Duration {
-    let secs = std::env::var("PM_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    Duration::from_secs(secs)
+/// Seconds each load phase runs: `PM_BENCH_SECS`, or `default`.
+pub fn phase_secs_or(default: u64) -> Duration {
+    Duration::from_secs(env_number("PM_BENCH_SECS", default))
+}
+
+/// The median of a few measurements, with the lowest and the highest.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Spread {
+    /// Panics on no values: every benchmark measures at least once.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut values: Vec<f64> = values.into_iter().collect();
+        values.sort_by(f64::total_cmp);
+        let middle = values.len() / 2;
+        let median = if values.len() % 2 == 1 {
+            values[middle]
+        } else {
+            (values[middle - 1] + values[middle]) / 2.0
+        };
+        Spread {
+            median,
+            low: values[0],
+            high: values[values.len() - 1],
+        }
+    }
+
+    /// `median [low–high]` with `decimals` decimals.
+    pub fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.*} [{:.*}–{:.*}]",
+            decimals, self.median, decimals, self.low, decimals, self.high
+        )
+    }
 }
 
 pub fn env_number(name: &str, default: u64) -> u64 {
@@ -250,11 +282,11 @@ pub fn sample_process_json() -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// The n-th event of connection `conn`: ten per process, a realistic mix
+/// The n-th event of a stream of events: ten per process, a realistic mix
 /// (start, task starts and ends, progress, finish), each with a unique key.
-pub fn webhook(conn: usize, n: u64) -> serde_json::Value {
-    let process = format!("bench-{conn}-{}", n / 10);
-    let key = format!("c{conn}-e{n}");
+pub fn webhook(stream: u64, n: u64) -> serde_json::Value {
+    let process = format!("bench-{stream}-{n}", n = n / 10);
+    let key = format!("s{stream}-e{n}");
     match n % 10 {
         0 => {
             serde_json::json!({"event_id": key, "type": "process.started", "process_id": process, "process_type": format!("type-{}", n % 7), "correlation_id": format!("tenant-{}", n % 50)})
@@ -285,6 +317,25 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// Several phases as one, for latency percentiles over all of them.
+    pub fn merged<'a>(results: impl IntoIterator<Item = &'a LoadResult>) -> LoadResult {
+        let mut merged = LoadResult {
+            requests: 0,
+            events: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: Vec::new(),
+        };
+        for result in results {
+            merged.requests += result.requests;
+            merged.events += result.events;
+            merged.errors += result.errors;
+            merged.elapsed += result.elapsed;
+            merged.latencies_us.extend_from_slice(&result.latencies_us);
+        }
+        merged
+    }
+
     pub fn requests_per_sec(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -408,19 +459,37 @@ pub fn run_load(
     })
 }
 
+/// The first stream of a new load phase: every phase, in this run or an
+/// earlier one against the same store, sends events no phase sent before,
+/// so none is answered as an idempotent repeat.
+fn fresh_streams() -> u64 {
+    static PHASES: AtomicU64 = AtomicU64::new(0);
+    // Ten digits at most: the run's second (within eleven days), the phase,
+    // then the connection.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() % 1_000_000);
+    (run * 100 + PHASES.fetch_add(1, Ordering::Relaxed) % 100) * 100
+}
+
+/// Single events, each connection its own stream.
 pub fn single_event_plan() -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
-    Arc::new(|conn, n| Planned {
+    let first = fresh_streams();
+    Arc::new(move |conn, n| Planned {
         method: hyper::Method::POST,
         path: "/v1/events".into(),
-        body: Bytes::from(webhook(conn, n).to_string()),
+        body: Bytes::from(webhook(first + conn as u64, n).to_string()),
         events: 1,
     })
 }
 
+/// Batches of `size` consecutive events, each connection its own stream.
 pub fn batch_plan(size: u64) -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
+    let first = fresh_streams();
     Arc::new(move |conn, n| {
-        let events: Vec<serde_json::Value> =
-            (0..size).map(|i| webhook(conn, n * size + i)).collect();
+        let events: Vec<serde_json::Value> = (0..size)
+            .map(|i| webhook(first + conn as u64, n * size + i))
+            .collect();
         Planned {
             method: hyper::Method::POST,
             path: "/v1/events".into(),
