@@ -69,10 +69,13 @@ pub fn has_pending_records(store: &Path) -> io::Result<bool> {
     };
     let ino = file.metadata()?.ino();
     for path in journal_paths(store) {
-        if let Ok(journal) = File::open(&path) {
-            if first_record(&journal, ino, journal.metadata()?.len())?.is_some() {
-                return Ok(true);
-            }
+        let journal = match File::open(&path) {
+            Ok(journal) => journal,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        if first_record(&journal, ino, journal.metadata()?.len())?.is_some() {
+            return Ok(true);
         }
     }
     Ok(false)
