@@ -61,7 +61,8 @@ pub struct StoreConfig {
     /// Below this much free disk space, writes are refused (503) before
     /// redb is asked, so the store never meets a full disk mid-commit.
     pub min_free_mib: u64,
-    /// Size of each of the two journal files that take the store's syncs.
+    /// Size of each of the two journal files that take the store's syncs,
+    /// and of the write log that makes each group durable.
     pub journal_mib: u64,
 }
 
@@ -311,7 +312,7 @@ impl Config {
         }
         if self.store.journal_mib > 4096 {
             return Err(ConfigError::Invalid(
-                "store.journal_mib must be at most 4096 (each of the two journals is preallocated)"
+                "store.journal_mib must be at most 4096 (the two journals and the write log are preallocated)"
                     .into(),
             ));
         }

@@ -9,8 +9,10 @@
 //!     try_send on a bounded crossbeam channel      -- full: 429 + Retry-After
 //! writer (one thread, the only one that writes)
 //!     drain the queue, apply every event with the domain rules inside one
-//!     redb write transaction, commit once (its syncs go to the journal,
-//!     store::journal, as one sequential write each), then answer each request
+//!     redb write transaction, append the group to the write log
+//!     (store::grouplog) with one fdatasync, commit without redb's own
+//!     durability, then answer each request; every 50 groups a durable
+//!     redb commit instead (its syncs go to store::journal)
 //! dashboards --GET--> http: a redb read snapshot, never blocked by the writer
 //! ```
 //!

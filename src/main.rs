@@ -35,11 +35,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     logging::init(&config.log, destination)?;
     let data_dir = config.data_dir.clone();
+    let admin_token = config.auth.admin_tokens.first().cloned();
+    let admin_token = admin_token.as_deref();
     match &cli.command {
         Command::Serve(_) => commands::serve::run(config),
-        Command::Backup(args) => commands::backup::run(args, &data_dir),
+        Command::Backup(args) => commands::backup::run(args, &data_dir, admin_token),
         Command::Restore(args) => commands::restore::run(args),
         Command::Compact(args) => commands::compact::run(args, &data_dir),
-        Command::Inspect(args) => commands::inspect::run(args, &data_dir),
+        Command::Inspect(args) => commands::inspect::run(args, &data_dir, admin_token),
     }
 }

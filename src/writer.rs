@@ -2,21 +2,30 @@
 //!
 //! Requests queue on a bounded crossbeam channel. The writer blocks for the
 //! first, takes whatever else is queued (up to `max_group_events`), applies
-//! all of it in one redb write transaction, commits once (its syncs, through
-//! the journal in `store::journal`, serve the whole group), and only then
-//! answers each request. The group grows by itself under load; there is no
-//! timer and no added latency when idle.
+//! all of it in one redb write transaction, appends the group's requests to
+//! the write log (`store::grouplog`) with one `fdatasync`, commits the
+//! transaction without redb's own durability, and only then answers each
+//! request. Every `checkpoint_groups` groups (and at a clean stop) the
+//! commit is durable instead, through redb's syncs and the journal in
+//! `store::journal`, and the log starts over. At start, and after the store
+//! is reopened, the groups logged since the last durable commit are applied
+//! again. The group grows by itself under load; there is no timer and no
+//! added latency when idle.
 //!
 //! Shutdown is dropping every `WriterHandle`: the channel disconnects once
 //! drained, the writer commits what it has, and the thread ends.
 
 use crate::domain::Millis;
+use crate::store::codec;
+use crate::store::grouplog::GroupLog;
 use crate::store::read::SharedSnapshots;
 use crate::store::schema::Counters;
-use crate::store::write::{load_counters, EventOutcome, IncomingEvent, WriteBatch};
+use crate::store::write::{
+    load_counters, load_logged_group, set_logged_group, EventOutcome, IncomingEvent, WriteBatch,
+};
 use crate::store::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use redb::Database;
+use redb::{Database, Durability};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,9 +57,24 @@ pub enum Answer {
     Deleted(bool),
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Work {
     Ingest(Vec<IncomingEvent>),
     Delete(String),
+}
+
+/// A group as the log keeps it: the requests, and the server clock their
+/// transaction used.
+#[derive(serde::Serialize)]
+struct LoggedGroupRef<'a> {
+    now: Millis,
+    works: Vec<&'a Work>,
+}
+
+#[derive(serde::Deserialize)]
+struct LoggedGroup {
+    now: Millis,
+    works: Vec<Work>,
 }
 
 struct Command {
@@ -104,24 +128,36 @@ pub struct WriterSettings {
     pub quick_repair: bool,
     /// Refuse writes while the store's disk has less free space than this.
     pub min_free_bytes: u64,
+    /// The size of the write log (`store::grouplog`).
+    pub log_bytes: u64,
+    /// Logged groups between two durable commits, at most.
+    pub checkpoint_groups: u32,
 }
 
 /// How long the writer keeps trying to reopen the store after an I/O
 /// error before it exits, so that a supervisor restarts the daemon.
 const REOPEN_GIVE_UP: Duration = Duration::from_secs(30);
 
-/// Loads the counters and starts the writer thread.
+/// Replays the write log onto the store, loads the counters and starts the
+/// writer thread.
 pub fn spawn(
     snapshots: Arc<SharedSnapshots>,
     settings: WriterSettings,
 ) -> Result<(WriterHandle, WriterThread), StoreError> {
-    let counters = committed_counters(&snapshots)?;
+    let mut log = GroupLog::open(snapshots.path(), Some(settings.log_bytes)).map_err(io_error)?;
+    let (counters, number, replayed) =
+        replay(&*snapshots.database()?, &mut log, settings.quick_repair)?;
+    let mut log = Log {
+        file: log,
+        number,
+        since_checkpoint: replayed,
+    };
     let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
     let thread = std::thread::Builder::new()
         .name("pm-writer".into())
         .spawn(move || {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&snapshots, receiver, counters, &settings)
+                run(&snapshots, receiver, counters, &mut log, &settings)
             }));
             if ran.is_err() {
                 // A daemon whose writer is gone would answer 503 forever:
@@ -193,11 +229,71 @@ pub fn now_millis() -> Millis {
     Millis::try_from(nanos / 1_000_000).unwrap_or(Millis::MAX)
 }
 
-fn committed_counters(snapshots: &SharedSnapshots) -> Result<Counters, StoreError> {
-    let txn = snapshots.database()?.begin_write()?;
-    let counters = load_counters(&txn)?;
-    txn.abort()?;
-    Ok(counters)
+fn io_error(error: std::io::Error) -> StoreError {
+    StoreError::Redb(redb::Error::Io(error))
+}
+
+/// The write log and where the writer is in it.
+struct Log {
+    file: GroupLog,
+    /// The number of the last group committed.
+    number: u64,
+    /// Groups committed without durability since the last durable one.
+    since_checkpoint: u32,
+}
+
+/// Applies the groups the log holds after the store's last durable commit,
+/// in order, in one transaction committed without redb's durability (the
+/// log keeps them until the next durable commit, so that this needs no
+/// room on the disk). Returns the counters, the number of the last group
+/// the store now holds, and how many groups were replayed.
+fn replay(
+    db: &Database,
+    log: &mut GroupLog,
+    quick_repair: bool,
+) -> Result<(Counters, u64, u32), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(quick_repair);
+    let durable = load_logged_group(&txn)?;
+    let groups = log.pending(durable).map_err(io_error)?;
+    let Some(last) = groups.last().map(|group| group.number) else {
+        let counters = load_counters(&txn)?;
+        txn.abort()?;
+        log.start_over().map_err(io_error)?;
+        return Ok((counters, durable, 0));
+    };
+    let mut batch = WriteBatch::open(&txn, load_counters(&txn)?)?;
+    for logged in &groups {
+        let group: LoggedGroup =
+            codec::decode(&logged.payload).map_err(|source| StoreError::Corrupt {
+                what: format!("write log group {}", logged.number),
+                source,
+            })?;
+        for work in &group.works {
+            apply_work(&mut batch, work, group.now)?;
+        }
+    }
+    let counters = batch.finish()?;
+    set_logged_group(&txn, last)?;
+    txn.set_durability(Durability::None)?;
+    txn.commit()?;
+    log.append_after_pending(durable).map_err(io_error)?;
+    tracing::info!(
+        groups = groups.len(),
+        "replayed the write log: the groups acknowledged after the last durable commit"
+    );
+    Ok((counters, last, groups.len() as u32))
+}
+
+/// Makes everything committed durable, so that the store file is whole
+/// without its log (a clean stop).
+fn checkpoint(db: &Database, log: &mut Log, quick_repair: bool) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(quick_repair);
+    set_logged_group(&txn, log.number)?;
+    txn.commit()?;
+    log.since_checkpoint = 0;
+    log.file.start_over().map_err(io_error)
 }
 
 /// Free space on the store's disk, when the system says.
@@ -211,6 +307,7 @@ fn run(
     snapshots: &SharedSnapshots,
     receiver: Receiver<Command>,
     mut counters: Counters,
+    log: &mut Log,
     settings: &WriterSettings,
 ) {
     let mut disk_full = false;
@@ -247,7 +344,7 @@ fn run(
         }
         let result = snapshots
             .database()
-            .and_then(|db| commit_group(&db, &counters, &group, settings.quick_repair));
+            .and_then(|db| commit_group(&db, &counters, &group, log, settings));
         match result {
             Ok((committed, answers)) => {
                 counters = committed;
@@ -267,7 +364,7 @@ fn run(
                 // Reopen before answering, so that whoever reads next after
                 // this 503 finds the store usable again.
                 if error.poisons_handle() {
-                    counters = reopen_or_exit(snapshots);
+                    counters = reopen_or_exit(snapshots, log, settings.quick_repair);
                 }
                 for command in group {
                     command.answer(Err(failure));
@@ -275,17 +372,29 @@ fn run(
             }
         }
     }
+    if log.since_checkpoint > 0 {
+        let made_durable = snapshots
+            .database()
+            .and_then(|db| checkpoint(&db, log, settings.quick_repair));
+        if let Err(error) = made_durable {
+            tracing::error!(%error, "the last commits could not be made durable in the store file; the write log keeps them for the next start");
+        }
+    }
     tracing::debug!("writer stopped: every handle is gone and the queue is empty");
 }
 
 /// After an I/O error redb refuses the handle: reopen the store and carry
 /// on from what is committed, or exit so that a supervisor restarts us.
-fn reopen_or_exit(snapshots: &SharedSnapshots) -> Counters {
+fn reopen_or_exit(snapshots: &SharedSnapshots, log: &mut Log, quick_repair: bool) -> Counters {
+    // The reopened store is its last durable commit: the log brings back
+    // the groups acknowledged since.
     let reopened = snapshots
         .reopen(REOPEN_GIVE_UP)
-        .and_then(|()| committed_counters(snapshots));
+        .and_then(|()| replay(&*snapshots.database()?, &mut log.file, quick_repair));
     match reopened {
-        Ok(counters) => {
+        Ok((counters, number, replayed)) => {
+            log.number = number;
+            log.since_checkpoint = replayed;
             tracing::warn!("the store was reopened after an I/O error; writes go on");
             counters
         }
@@ -296,34 +405,80 @@ fn reopen_or_exit(snapshots: &SharedSnapshots) -> Counters {
     }
 }
 
-/// Applies a group in one transaction and commits it durably. On any error
-/// the transaction is dropped, which aborts it: nothing of the group stays.
+/// Leaves nothing half-applied: an error after the group is in the log
+/// would make the store and the log tell different stories.
+fn exit_after_logging(error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(%error, "a logged group could not be committed; exiting so that a supervisor restarts the daemon, which replays the log");
+    std::process::exit(1);
+}
+
+/// Applies a group in one transaction and commits it: logged and synced
+/// first, then committed without redb's durability, or, every
+/// `checkpoint_groups` groups (and for a group too large for what is left
+/// of the log), committed durably instead. On an error before the log
+/// holds the group, the transaction is dropped, which aborts it: nothing
+/// of the group stays.
 fn commit_group(
     db: &Database,
     counters: &Counters,
     group: &[Command],
-    quick_repair: bool,
+    log: &mut Log,
+    settings: &WriterSettings,
 ) -> Result<(Counters, Vec<Answer>), StoreError> {
     let now = now_millis();
     let mut txn = db.begin_write()?;
-    txn.set_quick_repair(quick_repair);
+    txn.set_quick_repair(settings.quick_repair);
     let mut batch = WriteBatch::open(&txn, counters.clone())?;
     let mut answers = Vec::with_capacity(group.len());
     for command in group {
-        match &command.work {
-            Work::Ingest(events) => {
-                let mut outcomes = Vec::with_capacity(events.len());
-                for event in events {
-                    outcomes.push(batch.apply(event, now)?);
-                }
-                answers.push(Answer::Events(outcomes));
-            }
-            Work::Delete(process_id) => {
-                answers.push(Answer::Deleted(batch.delete_process(process_id)?));
-            }
-        }
+        answers.push(apply_work(&mut batch, &command.work, now)?);
     }
     let committed = batch.finish()?;
-    txn.commit()?;
+    let number = log.number + 1;
+    set_logged_group(&txn, number)?;
+    let logged = log.since_checkpoint < settings.checkpoint_groups && {
+        let record = codec::encode(&LoggedGroupRef {
+            now,
+            works: group.iter().map(|command| &command.work).collect(),
+        });
+        match log.file.append(number, &record) {
+            Ok(fits) => fits,
+            Err(error) => exit_after_logging(&error),
+        }
+    };
+    if logged {
+        let committed = txn
+            .set_durability(Durability::None)
+            .map_err(StoreError::from)
+            .and_then(|()| txn.commit().map_err(StoreError::from));
+        if let Err(error) = committed {
+            // Not applied: take it out of the log before saying so.
+            if let Err(retract) = log.file.retract_last() {
+                exit_after_logging(&retract);
+            }
+            return Err(error);
+        }
+        log.since_checkpoint += 1;
+    } else {
+        txn.commit()?;
+        log.since_checkpoint = 0;
+        log.file
+            .start_over()
+            .unwrap_or_else(|error| exit_after_logging(&error));
+    }
+    log.number = number;
     Ok((committed, answers))
+}
+
+fn apply_work(batch: &mut WriteBatch<'_>, work: &Work, now: Millis) -> Result<Answer, StoreError> {
+    Ok(match work {
+        Work::Ingest(events) => {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                outcomes.push(batch.apply(event, now)?);
+            }
+            Answer::Events(outcomes)
+        }
+        Work::Delete(process_id) => Answer::Deleted(batch.delete_process(process_id)?),
+    })
 }

@@ -3,7 +3,7 @@
 
 use super::output;
 use crate::cli::BackupArgs;
-use crate::store::{self, backup, read::Snapshot};
+use crate::store::{self, backup, read::Snapshot, StoreError};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -20,7 +20,9 @@ struct Written {
     sha256: String,
 }
 
-pub fn run(args: &BackupArgs, data_dir: &Path) -> anyhow::Result<()> {
+/// `admin_token` is the configured one, for a daemon reached on the
+/// user's behalf; `--token` comes first.
+pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> anyhow::Result<()> {
     if args.out.exists() && !args.force {
         bail!(
             "{} already exists; pass --force to replace it",
@@ -48,11 +50,16 @@ pub fn run(args: &BackupArgs, data_dir: &Path) -> anyhow::Result<()> {
 
     match &args.url {
         Some(url) => download(url, args.token.as_deref(), &temp)?,
-        None => {
-            let path = store::store_path(data_dir);
-            let db = store::open_read_only(&path, 16 << 20)?;
-            backup::write_snapshot(&db, &temp)?;
-        }
+        None => match store::open_read_only(&store::store_path(data_dir), 16 << 20) {
+            Ok(db) => {
+                backup::write_snapshot(&db, &temp)?;
+            }
+            // A live daemon holds its store alone: it takes the backup.
+            Err(StoreError::Locked { .. }) => {
+                super::backup_from_daemon(data_dir, args.token.as_deref().or(admin_token), &temp)?
+            }
+            Err(error) => return Err(error.into()),
+        },
     }
     backup::sync_file_and_dir(&temp)?;
     let counters = {
@@ -100,7 +107,7 @@ pub fn run(args: &BackupArgs, data_dir: &Path) -> anyhow::Result<()> {
 
 /// Streams `GET {url}/v1/admin/backup` into `path`, checking the digest the
 /// daemon announces.
-fn download(url: &str, token: Option<&str>, path: &Path) -> anyhow::Result<()> {
+pub(super) fn download(url: &str, token: Option<&str>, path: &Path) -> anyhow::Result<()> {
     if !url.starts_with("http://") {
         bail!("--url must start with http:// (the daemon serves plain HTTP, e.g. http://127.0.0.1:8080)");
     }

@@ -7,7 +7,7 @@ use crate::http::views::{format_millis, HistoryView, ProcessView, StatsView};
 use crate::store::backup::{self, CheckedCopy};
 use crate::store::read::{ListQuery, Snapshot};
 use crate::store::schema::SCHEMA_VERSION;
-use crate::store::{self, maintenance};
+use crate::store::{self, maintenance, StoreError};
 use anyhow::bail;
 use redb::ReadOnlyDatabase;
 use serde_json::{json, Value};
@@ -21,7 +21,11 @@ enum Source {
 }
 
 impl Source {
-    fn open(args: &InspectArgs, data_dir: &Path) -> anyhow::Result<Source> {
+    fn open(
+        args: &InspectArgs,
+        data_dir: &Path,
+        admin_token: Option<&str>,
+    ) -> anyhow::Result<Source> {
         Ok(match &args.file {
             Some(file) => Source::File {
                 copy: backup::open_checked_copy(file, &std::env::temp_dir())?,
@@ -29,9 +33,22 @@ impl Source {
             },
             None => {
                 let path = store::store_path(data_dir);
-                Source::Store {
-                    db: store::open_read_only(&path, 64 << 20)?,
-                    path,
+                match store::open_read_only(&path, 64 << 20) {
+                    Ok(db) => Source::Store { db, path },
+                    // A live daemon holds its store alone: read a backup
+                    // it takes.
+                    Err(StoreError::Locked { .. }) => {
+                        let taken = tempfile::Builder::new()
+                            .prefix(".processmanager-inspect-")
+                            .tempfile()?
+                            .into_temp_path();
+                        super::backup_from_daemon(data_dir, admin_token, &taken)?;
+                        Source::File {
+                            copy: backup::open_checked_copy(&taken, &std::env::temp_dir())?,
+                            path,
+                        }
+                    }
+                    Err(error) => return Err(error.into()),
                 }
             }
         })
@@ -55,8 +72,9 @@ fn time(millis: Option<Millis>) -> String {
     millis.map(format_millis).unwrap_or_else(|| "-".into())
 }
 
-pub fn run(args: &InspectArgs, data_dir: &Path) -> anyhow::Result<()> {
-    let source = Source::open(args, data_dir)?;
+/// `admin_token` reaches a live daemon, which alone reads its store.
+pub fn run(args: &InspectArgs, data_dir: &Path, admin_token: Option<&str>) -> anyhow::Result<()> {
+    let source = Source::open(args, data_dir, admin_token)?;
     match &args.what {
         None => summary(&source, args.json),
         Some(InspectWhat::Process { id }) => process(&source, id, args.json),

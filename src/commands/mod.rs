@@ -6,3 +6,26 @@ pub mod inspect;
 mod output;
 pub mod restore;
 pub mod serve;
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+
+/// Where the daemon that holds a data directory's store can be reached:
+/// written by `serve` once it holds the store, removed when it stops.
+pub fn daemon_url_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("processmanager.url")
+}
+
+/// The store is held by a live daemon, which alone may read it: a backup
+/// of it, taken through the daemon's admin API, into `path`.
+fn backup_from_daemon(data_dir: &Path, token: Option<&str>, path: &Path) -> anyhow::Result<()> {
+    let file = daemon_url_file(data_dir);
+    let url = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "a daemon holds the store in {} but left no address in {}; use `backup --url` with its address",
+            data_dir.display(),
+            file.display()
+        )
+    })?;
+    backup::download(url.trim(), token, path)
+}

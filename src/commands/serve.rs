@@ -13,6 +13,10 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+/// Groups committed without redb's durability (durable through the write
+/// log) between two durable commits.
+const CHECKPOINT_GROUPS: u32 = 50;
+
 pub fn run(config: Config) -> anyhow::Result<()> {
     config.check_anonymous_serving()?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -62,6 +66,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 max_group_events: config.writer.max_group_events,
                 quick_repair: config.store.quick_repair,
                 min_free_bytes: config.store.min_free_mib * 1024 * 1024,
+                log_bytes: config.store.journal_mib * 1024 * 1024,
+                checkpoint_groups: CHECKPOINT_GROUPS,
             };
             move || {
                 open_store(
@@ -85,6 +91,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     snapshots: snapshots.clone(),
                     writer: writer.clone(),
                 });
+                // The store is this daemon's alone now: tools that read it
+                // ask the daemon, here.
+                if let Err(error) = write_url_file(&config.data_dir, address) {
+                    tracing::warn!(%error, "cannot leave the daemon's address in the data directory; inspect and backup --data-dir will not reach it");
+                }
                 tracing::info!("ready: the store is open");
             }
             // Stopped before the store opened, or it cannot be opened.
@@ -97,6 +108,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     drop(state);
     if let Some((snapshots, writer_thread)) = opened? {
+        let _ = std::fs::remove_file(commands_url_file(&config.data_dir));
         writer_thread.join();
         match Arc::try_unwrap(snapshots) {
             Ok(snapshots) => snapshots
@@ -110,6 +122,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 type Opened = (Arc<SharedSnapshots>, WriterHandle, WriterThread);
+
+use super::daemon_url_file as commands_url_file;
+
+/// Leaves `http://ADDRESS` in the data directory, the unspecified address
+/// (listening on every interface) as the loopback one, written whole.
+fn write_url_file(data_dir: &Path, address: std::net::SocketAddr) -> std::io::Result<()> {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let file = commands_url_file(data_dir);
+    let temp = file.with_extension("url.tmp");
+    std::fs::write(&temp, format!("http://{address}\n"))?;
+    std::fs::rename(&temp, &file)
+}
 
 /// Opens the store and starts the writer. While another process holds the
 /// store, waits for it (until `stopping`); other errors end the start.

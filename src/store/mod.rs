@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod grouplog;
 pub mod journal;
 pub mod maintenance;
 pub mod read;
@@ -39,7 +40,7 @@ pub enum StoreError {
     NotAStore { path: PathBuf },
     #[error("{} is damaged and cannot be used ({detail}); restore it from another backup", path.display())]
     Damaged { path: PathBuf, detail: String },
-    #[error("the store {} was not stopped cleanly and its journal is not yet replayed; start `processmanager serve` on it once, which recovers it, then try again", path.display())]
+    #[error("the store {} was not stopped cleanly and its journal or write log is not yet replayed; start `processmanager serve` on it once, which recovers it, then try again", path.display())]
     NeedsRecovery { path: PathBuf },
     #[error("{} does not exist", path.display())]
     Missing { path: PathBuf },
@@ -96,9 +97,9 @@ fn builder(cache_bytes: usize) -> Builder {
     let mut builder = Builder::new();
     builder
         .set_cache_size(cache_bytes)
-        // Lets `inspect` and `backup --data-dir` open the file read-only
-        // while the daemon writes.
-        .set_concurrency_mode(ConcurrencyMode::SingleWriter);
+        // The writer holds the file alone: redb commits without its own
+        // durability only then (the write log makes them durable).
+        .set_concurrency_mode(ConcurrencyMode::ExclusiveWriter);
     builder
 }
 
@@ -122,7 +123,34 @@ fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
 /// Opens the store for writing, creating it (and its tables) when missing,
 /// and checks its schema version.
 pub fn open_writable(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    open_writable_with_journal(path, cache_bytes, None)
+    let db = open_writable_with_journal(path, cache_bytes, None)?;
+    // Groups a crashed daemon acknowledged after its last durable commit
+    // are in its write log, which only the daemon replays.
+    let txn = db.begin_write()?;
+    let durable = write::load_logged_group(&txn)?;
+    txn.abort()?;
+    refuse_pending_groups(path, durable)?;
+    Ok(db)
+}
+
+/// `NeedsRecovery` when the store's write log holds groups after
+/// `durable`, the last one the store file holds.
+fn refuse_pending_groups(path: &Path, durable: u64) -> Result<(), StoreError> {
+    let pending = grouplog::has_pending(path, durable).map_err(|error| {
+        StoreError::Redb(redb::Error::Io(std::io::Error::new(
+            error.kind(),
+            format!(
+                "cannot read the write log beside {}: {error}",
+                path.display()
+            ),
+        )))
+    })?;
+    if pending {
+        return Err(StoreError::NeedsRecovery {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// `open_writable`, with the size of each journal file; `None` keeps the
@@ -255,6 +283,16 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
         .open_read_only(path)
         .map_err(|error| map_open_error(path, error))?;
     check_schema(path, &db)?;
+    let durable = {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let stored = meta.get(schema::META_LOGGED_GROUP)?;
+        match stored {
+            Some(bytes) => schema::decode_or_corrupt::<u64>("logged group number", bytes.value())?,
+            None => 0,
+        }
+    };
+    refuse_pending_groups(path, durable)?;
     Ok(db)
 }
 

@@ -40,6 +40,9 @@ pub const BY_CORRELATION: TableDefinition<(&str, u64), ()> = TableDefinition::ne
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_COUNTERS: &str = "counters";
+/// The number of the last write group the store holds, for replaying the
+/// write log (`store::grouplog`).
+pub const META_LOGGED_GROUP: &str = "logged_group";
 
 /// Record kinds, the byte after the ordinal in a `RECORDS` key. Their order
 /// puts a process right before its tasks, so one scan reads both.

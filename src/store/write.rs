@@ -7,14 +7,14 @@
 use super::schema::{
     self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecordRef, Kind,
     StoredResult, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, META, META_COUNTERS,
-    PROCESS_IDS, RECORDS,
+    META_LOGGED_GROUP, PROCESS_IDS, RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{self, Event, Millis, Outcome, Process, Scope, Status, Task};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 /// One validated event on its way to the store.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IncomingEvent {
     pub event: Event,
     /// Identifies the event's content for the idempotency check.
@@ -79,6 +79,24 @@ pub struct WriteBatch<'txn> {
 }
 
 /// Reads the counters as last committed.
+/// The number of the last write group the store holds (`store::grouplog`);
+/// 0 before the first.
+pub fn load_logged_group(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let meta = txn.open_table(META)?;
+    let bytes = meta.get(META_LOGGED_GROUP)?;
+    match bytes {
+        Some(bytes) => decode_or_corrupt("logged group number", bytes.value()),
+        None => Ok(0),
+    }
+}
+
+/// Records that the store holds write group `number`.
+pub fn set_logged_group(txn: &WriteTransaction, number: u64) -> Result<(), StoreError> {
+    txn.open_table(META)?
+        .insert(META_LOGGED_GROUP, codec::encode(&number).as_slice())?;
+    Ok(())
+}
+
 pub fn load_counters(txn: &WriteTransaction) -> Result<Counters, StoreError> {
     let meta = txn.open_table(META)?;
     let bytes = meta.get(META_COUNTERS)?;

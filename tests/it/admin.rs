@@ -690,3 +690,53 @@ fn inspect_refuses_a_store_whose_journal_cannot_be_read() {
         stderr(&refused)
     );
 }
+
+#[test]
+fn inspect_and_backup_read_a_live_store_through_its_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = path(dir.path());
+    let daemon = Daemon::start_with(
+        DaemonOptions::default()
+            .data_dir(dir.path())
+            .env("PM_AUTH_ADMIN_TOKENS", "admin-t")
+            .env("PM_AUTH_INGEST_TOKENS", "ingest-t"),
+    );
+    let client = daemon.client().with_token("ingest-t");
+    assert_eq!(
+        client.post(&event("process.started", "visible")).status,
+        202
+    );
+    // The daemon holds its store alone; reading it goes through the daemon,
+    // with the admin token the tools find in the configuration.
+    let store = dir.path().join("processmanager.redb");
+    assert!(matches!(
+        processmanager::store::open_read_only(&store, 1 << 20),
+        Err(processmanager::store::StoreError::Locked { .. })
+    ));
+    let as_admin = |args: &[&str]| {
+        command()
+            .args(args)
+            .env("PM_AUTH_ADMIN_TOKENS", "admin-t")
+            .output()
+            .unwrap()
+    };
+    let live = json_of(&as_admin(&["inspect", "--data-dir", data_dir, "--json"]));
+    assert_eq!(live["processes_total"], 1);
+    let out = dir.path().join("live.redb");
+    let backup = as_admin(&["backup", "--data-dir", data_dir, "--out", path(&out)]);
+    assert_eq!(backup.status.code(), Some(0), "{}", stderr(&backup));
+    // Without the token the daemon refuses, and the tools say so.
+    let refused = run(&["inspect", "--data-dir", data_dir]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("401"), "{}", stderr(&refused));
+    // The daemon kept writing meanwhile.
+    assert_eq!(client.post(&event("process.started", "more")).status, 202);
+    let copy = json_of(&run(&["inspect", "--file", path(&out), "--json"]));
+    assert_eq!(copy["processes_total"], 1);
+    // Stopped, it leaves the store to the tools again, and no address.
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+    assert!(!dir.path().join("processmanager.url").exists());
+    let stopped = json_of(&run(&["inspect", "--data-dir", data_dir, "--json"]));
+    assert_eq!(stopped["processes_total"], 2);
+}

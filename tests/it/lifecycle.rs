@@ -258,23 +258,6 @@ fn a_file_that_is_not_a_store_is_refused() {
 }
 
 #[test]
-fn another_process_can_read_the_store_while_the_daemon_writes() {
-    let daemon = Daemon::start_with(DaemonOptions::default());
-    let client = daemon.client();
-    client.post(&event("process.started", "visible"));
-    let path = daemon.data_dir.join("processmanager.redb");
-    let reader = processmanager::store::open_read_only(&path, 1 << 20)
-        .expect("opens read-only beside the daemon");
-    let snapshot = processmanager::store::read::Snapshot::begin(&reader).unwrap();
-    assert_eq!(
-        snapshot.process("visible").unwrap().map(|p| p.id),
-        Some("visible".to_owned())
-    );
-    // The daemon keeps writing meanwhile.
-    assert_eq!(client.post(&event("process.started", "more")).status, 202);
-}
-
-#[test]
 fn a_daemon_whose_store_is_held_is_live_but_not_ready_until_it_is_free() {
     let dir = tempfile::tempdir().unwrap();
     let first = Daemon::start_in(dir.path());

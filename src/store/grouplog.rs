@@ -1,0 +1,366 @@
+//! The log of write groups: what makes an answer durable between redb's
+//! durable commits.
+//!
+//! The writer applies a group of requests in one redb transaction, appends
+//! the group's inputs (its requests and the server clock it used) to this
+//! log as one record, syncs that one sequential write, and only then
+//! commits the transaction, without redb's own durability, and answers.
+//! Every so often a commit is made durable instead (a checkpoint), and the
+//! log starts over from its beginning.
+//!
+//! On start, the groups logged after the last durable commit are applied
+//! again, in order, through the same code: applying a group is
+//! deterministic given the store before it, its requests and its clock, so
+//! the store ends where it was when the process stopped.
+//!
+//! Records are numbered. The store remembers the number of the last group
+//! a durable commit holds; a record counts only if its number follows the
+//! one before it, so the records of earlier rounds that a shorter round
+//! did not overwrite, and a record torn by a crash, end the log. Records
+//! also carry the store file's inode: a log never replays onto a file that
+//! replaced its store (a restore).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The size of the log file, unless told otherwise.
+pub const DEFAULT_LOG_BYTES: u64 = 32 << 20;
+/// The smallest log: room for a few groups of single events.
+const MIN_LOG_BYTES: u64 = 64 << 10;
+
+const MAGIC: u32 = 0x504d_4731; // "PMG1"
+const HEADER_BYTES: usize = 32;
+
+/// The log file of a store file.
+pub fn log_path(store: &Path) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".groups");
+    PathBuf::from(name)
+}
+
+/// One group read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedGroup {
+    pub number: u64,
+    pub payload: Vec<u8>,
+}
+
+/// True when the log of a store file holds groups numbered after
+/// `durable`, which the store file lacks until a writer replays them.
+pub fn has_pending(store: &Path, durable: u64) -> io::Result<bool> {
+    let ino = std::fs::metadata(store)?.ino();
+    let file = match File::open(log_path(store)) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    Ok(!pending_in(&file, ino, durable)?.0.is_empty())
+}
+
+/// Removes the log of a store file that is about to be replaced.
+pub fn remove(store: &Path) -> io::Result<()> {
+    match std::fs::remove_file(log_path(store)) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug)]
+pub struct GroupLog {
+    file: File,
+    ino: u64,
+    capacity: u64,
+    /// Where the next record goes.
+    pos: u64,
+    /// Where the record appended last begins, until another call.
+    last: Option<u64>,
+    /// The record being built: room for its header, then its payload.
+    buffer: Vec<u8>,
+}
+
+impl GroupLog {
+    /// Opens (or creates, zero-filled) the log of a store file, `capacity`
+    /// bytes long (`None`: the size it has, or the default for a new one).
+    pub fn open(store: &Path, capacity: Option<u64>) -> io::Result<GroupLog> {
+        let ino = std::fs::metadata(store)?.ino();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(log_path(store))?;
+        let len = file.metadata()?.len();
+        let capacity = match capacity {
+            Some(capacity) => capacity.max(MIN_LOG_BYTES),
+            None if len == 0 => DEFAULT_LOG_BYTES,
+            None => len.max(MIN_LOG_BYTES),
+        };
+        Ok(GroupLog {
+            file,
+            ino,
+            capacity,
+            pos: 0,
+            last: None,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The groups numbered after `durable`, in order: what the last
+    /// process logged and acknowledged after its last durable commit.
+    pub fn pending(&self, durable: u64) -> io::Result<Vec<LoggedGroup>> {
+        Ok(pending_in(&self.file, self.ino, durable)?.0)
+    }
+
+    /// Goes on appending after the groups `pending` returned, which stay
+    /// in the log until the next durable commit (`start_over`).
+    pub fn append_after_pending(&mut self, durable: u64) -> io::Result<()> {
+        self.size()?;
+        self.pos = pending_in(&self.file, self.ino, durable)?.1;
+        self.last = None;
+        Ok(())
+    }
+
+    /// Makes the file `capacity` bytes of real zeros where it is shorter
+    /// (writing into a hole would make every sync write the block map),
+    /// and starts the log over. Call once the store holds every pending
+    /// group durably.
+    pub fn start_over(&mut self) -> io::Result<()> {
+        self.size()?;
+        self.pos = 0;
+        self.last = None;
+        Ok(())
+    }
+
+    fn size(&mut self) -> io::Result<()> {
+        let len = self.file.metadata()?.len();
+        if len != self.capacity {
+            if len > self.capacity {
+                self.file.set_len(self.capacity)?;
+            } else {
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = len;
+                while at < self.capacity {
+                    let n = (self.capacity - at).min(zeros.len() as u64) as usize;
+                    self.file.write_all_at(&zeros[..n], at)?;
+                    at += n as u64;
+                }
+            }
+            self.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Appends group `number` and syncs it; `false`, with nothing written,
+    /// when the record does not fit in what is left of the log (make that
+    /// commit durable instead, then `start_over`).
+    pub fn append(&mut self, number: u64, payload: &[u8]) -> io::Result<bool> {
+        let len = (HEADER_BYTES + payload.len()) as u64;
+        if self.pos + len > self.capacity || payload.len() > u32::MAX as usize {
+            return Ok(false);
+        }
+        self.buffer.clear();
+        self.buffer.resize(HEADER_BYTES, 0);
+        self.buffer.extend_from_slice(payload);
+        seal(&mut self.buffer, number, self.ino);
+        self.file.write_all_at(&self.buffer, self.pos)?;
+        self.file.sync_data()?;
+        self.last = Some(self.pos);
+        self.pos += len;
+        Ok(true)
+    }
+
+    /// Takes back the group appended last, which its transaction failed to
+    /// commit: its record no longer counts, durably.
+    pub fn retract_last(&mut self) -> io::Result<()> {
+        let Some(last) = self.last.take() else {
+            return Ok(());
+        };
+        self.file.write_all_at(&[0; HEADER_BYTES], last)?;
+        self.file.sync_data()?;
+        self.pos = last;
+        Ok(())
+    }
+}
+
+/// The groups of a log numbered after `durable`, in order, and where the
+/// log's valid records end.
+fn pending_in(file: &File, ino: u64, durable: u64) -> io::Result<(Vec<LoggedGroup>, u64)> {
+    let len = file.metadata()?.len();
+    let mut groups = Vec::new();
+    let mut pos = 0;
+    let mut previous: Option<u64> = None;
+    while let Some(group) = read_record(file, ino, pos, len)? {
+        if previous.is_some_and(|previous| group.number != previous + 1) {
+            break;
+        }
+        pos += (HEADER_BYTES + group.payload.len()) as u64;
+        previous = Some(group.number);
+        if group.number > durable {
+            groups.push(group);
+        }
+    }
+    Ok((groups, pos))
+}
+
+/// Fills in the header of the record in `record`: magic, checksum,
+/// number, store inode, payload length.
+fn seal(record: &mut [u8], number: u64, ino: u64) {
+    let payload_len = (record.len() - HEADER_BYTES) as u32;
+    record[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    record[8..16].copy_from_slice(&number.to_le_bytes());
+    record[16..24].copy_from_slice(&ino.to_le_bytes());
+    record[24..28].copy_from_slice(&payload_len.to_le_bytes());
+    record[28..32].fill(0);
+    let checksum = crc32fast::hash(&record[8..]);
+    record[4..8].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// The record at `pos`, if a whole and intact one is there.
+fn read_record(file: &File, ino: u64, pos: u64, len: u64) -> io::Result<Option<LoggedGroup>> {
+    if pos + HEADER_BYTES as u64 > len {
+        return Ok(None);
+    }
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut header, pos)?;
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
+    let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
+    let number = long(8);
+    let payload_len = u64::from(word(24));
+    if word(0) != MAGIC || long(16) != ino || pos + HEADER_BYTES as u64 + payload_len > len {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; payload_len as usize];
+    file.read_exact_at(&mut payload, pos + HEADER_BYTES as u64)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[8..]);
+    hasher.update(&payload);
+    if hasher.finalize() != word(4) {
+        return Ok(None);
+    }
+    Ok(Some(LoggedGroup { number, payload }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> GroupLog {
+        let store = dir.join("store");
+        if !store.exists() {
+            std::fs::write(&store, b"").unwrap();
+        }
+        let mut log = GroupLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
+        log.start_over().unwrap();
+        log
+    }
+
+    fn numbers(groups: &[LoggedGroup]) -> Vec<u64> {
+        groups.iter().map(|group| group.number).collect()
+    }
+
+    #[test]
+    fn groups_after_the_durable_one_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        for number in 1..=5 {
+            assert!(log.append(number, &[number as u8; 100]).unwrap());
+        }
+        let reopened = GroupLog::open(&dir.path().join("store"), None).unwrap();
+        let pending = reopened.pending(3).unwrap();
+        assert_eq!(numbers(&pending), [4, 5]);
+        assert_eq!(pending[0].payload, [4u8; 100]);
+    }
+
+    #[test]
+    fn a_shorter_round_ends_where_the_earlier_round_begins_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        for number in 1..=6 {
+            log.append(number, &[1; 50]).unwrap();
+        }
+        // A durable commit holds group 6; the next round is shorter.
+        log.start_over().unwrap();
+        log.append(7, &[2; 50]).unwrap();
+        log.append(8, &[2; 50]).unwrap();
+        assert_eq!(numbers(&log.pending(6).unwrap()), [7, 8]);
+    }
+
+    #[test]
+    fn right_after_a_durable_commit_nothing_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        for number in 1..=6 {
+            log.append(number, &[1; 50]).unwrap();
+        }
+        // The process died after the durable commit that holds group 6,
+        // before the next round wrote anything.
+        log.start_over().unwrap();
+        assert!(log.pending(6).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_torn_record_ends_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.append(1, &[1; 100]).unwrap();
+        log.append(2, &[2; 100]).unwrap();
+        log.append(3, &[3; 100]).unwrap();
+        // The second record's payload only half reached the disk.
+        let second = (HEADER_BYTES + 100 + HEADER_BYTES + 50) as u64;
+        log.file.write_all_at(&[0; 50], second).unwrap();
+        assert_eq!(numbers(&log.pending(0).unwrap()), [1]);
+    }
+
+    #[test]
+    fn a_log_never_replays_onto_a_file_that_replaced_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.append(1, &[1; 10]).unwrap();
+        let store = dir.path().join("store");
+        assert!(has_pending(&store, 0).unwrap());
+        // A restore renames another file into place.
+        let restored = dir.path().join("restored");
+        std::fs::write(&restored, b"").unwrap();
+        std::fs::rename(&restored, &store).unwrap();
+        assert!(!has_pending(&store, 0).unwrap());
+    }
+
+    #[test]
+    fn a_retracted_group_is_gone_and_its_place_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.append(1, &[1; 10]).unwrap();
+        log.append(2, &[2; 10]).unwrap();
+        log.retract_last().unwrap();
+        assert_eq!(numbers(&log.pending(0).unwrap()), [1]);
+        log.append(2, &[3; 10]).unwrap();
+        let pending = log.pending(0).unwrap();
+        assert_eq!(numbers(&pending), [1, 2]);
+        assert_eq!(pending[1].payload, [3; 10]);
+    }
+
+    #[test]
+    fn appending_goes_on_after_the_pending_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        for number in 1..=3 {
+            log.append(number, &[1; 10]).unwrap();
+        }
+        let mut reopened = GroupLog::open(&dir.path().join("store"), None).unwrap();
+        reopened.append_after_pending(1).unwrap();
+        reopened.append(4, &[4; 10]).unwrap();
+        assert_eq!(numbers(&reopened.pending(1).unwrap()), [2, 3, 4]);
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        let big = vec![7u8; MIN_LOG_BYTES as usize];
+        assert!(!log.append(1, &big).unwrap());
+        assert!(log.pending(0).unwrap().is_empty());
+        assert!(log.append(1, &[1; 10]).unwrap());
+    }
+}
