@@ -132,6 +132,9 @@ pub struct WriterSettings {
     pub log_bytes: u64,
     /// Logged groups between two durable commits, at most.
     pub checkpoint_groups: u32,
+    /// Bytes logged between two durable commits, about: a durable commit
+    /// writes out everything since the last, and the writer waits for it.
+    pub checkpoint_bytes: u64,
 }
 
 /// How long the writer keeps trying to reopen the store after an I/O
@@ -413,11 +416,11 @@ fn exit_after_logging(error: &dyn std::fmt::Display) -> ! {
 }
 
 /// Applies a group in one transaction and commits it: logged and synced
-/// first, then committed without redb's durability, or, every
-/// `checkpoint_groups` groups (and for a group too large for what is left
-/// of the log), committed durably instead. On an error before the log
-/// holds the group, the transaction is dropped, which aborts it: nothing
-/// of the group stays.
+/// first, then committed without redb's durability; or, once
+/// `checkpoint_groups` groups or `checkpoint_bytes` are logged (and for a
+/// group too large for what is left of the log), committed durably
+/// instead. On an error the transaction is dropped, which aborts it, and a
+/// logged group is taken back out of the log: nothing of the group stays.
 fn commit_group(
     db: &Database,
     counters: &Counters,
@@ -436,16 +439,18 @@ fn commit_group(
     let committed = batch.finish()?;
     let number = log.number + 1;
     set_logged_group(&txn, number)?;
-    let logged = log.since_checkpoint < settings.checkpoint_groups && {
-        let record = codec::encode(&LoggedGroupRef {
-            now,
-            works: group.iter().map(|command| &command.work).collect(),
-        });
-        match log.file.append(number, &record) {
-            Ok(fits) => fits,
-            Err(error) => exit_after_logging(&error),
-        }
-    };
+    let logged = log.since_checkpoint < settings.checkpoint_groups
+        && log.file.written() < settings.checkpoint_bytes
+        && {
+            let record = codec::encode(&LoggedGroupRef {
+                now,
+                works: group.iter().map(|command| &command.work).collect(),
+            });
+            match log.file.append(number, &record) {
+                Ok(fits) => fits,
+                Err(error) => exit_after_logging(&error),
+            }
+        };
     if logged {
         let committed = txn
             .set_durability(Durability::None)

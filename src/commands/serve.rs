@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 /// Groups committed without redb's durability (durable through the write
 /// log) between two durable commits.
 const CHECKPOINT_GROUPS: u32 = 50;
+/// Or fewer, once this much is logged: the durable commit writes out the
+/// pages of every group since the last, and writes wait for it.
+const CHECKPOINT_BYTES: u64 = 256 << 10;
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     config.check_anonymous_serving()?;
@@ -68,6 +71,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 min_free_bytes: config.store.min_free_mib * 1024 * 1024,
                 log_bytes: config.store.journal_mib * 1024 * 1024,
                 checkpoint_groups: CHECKPOINT_GROUPS,
+                checkpoint_bytes: CHECKPOINT_BYTES,
             };
             move || {
                 open_store(

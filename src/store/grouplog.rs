@@ -152,6 +152,11 @@ impl GroupLog {
         Ok(())
     }
 
+    /// Bytes of records since the log started over.
+    pub fn written(&self) -> u64 {
+        self.pos
+    }
+
     /// Appends group `number` and syncs it; `false`, with nothing written,
     /// when the record does not fit in what is left of the log (make that
     /// commit durable instead, then `start_over`).
