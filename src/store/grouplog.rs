@@ -71,7 +71,11 @@ pub fn remove(store: &Path) -> io::Result<()> {
 pub struct GroupLog {
     file: File,
     ino: u64,
+    /// The size asked for; the file takes it when the log starts over.
     capacity: u64,
+    /// Where records may end now: the file's size, which is `capacity`
+    /// unless pending groups were kept in a larger file.
+    limit: u64,
     /// Where the next record goes.
     pos: u64,
     /// Where the record appended last begins, until another call.
@@ -101,6 +105,7 @@ impl GroupLog {
             file,
             ino,
             capacity,
+            limit: len.min(capacity),
             pos: 0,
             last: None,
             buffer: Vec::new(),
@@ -116,7 +121,9 @@ impl GroupLog {
     /// Goes on appending after the groups `pending` returned, which stay
     /// in the log until the next durable commit (`start_over`).
     pub fn append_after_pending(&mut self, durable: u64) -> io::Result<()> {
-        self.size()?;
+        // Never shorter than it is: that would cut off the pending groups,
+        // which the store does not yet hold durably.
+        self.size(false)?;
         self.pos = pending_in(&self.file, self.ino, durable)?.1;
         self.last = None;
         Ok(())
@@ -127,22 +134,29 @@ impl GroupLog {
     /// and starts the log over. Call once the store holds every pending
     /// group durably.
     pub fn start_over(&mut self) -> io::Result<()> {
-        self.size()?;
+        self.size(true)?;
         self.pos = 0;
         self.last = None;
         Ok(())
     }
 
-    fn size(&mut self) -> io::Result<()> {
+    /// Brings the file to `capacity`: grows it always, shrinks it only
+    /// when `shrink` (nothing in it is needed any more).
+    fn size(&mut self, shrink: bool) -> io::Result<()> {
         let len = self.file.metadata()?.len();
-        if len != self.capacity {
-            if len > self.capacity {
-                self.file.set_len(self.capacity)?;
+        self.limit = if shrink {
+            self.capacity
+        } else {
+            len.max(self.capacity)
+        };
+        if len != self.limit {
+            if len > self.limit {
+                self.file.set_len(self.limit)?;
             } else {
                 let zeros = vec![0u8; 1 << 20];
                 let mut at = len;
-                while at < self.capacity {
-                    let n = (self.capacity - at).min(zeros.len() as u64) as usize;
+                while at < self.limit {
+                    let n = (self.limit - at).min(zeros.len() as u64) as usize;
                     self.file.write_all_at(&zeros[..n], at)?;
                     at += n as u64;
                 }
@@ -162,7 +176,7 @@ impl GroupLog {
     /// commit durable instead, then `start_over`).
     pub fn append(&mut self, number: u64, payload: &[u8]) -> io::Result<bool> {
         let len = (HEADER_BYTES + payload.len()) as u64;
-        if self.pos + len > self.capacity || payload.len() > u32::MAX as usize {
+        if self.pos + len > self.limit || payload.len() > u32::MAX as usize {
             return Ok(false);
         }
         self.buffer.clear();
@@ -357,6 +371,28 @@ mod tests {
         reopened.append_after_pending(1).unwrap();
         reopened.append(4, &[4; 10]).unwrap();
         assert_eq!(numbers(&reopened.pending(1).unwrap()), [2, 3, 4]);
+    }
+
+    #[test]
+    fn a_smaller_size_waits_until_nothing_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::write(&store, b"").unwrap();
+        let mut large = GroupLog::open(&store, Some(4 * MIN_LOG_BYTES)).unwrap();
+        large.start_over().unwrap();
+        let far = 3 * MIN_LOG_BYTES as usize / 2;
+        large.append(1, &vec![1; far]).unwrap();
+        large.append(2, &[2; 10]).unwrap();
+        // Restarted with a smaller log while both groups are pending.
+        let mut small = GroupLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
+        small.append_after_pending(0).unwrap();
+        assert_eq!(numbers(&small.pending(0).unwrap()), [1, 2]);
+        assert!(small.append(3, &[3; 10]).unwrap());
+        small.start_over().unwrap();
+        assert_eq!(
+            std::fs::metadata(log_path(&store)).unwrap().len(),
+            MIN_LOG_BYTES
+        );
     }
 
     #[test]
