@@ -35,7 +35,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     logging::init(&config.log, destination)?;
     let data_dir = config.data_dir.clone();
-    let admin_token = config.auth.admin_tokens.first().cloned();
+    // For `inspect` and `backup --data-dir` on a live daemon's store, which
+    // they read through the daemon: PM_ADMIN_TOKEN (as `backup --url`
+    // takes), else the configuration's first admin token.
+    let admin_token = std::env::var("PM_ADMIN_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty())
+        .or_else(|| config.auth.admin_tokens.first().cloned());
     let admin_token = admin_token.as_deref();
     match &cli.command {
         Command::Serve(_) => commands::serve::run(config),

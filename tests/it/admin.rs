@@ -729,6 +729,12 @@ fn inspect_and_backup_read_a_live_store_through_its_daemon() {
     let refused = run(&["inspect", "--data-dir", data_dir]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(stderr(&refused).contains("401"), "{}", stderr(&refused));
+    let with_variable = command()
+        .args(["inspect", "--data-dir", data_dir, "--json"])
+        .env("PM_ADMIN_TOKEN", "admin-t")
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&with_variable)["processes_total"], 1);
     // The daemon kept writing meanwhile.
     assert_eq!(client.post(&event("process.started", "more")).status, 202);
     let copy = json_of(&run(&["inspect", "--file", path(&out), "--json"]));
