@@ -2,6 +2,7 @@
 //! process holds it), start the writer, serve until a signal, then drain,
 //! commit and close.
 
+use super::daemon_url_file;
 use crate::config::Config;
 use crate::http::{self, AppState, Core};
 use crate::store::{self, read::SharedSnapshots, StoreError};
@@ -112,7 +113,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     drop(state);
     if let Some((snapshots, writer_thread)) = opened? {
-        let _ = std::fs::remove_file(commands_url_file(&config.data_dir));
+        let _ = std::fs::remove_file(daemon_url_file(&config.data_dir));
         writer_thread.join();
         match Arc::try_unwrap(snapshots) {
             Ok(snapshots) => snapshots
@@ -127,8 +128,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 type Opened = (Arc<SharedSnapshots>, WriterHandle, WriterThread);
 
-use super::daemon_url_file as commands_url_file;
-
 /// Leaves `http://ADDRESS` in the data directory, the unspecified address
 /// (listening on every interface) as the loopback one, written whole.
 fn write_url_file(data_dir: &Path, address: std::net::SocketAddr) -> std::io::Result<()> {
@@ -139,7 +138,7 @@ fn write_url_file(data_dir: &Path, address: std::net::SocketAddr) -> std::io::Re
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let file = commands_url_file(data_dir);
+    let file = daemon_url_file(data_dir);
     let temp = file.with_extension("url.tmp");
     std::fs::write(&temp, format!("http://{address}\n"))?;
     std::fs::rename(&temp, &file)
