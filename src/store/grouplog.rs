@@ -20,6 +20,7 @@
 //! also carry the store file's inode: a log never replays onto a file that
 //! replaced its store (a restore).
 
+use super::framing::{self, HEADER_BYTES};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -31,7 +32,6 @@ pub const DEFAULT_LOG_BYTES: u64 = 32 << 20;
 const MIN_LOG_BYTES: u64 = 64 << 10;
 
 const MAGIC: u32 = 0x504d_4731; // "PMG1"
-const HEADER_BYTES: usize = 32;
 
 /// The log file of a store file.
 pub fn log_path(store: &Path) -> PathBuf {
@@ -40,12 +40,8 @@ pub fn log_path(store: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// One group read back from the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoggedGroup {
-    pub number: u64,
-    pub payload: Vec<u8>,
-}
+/// One group read back from the log: its number and payload.
+pub use super::framing::Record as LoggedGroup;
 
 /// True when the log of a store file holds groups numbered after
 /// `durable`, which the store file lacks until a writer replays them.
@@ -182,7 +178,7 @@ impl GroupLog {
         self.buffer.clear();
         self.buffer.resize(HEADER_BYTES, 0);
         self.buffer.extend_from_slice(payload);
-        seal(&mut self.buffer, number, self.ino);
+        framing::seal(&mut self.buffer, MAGIC, number, self.ino);
         self.file.write_all_at(&self.buffer, self.pos)?;
         self.file.sync_data()?;
         self.last = Some(self.pos);
@@ -210,7 +206,7 @@ fn pending_in(file: &File, ino: u64, durable: u64) -> io::Result<(Vec<LoggedGrou
     let mut groups = Vec::new();
     let mut pos = 0;
     let mut previous: Option<u64> = None;
-    while let Some(group) = read_record(file, ino, pos, len)? {
+    while let Some(group) = framing::read(file, MAGIC, ino, pos, len)? {
         if previous.is_some_and(|previous| group.number != previous + 1) {
             break;
         }
@@ -221,44 +217,6 @@ fn pending_in(file: &File, ino: u64, durable: u64) -> io::Result<(Vec<LoggedGrou
         }
     }
     Ok((groups, pos))
-}
-
-/// Fills in the header of the record in `record`: magic, checksum,
-/// number, store inode, payload length.
-fn seal(record: &mut [u8], number: u64, ino: u64) {
-    let payload_len = (record.len() - HEADER_BYTES) as u32;
-    record[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    record[8..16].copy_from_slice(&number.to_le_bytes());
-    record[16..24].copy_from_slice(&ino.to_le_bytes());
-    record[24..28].copy_from_slice(&payload_len.to_le_bytes());
-    record[28..32].fill(0);
-    let checksum = crc32fast::hash(&record[8..]);
-    record[4..8].copy_from_slice(&checksum.to_le_bytes());
-}
-
-/// The record at `pos`, if a whole and intact one is there.
-fn read_record(file: &File, ino: u64, pos: u64, len: u64) -> io::Result<Option<LoggedGroup>> {
-    if pos + HEADER_BYTES as u64 > len {
-        return Ok(None);
-    }
-    let mut header = [0u8; HEADER_BYTES];
-    file.read_exact_at(&mut header, pos)?;
-    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
-    let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
-    let number = long(8);
-    let payload_len = u64::from(word(24));
-    if word(0) != MAGIC || long(16) != ino || pos + HEADER_BYTES as u64 + payload_len > len {
-        return Ok(None);
-    }
-    let mut payload = vec![0u8; payload_len as usize];
-    file.read_exact_at(&mut payload, pos + HEADER_BYTES as u64)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[8..]);
-    hasher.update(&payload);
-    if hasher.finalize() != word(4) {
-        return Ok(None);
-    }
-    Ok(Some(LoggedGroup { number, payload }))
 }
 
 #[cfg(test)]

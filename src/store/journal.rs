@@ -24,6 +24,7 @@
 //! file's inode, so a journal never replays onto a file that replaced its
 //! store (a restore).
 
+use super::framing::{self, Record, HEADER_BYTES};
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 use std::fs::{File, OpenOptions};
@@ -46,7 +47,6 @@ const FLUSH_BYTES: usize = 4 << 20;
 const PIECE_BYTES: usize = 1 << 20;
 
 const MAGIC: u32 = 0x504d_4a31; // "PMJ1"
-const HEADER_BYTES: usize = 32;
 const TAG_WRITE: u8 = 1;
 const TAG_SET_LEN: u8 = 2;
 const ENTRY_HEADER_BYTES: usize = 13;
@@ -310,7 +310,7 @@ impl JournaledFile {
         }
         // Entries are written out before they pass a quarter of a journal.
         debug_assert!(len <= state.capacity);
-        seal_record(&mut state.pending, state.epoch, self.ino);
+        framing::seal(&mut state.pending, MAGIC, state.epoch, self.ino);
         state.journals[state.active].write_all_at(&state.pending, state.pos)?;
         state.pos += len;
         state.pending.truncate(HEADER_BYTES);
@@ -387,50 +387,8 @@ fn size_journal(journal: &File, capacity: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Fills in the header of a record whose entries follow it in `record`.
-fn seal_record(record: &mut [u8], epoch: u64, ino: u64) {
-    let payload_len = (record.len() - HEADER_BYTES) as u32;
-    record[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    record[8..16].copy_from_slice(&epoch.to_le_bytes());
-    record[16..24].copy_from_slice(&ino.to_le_bytes());
-    record[24..28].copy_from_slice(&payload_len.to_le_bytes());
-    record[28..32].fill(0);
-    let checksum = crc32fast::hash(&record[8..]);
-    record[4..8].copy_from_slice(&checksum.to_le_bytes());
-}
-
-/// A record read back: its epoch and payload.
-struct Record {
-    epoch: u64,
-    payload: Vec<u8>,
-}
-
-/// Reads the record at `pos`, if a whole, intact one of this store file is
-/// there.
 fn read_record(journal: &File, ino: u64, pos: u64, capacity: u64) -> io::Result<Option<Record>> {
-    if pos + HEADER_BYTES as u64 > capacity {
-        return Ok(None);
-    }
-    let mut header = [0u8; HEADER_BYTES];
-    journal.read_exact_at(&mut header, pos)?;
-    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
-    let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
-    let payload_len = u64::from(word(24));
-    if word(0) != MAGIC || long(16) != ino || pos + HEADER_BYTES as u64 + payload_len > capacity {
-        return Ok(None);
-    }
-    let mut payload = vec![0u8; payload_len as usize];
-    journal.read_exact_at(&mut payload, pos + HEADER_BYTES as u64)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[8..]);
-    hasher.update(&payload);
-    if hasher.finalize() != word(4) {
-        return Ok(None);
-    }
-    Ok(Some(Record {
-        epoch: long(8),
-        payload,
-    }))
+    framing::read(journal, MAGIC, ino, pos, capacity)
 }
 
 fn first_record(journal: &File, ino: u64, capacity: u64) -> io::Result<Option<Record>> {
@@ -444,7 +402,7 @@ fn replay(store: &File, ino: u64, journals: &[File; 2]) -> io::Result<u64> {
     for journal in journals {
         let capacity = journal.metadata()?.len();
         if let Some(first) = first_record(journal, ino, capacity)? {
-            rounds.push((first.epoch, journal, capacity));
+            rounds.push((first.number, journal, capacity));
         }
     }
     if rounds.is_empty() {
@@ -455,7 +413,7 @@ fn replay(store: &File, ino: u64, journals: &[File; 2]) -> io::Result<u64> {
     for (epoch, journal, capacity) in &rounds {
         let mut pos = 0;
         while let Some(record) = read_record(journal, ino, pos, *capacity)? {
-            if record.epoch != *epoch {
+            if record.number != *epoch {
                 break;
             }
             apply(store, &record.payload)?;

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod codec;
+mod framing;
 pub mod grouplog;
 pub mod journal;
 pub mod maintenance;
