@@ -1,14 +1,16 @@
 //! The file under the store: redb's own file backend with a write-ahead
 //! journal in front of its syncs.
 //!
-//! A redb commit writes its pages where they live in the file, scattered,
-//! and syncs twice (its two-phase commit). Syncing scattered pages is what
-//! the writer spends most of a commit on: on this machine's virtio disk each
-//! page is its own request. So every write still goes to its place in the
-//! store file at once (readers in other processes, `inspect` on a live
-//! store, see exactly what they saw before), and is also appended to a
-//! journal; where redb asks for a sync, the journal gets the one sequential
-//! write and the `fdatasync`, and the store file is left to the kernel.
+//! A durable redb commit writes its pages where they live in the file,
+//! scattered, and syncs twice (its two-phase commit, which quick repair
+//! needs). Syncing scattered pages is what such a commit spends most of its
+//! time on: on this machine's virtio disk each page is its own request. So
+//! every write still goes to its place in the store file at once (where
+//! redb reads it back, and where a checkpoint's sync finds it), and is also
+//! appended to a journal; where redb asks for a sync, the journal gets the
+//! one sequential write and the `fdatasync`, and the store file is left to
+//! the kernel. (Most commits are not durable ones any more: the write log,
+//! `store::grouplog`, makes groups durable in between.)
 //!
 //! Two journal files take turns. When the active one is full, writing goes
 //! on in the other, and a background thread syncs the store file once,
