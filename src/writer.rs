@@ -148,13 +148,8 @@ pub fn spawn(
     settings: WriterSettings,
 ) -> Result<(WriterHandle, WriterThread), StoreError> {
     let mut log = GroupLog::open(snapshots.path(), Some(settings.log_bytes)).map_err(io_error)?;
-    let (counters, number, replayed) =
-        replay(&*snapshots.database()?, &mut log, settings.quick_repair)?;
-    let mut log = Log {
-        file: log,
-        number,
-        since_checkpoint: replayed,
-    };
+    let (counters, number) = replay(&*snapshots.database()?, &mut log, settings.quick_repair)?;
+    let mut log = Log { file: log, number };
     let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
     let thread = std::thread::Builder::new()
         .name("pm-writer".into())
@@ -241,20 +236,18 @@ struct Log {
     file: GroupLog,
     /// The number of the last group committed.
     number: u64,
-    /// Groups committed without durability since the last durable one.
-    since_checkpoint: u32,
 }
 
 /// Applies the groups the log holds after the store's last durable commit,
 /// in order, in one transaction committed without redb's durability (the
 /// log keeps them until the next durable commit, so that this needs no
-/// room on the disk). Returns the counters, the number of the last group
-/// the store now holds, and how many groups were replayed.
+/// room on the disk). Returns the counters and the number of the last group
+/// the store now holds.
 fn replay(
     db: &Database,
     log: &mut GroupLog,
     quick_repair: bool,
-) -> Result<(Counters, u64, u32), StoreError> {
+) -> Result<(Counters, u64), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(quick_repair);
     let durable = load_logged_group(&txn)?;
@@ -263,7 +256,7 @@ fn replay(
         let counters = load_counters(&txn)?;
         txn.abort()?;
         log.start_over().map_err(io_error)?;
-        return Ok((counters, durable, 0));
+        return Ok((counters, durable));
     };
     let mut batch = WriteBatch::open(&txn, load_counters(&txn)?)?;
     for logged in &groups {
@@ -276,8 +269,7 @@ fn replay(
             apply_work(&mut batch, work, group.now)?;
         }
     }
-    let counters = batch.finish()?;
-    set_logged_group(&txn, last)?;
+    let counters = batch.finish_group(last)?;
     txn.set_durability(Durability::None)?;
     txn.commit()?;
     log.append_after_pending(durable).map_err(io_error)?;
@@ -285,7 +277,7 @@ fn replay(
         groups = groups.len(),
         "replayed the write log: the groups acknowledged after the last durable commit"
     );
-    Ok((counters, last, groups.len() as u32))
+    Ok((counters, last))
 }
 
 /// Makes everything committed durable, so that the store file is whole
@@ -295,7 +287,6 @@ fn checkpoint(db: &Database, log: &mut Log, quick_repair: bool) -> Result<(), St
     txn.set_quick_repair(quick_repair);
     set_logged_group(&txn, log.number)?;
     txn.commit()?;
-    log.since_checkpoint = 0;
     log.file.start_over().map_err(io_error)
 }
 
@@ -375,7 +366,7 @@ fn run(
             }
         }
     }
-    if log.since_checkpoint > 0 {
+    if log.file.groups() > 0 {
         let made_durable = snapshots
             .database()
             .and_then(|db| checkpoint(&db, log, settings.quick_repair));
@@ -395,9 +386,8 @@ fn reopen_or_exit(snapshots: &SharedSnapshots, log: &mut Log, quick_repair: bool
         .reopen(REOPEN_GIVE_UP)
         .and_then(|()| replay(&*snapshots.database()?, &mut log.file, quick_repair));
     match reopened {
-        Ok((counters, number, replayed)) => {
+        Ok((counters, number)) => {
             log.number = number;
-            log.since_checkpoint = replayed;
             tracing::warn!("the store was reopened after an I/O error; writes go on");
             counters
         }
@@ -436,10 +426,9 @@ fn commit_group(
     for command in group {
         answers.push(apply_work(&mut batch, &command.work, now)?);
     }
-    let committed = batch.finish()?;
     let number = log.number + 1;
-    set_logged_group(&txn, number)?;
-    let logged = log.since_checkpoint < settings.checkpoint_groups
+    let committed = batch.finish_group(number)?;
+    let logged = log.file.groups() < settings.checkpoint_groups
         && log.file.written() < settings.checkpoint_bytes
         && {
             let record = codec::encode(&LoggedGroupRef {
@@ -463,10 +452,8 @@ fn commit_group(
             }
             return Err(error);
         }
-        log.since_checkpoint += 1;
     } else {
         txn.commit()?;
-        log.since_checkpoint = 0;
         log.file
             .start_over()
             .unwrap_or_else(|error| exit_after_logging(&error));

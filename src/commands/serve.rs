@@ -65,22 +65,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, store = %path.display(), "listening on {address}");
         let opening = tokio::task::spawn_blocking({
             let (path, stopping) = (path.clone(), stopping.clone());
+            // Each journal file, and the write log, are this size.
+            let journal_bytes = config.store.journal_mib * 1024 * 1024;
             let settings = WriterSettings {
                 queue_capacity: config.ingest.queue_capacity,
                 max_group_events: config.writer.max_group_events,
                 quick_repair: config.store.quick_repair,
                 min_free_bytes: config.store.min_free_mib * 1024 * 1024,
-                log_bytes: config.store.journal_mib * 1024 * 1024,
+                log_bytes: journal_bytes,
                 checkpoint_groups: CHECKPOINT_GROUPS,
                 checkpoint_bytes: CHECKPOINT_BYTES,
             };
             move || {
                 open_store(
                     &path,
-                    (
-                        config.store.cache_mib * 1024 * 1024,
-                        config.store.journal_mib * 1024 * 1024,
-                    ),
+                    (config.store.cache_mib * 1024 * 1024, journal_bytes),
                     settings,
                     &stopping,
                 )

@@ -74,6 +74,8 @@ pub struct GroupLog {
     limit: u64,
     /// Where the next record goes.
     pos: u64,
+    /// Groups in the log since it started over (kept pending ones too).
+    groups: u32,
     /// Where the record appended last begins, until another call.
     last: Option<u64>,
     /// The record being built: room for its header, then its payload.
@@ -103,6 +105,7 @@ impl GroupLog {
             capacity,
             limit: len.min(capacity),
             pos: 0,
+            groups: 0,
             last: None,
             buffer: Vec::new(),
         })
@@ -120,7 +123,9 @@ impl GroupLog {
         // Never shorter than it is: that would cut off the pending groups,
         // which the store does not yet hold durably.
         self.size(false)?;
-        self.pos = pending_in(&self.file, self.ino, durable)?.1;
+        let (pending, end) = pending_in(&self.file, self.ino, durable)?;
+        self.pos = end;
+        self.groups = pending.len() as u32;
         self.last = None;
         Ok(())
     }
@@ -132,6 +137,7 @@ impl GroupLog {
     pub fn start_over(&mut self) -> io::Result<()> {
         self.size(true)?;
         self.pos = 0;
+        self.groups = 0;
         self.last = None;
         Ok(())
     }
@@ -167,6 +173,12 @@ impl GroupLog {
         self.pos
     }
 
+    /// Groups in the log since it started over: those the next durable
+    /// commit makes durable in the store file.
+    pub fn groups(&self) -> u32 {
+        self.groups
+    }
+
     /// Appends group `number` and syncs it; `false`, with nothing written,
     /// when the record does not fit in what is left of the log (make that
     /// commit durable instead, then `start_over`).
@@ -183,6 +195,7 @@ impl GroupLog {
         self.file.sync_data()?;
         self.last = Some(self.pos);
         self.pos += len;
+        self.groups += 1;
         Ok(true)
     }
 
@@ -195,6 +208,7 @@ impl GroupLog {
         self.file.write_all_at(&[0; HEADER_BYTES], last)?;
         self.file.sync_data()?;
         self.pos = last;
+        self.groups -= 1;
         Ok(())
     }
 }
@@ -312,6 +326,7 @@ mod tests {
         log.append(2, &[2; 10]).unwrap();
         log.retract_last().unwrap();
         assert_eq!(numbers(&log.pending(0).unwrap()), [1]);
+        assert_eq!(log.groups(), 1);
         log.append(2, &[3; 10]).unwrap();
         let pending = log.pending(0).unwrap();
         assert_eq!(numbers(&pending), [1, 2]);
@@ -327,8 +342,10 @@ mod tests {
         }
         let mut reopened = GroupLog::open(&dir.path().join("store"), None).unwrap();
         reopened.append_after_pending(1).unwrap();
+        assert_eq!(reopened.groups(), 2);
         reopened.append(4, &[4; 10]).unwrap();
         assert_eq!(numbers(&reopened.pending(1).unwrap()), [2, 3, 4]);
+        assert_eq!(reopened.groups(), 3);
     }
 
     #[test]

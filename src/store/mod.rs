@@ -137,21 +137,22 @@ pub fn open_writable(path: &Path, cache_bytes: usize) -> Result<Database, StoreE
 /// `NeedsRecovery` when the store's write log holds groups after
 /// `durable`, the last one the store file holds.
 fn refuse_pending_groups(path: &Path, durable: u64) -> Result<(), StoreError> {
-    let pending = grouplog::has_pending(path, durable).map_err(|error| {
-        StoreError::Redb(redb::Error::Io(std::io::Error::new(
-            error.kind(),
-            format!(
-                "cannot read the write log beside {}: {error}",
-                path.display()
-            ),
-        )))
-    })?;
+    let pending = grouplog::has_pending(path, durable)
+        .map_err(|error| unreadable_beside(path, "write log", error))?;
     if pending {
         return Err(StoreError::NeedsRecovery {
             path: path.to_owned(),
         });
     }
     Ok(())
+}
+
+/// A file kept beside the store (`what`) could not be read.
+fn unreadable_beside(path: &Path, what: &str, error: std::io::Error) -> StoreError {
+    StoreError::Redb(redb::Error::Io(std::io::Error::new(
+        error.kind(),
+        format!("cannot read the {what} beside {}: {error}", path.display()),
+    )))
 }
 
 /// `open_writable`, with the size of each journal file; `None` keeps the
@@ -268,13 +269,10 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
     }
     // Without its writer, a store with journal records left is not whole
     // until they are replayed, which only a writer does. With its writer
-    // running, the file holds every write already.
-    let pending = journal::has_pending_records(path).map_err(|error| {
-        StoreError::Redb(redb::Error::Io(std::io::Error::new(
-            error.kind(),
-            format!("cannot read the journal beside {}: {error}", path.display()),
-        )))
-    })?;
+    // running, the open below is refused as `Locked`, and the tools ask the
+    // writer instead.
+    let pending = journal::has_pending_records(path)
+        .map_err(|error| unreadable_beside(path, "journal", error))?;
     if pending && !held_by_writer(path) {
         return Err(StoreError::NeedsRecovery {
             path: path.to_owned(),
@@ -284,15 +282,7 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
         .open_read_only(path)
         .map_err(|error| map_open_error(path, error))?;
     check_schema(path, &db)?;
-    let durable = {
-        let txn = db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let stored = meta.get(schema::META_LOGGED_GROUP)?;
-        match stored {
-            Some(bytes) => schema::decode_or_corrupt::<u64>("logged group number", bytes.value())?,
-            None => 0,
-        }
-    };
+    let durable = schema::logged_group(&db.begin_read()?.open_table(META)?)?;
     refuse_pending_groups(path, durable)?;
     Ok(db)
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// Version 1 kept the events with the records; `open_writable` moves them.
 pub const SCHEMA_VERSION: u32 = 2;
 
-/// `schema_version` and `counters`.
+/// `schema_version`, `counters` and `logged_group`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// process id -> ordinal.
 pub const PROCESS_IDS: TableDefinition<&str, u64> = TableDefinition::new("process_ids");
@@ -187,6 +187,17 @@ impl Counters {
     pub fn count_status(&mut self, status: Status, change: i64) {
         let slot = &mut self.processes_by_status[usize::from(status.code())];
         *slot = slot.saturating_add_signed(change);
+    }
+}
+
+/// The number of the last write group the store holds (`store::grouplog`),
+/// from its `META` table, read or written; 0 before the first.
+pub fn logged_group(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, super::StoreError> {
+    match meta.get(META_LOGGED_GROUP)? {
+        Some(bytes) => decode_or_corrupt("logged group number", bytes.value()),
+        None => Ok(0),
     }
 }
 

@@ -78,16 +78,10 @@ pub struct WriteBatch<'txn> {
     pub counters: Counters,
 }
 
-/// Reads the counters as last committed.
 /// The number of the last write group the store holds (`store::grouplog`);
 /// 0 before the first.
 pub fn load_logged_group(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    let meta = txn.open_table(META)?;
-    let bytes = meta.get(META_LOGGED_GROUP)?;
-    match bytes {
-        Some(bytes) => decode_or_corrupt("logged group number", bytes.value()),
-        None => Ok(0),
-    }
+    schema::logged_group(&txn.open_table(META)?)
 }
 
 /// Records that the store holds write group `number`.
@@ -97,6 +91,7 @@ pub fn set_logged_group(txn: &WriteTransaction, number: u64) -> Result<(), Store
     Ok(())
 }
 
+/// Reads the counters as last committed.
 pub fn load_counters(txn: &WriteTransaction) -> Result<Counters, StoreError> {
     let meta = txn.open_table(META)?;
     let bytes = meta.get(META_COUNTERS)?;
@@ -119,6 +114,14 @@ impl<'txn> WriteBatch<'txn> {
             meta: txn.open_table(META)?,
             counters,
         })
+    }
+
+    /// `finish`, recording too that the store holds write group `number`
+    /// (`store::grouplog`).
+    pub fn finish_group(mut self, number: u64) -> Result<Counters, StoreError> {
+        self.meta
+            .insert(META_LOGGED_GROUP, codec::encode(&number).as_slice())?;
+        self.finish()
     }
 
     /// Writes the counters; call once, before committing.
