@@ -369,7 +369,7 @@ mod tests {
     use super::write::{load_counters, IncomingEvent, WriteBatch};
     use super::*;
     use crate::domain::model::bare_event;
-    use crate::domain::EventType;
+    use crate::domain::{EventType, Status};
     use redb::{ReadableTable, ReadableTableMetadata};
 
     fn event(process: &str, kind: EventType, task: Option<&str>, id: &str) -> IncomingEvent {
@@ -464,6 +464,142 @@ mod tests {
         assert_eq!(txn.open_table(EVENTS).unwrap().len().unwrap(), 10);
         drop(db);
         assert!(open_read_only(&path, 1 << 20).is_ok());
+    }
+
+    enum Step {
+        Event(Box<IncomingEvent>),
+        Delete(&'static str),
+    }
+
+    /// Applies each group of steps in one transaction, or each step in one.
+    fn apply_steps(groups: &[&[Step]], grouped: bool) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_writable(&store_path(dir.path()), 1 << 20).unwrap();
+        let transactions: Vec<&[Step]> = if grouped {
+            groups.to_vec()
+        } else {
+            groups.iter().flat_map(|group| group.chunks(1)).collect()
+        };
+        for chunk in transactions {
+            let txn = db.begin_write().unwrap();
+            let mut batch = WriteBatch::open(&txn, load_counters(&txn).unwrap()).unwrap();
+            for step in chunk {
+                match step {
+                    Step::Event(incoming) => {
+                        batch.apply(incoming, 1_795_600_800_000).unwrap();
+                    }
+                    Step::Delete(id) => {
+                        batch.delete_process(id).unwrap();
+                    }
+                }
+            }
+            batch.finish().unwrap();
+            txn.commit().unwrap();
+        }
+        (dir, db)
+    }
+
+    /// Everything a reader can see: counters, each process with its tasks
+    /// and history, and the list pages that each index answers.
+    fn visible_state(db: &Database, ids: &[&str]) -> String {
+        let snapshot = Snapshot::begin(db).unwrap();
+        let report = maintenance::verify(&snapshot).unwrap();
+        assert!(report.is_sound(), "{:?}", report.problems);
+        let mut state = format!("{:?}\n", snapshot.counters().unwrap());
+        for id in ids {
+            let process = snapshot.process_with_tasks(id).unwrap();
+            let history = snapshot.full_history(id).unwrap();
+            state += &format!("{id}: {process:?} {history:?}\n");
+        }
+        for status in Status::ALL {
+            for process_type in [None, Some("import".to_owned())] {
+                let query = read::ListQuery {
+                    statuses: vec![status],
+                    process_type,
+                    limit: 100,
+                    ..Default::default()
+                };
+                let page = snapshot.list(&query).unwrap();
+                let ids: Vec<_> = page.items.iter().map(|process| &process.id).collect();
+                state += &format!("{query:?}: {ids:?}\n");
+            }
+        }
+        let query = read::ListQuery {
+            correlation_id: Some("tenant".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        let ids: Vec<_> = snapshot
+            .list(&query)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        state + &format!("tenant: {ids:?}\n")
+    }
+
+    #[test]
+    fn a_group_ends_as_one_commit_a_request_would() {
+        let typed = |process, id| {
+            let mut incoming = event(process, EventType::ProcessStarted, None, id);
+            incoming.event.process_type = Some("import".into());
+            incoming.event.correlation_id = Some("tenant".into());
+            Step::Event(Box::new(incoming))
+        };
+        let plain = |process, kind, task, id| Step::Event(Box::new(event(process, kind, task, id)));
+        let before = [
+            typed("e", "e1"),
+            plain("e", EventType::TaskStarted, Some("t"), "e2"),
+            typed("f", "f1"),
+        ];
+        let steps = [
+            // Changed in the group, status and all, then deleted: its index
+            // entries are those of the last commit.
+            plain("e", EventType::TaskSucceeded, Some("t"), "e3"),
+            plain("e", EventType::ProcessSucceeded, None, "e4"),
+            Step::Delete("e"),
+            plain("f", EventType::ProcessFailed, None, "f2"),
+            typed("a", "a1"),
+            plain("a", EventType::TaskStarted, Some("t"), "a2"),
+            plain("a", EventType::TaskSucceeded, Some("t"), "a3"),
+            plain("a", EventType::TaskStarted, Some("u"), "a4"),
+            // A duplicate, a reused key and a conflict, all within the group.
+            plain("a", EventType::TaskSucceeded, Some("t"), "a3"),
+            plain("a", EventType::TaskFailed, Some("t"), "a3"),
+            plain("a", EventType::ProcessSucceeded, None, "a5"),
+            plain("a", EventType::ProcessFailed, None, "a6"),
+            typed("b", "b1"),
+            plain("b", EventType::ProcessFailed, None, "b2"),
+            // Deleted after changes the group has not written yet, then
+            // created again under a new ordinal.
+            Step::Delete("a"),
+            plain("a", EventType::TaskStarted, Some("t"), "a1"),
+            typed("c", "c1"),
+            Step::Delete("c"),
+            Step::Delete("missing"),
+            plain("b", EventType::ProcessSucceeded, None, "b3"),
+            plain("d", EventType::ProcessSucceeded, None, "d1"),
+        ];
+        let ids = ["a", "b", "c", "d", "e", "f"];
+        let (_one, grouped) = apply_steps(&[&before, &steps], true);
+        let (_each, separate) = apply_steps(&[&before, &steps], false);
+        let state = visible_state(&grouped, &ids);
+        assert_eq!(state, visible_state(&separate, &ids));
+        // And the steps did what they say.
+        let snapshot = Snapshot::begin(&grouped).unwrap();
+        let (a, tasks) = snapshot.process_with_tasks("a").unwrap().unwrap();
+        assert_eq!((a.event_count, tasks.len()), (1, 1));
+        assert!(snapshot.process("c").unwrap().is_none());
+        assert!(snapshot.process("e").unwrap().is_none());
+        assert_eq!(
+            snapshot.process("f").unwrap().unwrap().status,
+            Status::Failed
+        );
+        assert_eq!(
+            snapshot.process("b").unwrap().unwrap().status,
+            Status::Failed
+        );
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! Only the writer thread uses this. A `WriteBatch` sees the state as it
 //! stands inside its transaction, so several events for the same process in
 //! one group commit build on each other exactly as if committed one by one.
+//!
+//! A batch of webhooks often carries several events of one process (a task
+//! starts and finishes, the run progresses). The process and task records a
+//! group changes are therefore kept in memory and written once, with their
+//! index entries, by `finish`; history and idempotency records, and the id
+//! maps, are written as each event is applied.
 
 use super::schema::{
     self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecordRef, Kind,
@@ -12,6 +18,7 @@ use super::schema::{
 use super::{codec, StoreError};
 use crate::domain::{self, Event, Millis, Outcome, Process, Scope, Status, Task};
 use redb::{ReadableTable, Table, WriteTransaction};
+use std::collections::BTreeMap;
 
 /// One validated event on its way to the store.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -45,9 +52,9 @@ pub enum EventOutcome {
     KeyReused { seq: u64 },
 }
 
-/// The fields of a process that its index entries are made of, as they
-/// were before an event: enough to move its entries, without cloning the
-/// whole record.
+/// The fields of a process that its index entries are made of, as the
+/// tables hold them: enough to move its entries, without keeping a second
+/// copy of the whole record.
 struct IndexedFields {
     status: Status,
     process_type: Option<String>,
@@ -64,7 +71,18 @@ impl IndexedFields {
     }
 }
 
-/// The tables of one write transaction, and the counters as they will be
+/// A process the group has read, as it stands now.
+struct CachedProcess {
+    process: Process,
+    /// What its index entries in the tables were made from; `None` for a
+    /// process new in this group, which has none yet.
+    indexed: Option<IndexedFields>,
+    /// Changed since it was read: `finish` writes it back.
+    changed: bool,
+}
+
+/// The tables of one write transaction, the process and task records the
+/// group has changed but not yet written, and the counters as they will be
 /// once it commits.
 pub struct WriteBatch<'txn> {
     process_ids: Table<'txn, &'static str, u64>,
@@ -75,6 +93,10 @@ pub struct WriteBatch<'txn> {
     by_type: Table<'txn, (&'static str, u8, u64), ()>,
     by_correlation: Table<'txn, (&'static str, u64), ()>,
     meta: Table<'txn, &'static str, &'static [u8]>,
+    /// By ordinal; in key order, so that `finish` writes them in order.
+    processes: BTreeMap<u64, CachedProcess>,
+    /// Changed tasks, by process ordinal and task ordinal.
+    tasks: BTreeMap<(u64, u32), Task>,
     pub counters: Counters,
 }
 
@@ -112,6 +134,8 @@ impl<'txn> WriteBatch<'txn> {
             by_type: txn.open_table(BY_TYPE)?,
             by_correlation: txn.open_table(BY_CORRELATION)?,
             meta: txn.open_table(META)?,
+            processes: BTreeMap::new(),
+            tasks: BTreeMap::new(),
             counters,
         })
     }
@@ -124,8 +148,33 @@ impl<'txn> WriteBatch<'txn> {
         self.finish()
     }
 
-    /// Writes the counters; call once, before committing.
+    /// Writes the changed processes and tasks, their index entries and the
+    /// counters; call once, before committing.
     pub fn finish(mut self) -> Result<Counters, StoreError> {
+        for (ordinal, cached) in std::mem::take(&mut self.processes) {
+            if !cached.changed {
+                continue;
+            }
+            self.records.insert(
+                record_key(ordinal, Kind::Process, &[]).as_slice(),
+                codec::encode(&cached.process).as_slice(),
+            )?;
+            match &cached.indexed {
+                Some(before) => self.reindex(ordinal, before, &cached.process)?,
+                None => self.index_new(ordinal, &cached.process)?,
+            }
+        }
+        for ((ordinal, task_ordinal), task) in std::mem::take(&mut self.tasks) {
+            self.records.insert(
+                record_key(
+                    ordinal,
+                    Kind::Task,
+                    &schema::task_ordinal_bytes(task_ordinal),
+                )
+                .as_slice(),
+                codec::encode(&task).as_slice(),
+            )?;
+        }
         self.meta
             .insert(META_COUNTERS, codec::encode(&self.counters).as_slice())?;
         Ok(self.counters)
@@ -177,33 +226,41 @@ impl<'txn> WriteBatch<'txn> {
                 if seen.fingerprint != incoming.fingerprint {
                     return Ok(EventOutcome::KeyReused { seq: seen.seq });
                 }
-                let process = self.load_process(ordinal)?;
+                let cached = self.take_process(ordinal)?;
+                let process_status = cached.process.status;
+                self.processes.insert(ordinal, cached);
                 return Ok(EventOutcome::Duplicate {
                     original: seen.result,
                     seq: seen.seq,
-                    process_status: process.status,
+                    process_status,
                 });
             }
         }
 
-        let (ordinal, mut process) = match known_ordinal {
-            Some(ordinal) => (ordinal, self.load_process(ordinal)?),
+        let (ordinal, mut cached) = match known_ordinal {
+            Some(ordinal) => (ordinal, self.take_process(ordinal)?),
             None => {
-                let ordinal = self.counters.next_ordinal;
                 let created_at = now.max(self.counters.last_created_at);
-                (ordinal, Process::new(event.process_id.clone(), created_at))
+                let process = Process::new(event.process_id.clone(), created_at);
+                let cached = CachedProcess {
+                    process,
+                    indexed: None,
+                    changed: false,
+                };
+                (self.counters.next_ordinal, cached)
             }
         };
-        let before = IndexedFields::of(&process);
+        let process = &mut cached.process;
         let at = event.occurred_at.unwrap_or(incoming.received_at);
 
         let (outcome, task_status) = match event.kind.scope() {
-            Scope::Process => (domain::apply(&mut process, None, false, event, at), None),
+            Scope::Process => (domain::apply(process, None, false, event, at), None),
             Scope::Task => {
                 let task_id = event.task_id.as_deref().unwrap_or_default();
                 let (task_ordinal, mut task, is_new) =
-                    self.load_or_new_task(ordinal, &process, task_id, now)?;
-                let outcome = domain::apply(&mut process, Some(&mut task), is_new, event, at);
+                    self.load_or_new_task(ordinal, process, task_id, now)?;
+                let outcome = domain::apply(process, Some(&mut task), is_new, event, at);
+                let task_status = (outcome == Outcome::Accepted || !is_new).then_some(task.status);
                 if outcome == Outcome::Accepted {
                     if is_new {
                         process.task_total += 1;
@@ -214,20 +271,18 @@ impl<'txn> WriteBatch<'txn> {
                             &schema::task_ordinal_bytes(task_ordinal),
                         )?;
                     }
-                    let task_key = record_key(
-                        ordinal,
-                        Kind::Task,
-                        &schema::task_ordinal_bytes(task_ordinal),
-                    );
-                    self.put_record(Kind::Task, &task_key, &codec::encode(&task))?;
+                    self.tasks.insert((ordinal, task_ordinal), task);
                 }
-                let task_exists = outcome == Outcome::Accepted || !is_new;
-                (outcome, task_exists.then_some(task.status))
+                (outcome, task_status)
             }
         };
         let result = match outcome {
             Outcome::Conflict { current_status } => {
-                return Ok(EventOutcome::Conflict { current_status })
+                // The rules left the records as they were.
+                if known_ordinal.is_some() {
+                    self.processes.insert(ordinal, cached);
+                }
+                return Ok(EventOutcome::Conflict { current_status });
             }
             Outcome::Accepted => StoredResult::Accepted,
             Outcome::Stale => StoredResult::Stale,
@@ -261,32 +316,43 @@ impl<'txn> WriteBatch<'txn> {
                 &codec::encode(&dedup),
             )?;
         }
-        self.put_record(
-            Kind::Process,
-            &record_key(ordinal, Kind::Process, &[]),
-            &codec::encode(&process),
-        )?;
-        match known_ordinal {
-            Some(_) => self.reindex(ordinal, &before, &process)?,
-            None => self.index_new(ordinal, &process)?,
+        if known_ordinal.is_none() {
+            // Later events of the group, and of later groups, find it by id.
+            self.process_ids.insert(process.id.as_str(), ordinal)?;
+            self.counters.next_ordinal = ordinal + 1;
+            self.counters.last_created_at = process.created_at;
         }
+        let process_status = process.status;
+        cached.changed = true;
+        self.processes.insert(ordinal, cached);
         Ok(EventOutcome::Stored {
             result,
             seq,
-            process_status: process.status,
+            process_status,
             task_status,
         })
     }
 
-    fn load_process(&self, ordinal: u64) -> Result<Process, StoreError> {
-        self.get_record(
-            "process record",
-            Kind::Process,
-            &record_key(ordinal, Kind::Process, &[]),
-        )?
-        .ok_or_else(|| StoreError::Corrupt {
-            what: format!("process record of ordinal {ordinal}"),
-            source: codec::CodecError::Empty,
+    /// The process at `ordinal` as the group left it, taken out of the
+    /// group's cache (put it back when done) or read from the table.
+    fn take_process(&mut self, ordinal: u64) -> Result<CachedProcess, StoreError> {
+        if let Some(cached) = self.processes.remove(&ordinal) {
+            return Ok(cached);
+        }
+        let process: Process = self
+            .get_record(
+                "process record",
+                Kind::Process,
+                &record_key(ordinal, Kind::Process, &[]),
+            )?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("process record of ordinal {ordinal}"),
+                source: codec::CodecError::Empty,
+            })?;
+        Ok(CachedProcess {
+            indexed: Some(IndexedFields::of(&process)),
+            process,
+            changed: false,
         })
     }
 
@@ -302,30 +368,29 @@ impl<'txn> WriteBatch<'txn> {
             Some(bytes) => schema::task_ordinal_from(bytes.value()),
             None => None,
         };
-        match task_ordinal {
-            Some(task_ordinal) => {
-                let key = record_key(
-                    ordinal,
-                    Kind::Task,
-                    &schema::task_ordinal_bytes(task_ordinal),
-                );
-                let task = self
-                    .get_record("task record", Kind::Task, &key)?
-                    .ok_or_else(|| StoreError::Corrupt {
-                        what: format!("task record {task_id} of process {}", process.id),
-                        source: codec::CodecError::Empty,
-                    })?;
-                Ok((task_ordinal, task, false))
-            }
-            None => Ok((process.task_total, Task::new(task_id.to_owned(), now), true)),
+        let Some(task_ordinal) = task_ordinal else {
+            return Ok((process.task_total, Task::new(task_id.to_owned(), now), true));
+        };
+        if let Some(task) = self.tasks.get(&(ordinal, task_ordinal)) {
+            return Ok((task_ordinal, task.clone(), false));
         }
+        let key = record_key(
+            ordinal,
+            Kind::Task,
+            &schema::task_ordinal_bytes(task_ordinal),
+        );
+        let task = self
+            .get_record("task record", Kind::Task, &key)?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("task record {task_id} of process {}", process.id),
+                source: codec::CodecError::Empty,
+            })?;
+        Ok((task_ordinal, task, false))
     }
 
+    /// The index entries of a process new in this group, as it is now.
     fn index_new(&mut self, ordinal: u64, process: &Process) -> Result<(), StoreError> {
-        self.counters.next_ordinal = ordinal + 1;
-        self.counters.last_created_at = process.created_at;
         self.counters.count_status(process.status, 1);
-        self.process_ids.insert(process.id.as_str(), ordinal)?;
         self.by_created.insert((process.created_at, ordinal), ())?;
         self.by_status
             .insert((process.status.code(), ordinal), ())?;
@@ -379,27 +444,33 @@ impl<'txn> WriteBatch<'txn> {
         let Some(ordinal) = self.process_ids.remove(process_id)?.map(|o| o.value()) else {
             return Ok(false);
         };
-        let process = self.load_process(ordinal)?;
+        // Whatever the group changed of it goes too.
+        let cached = self.take_process(ordinal)?;
+        self.tasks.retain(|&(task_of, _), _| task_of != ordinal);
         let (start, end) = schema::process_range(ordinal);
         self.records
             .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
         self.events
             .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
-        self.by_created.remove((process.created_at, ordinal))?;
-        self.by_status.remove((process.status.code(), ordinal))?;
-        if let Some(process_type) = &process.process_type {
-            self.by_type
-                .remove((process_type.as_str(), process.status.code(), ordinal))?;
+        // The index entries, and the count, are those the tables hold.
+        if let Some(indexed) = &cached.indexed {
+            let created_at = cached.process.created_at;
+            self.by_created.remove((created_at, ordinal))?;
+            self.by_status.remove((indexed.status.code(), ordinal))?;
+            if let Some(process_type) = &indexed.process_type {
+                self.by_type
+                    .remove((process_type.as_str(), indexed.status.code(), ordinal))?;
+            }
+            if let Some(correlation_id) = &indexed.correlation_id {
+                self.by_correlation
+                    .remove((correlation_id.as_str(), ordinal))?;
+            }
+            self.counters.count_status(indexed.status, -1);
         }
-        if let Some(correlation_id) = &process.correlation_id {
-            self.by_correlation
-                .remove((correlation_id.as_str(), ordinal))?;
-        }
-        self.counters.count_status(process.status, -1);
         self.counters.events_total = self
             .counters
             .events_total
-            .saturating_sub(process.event_count);
+            .saturating_sub(cached.process.event_count);
         Ok(true)
     }
 }

@@ -80,13 +80,82 @@ struct Stored {
     result: &'static str,
 }
 
-fn run_case(client: &Client, case: u64, steps: &[Step]) {
-    let mut models: HashMap<u8, Model> = HashMap::new();
+/// How a case's events reach the daemon.
+#[derive(Clone, Copy, Debug)]
+enum Sending {
+    /// One request an event: every event is a write group of its own.
+    OneByOne,
+    /// All of them in one batch: one write group, in which later events
+    /// build on what earlier ones changed but has not been written yet.
+    OneBatch,
+}
+
+/// What one event was answered, alone or as an item of a batch.
+struct Answered {
+    /// `accepted`, `stale` or `duplicate`; else the problem's `code`.
+    result: String,
+    json: Value,
+    text: String,
+}
+
+/// The answer to a single event, checked against the status code its
+/// result calls for.
+fn answered_alone(reply: crate::support::Reply) -> Answered {
+    let result = match reply.status {
+        200..=299 => reply.json["result"].as_str(),
+        _ => reply.json["code"].as_str(),
+    }
+    .unwrap_or_default()
+    .to_owned();
+    let status = match result.as_str() {
+        "accepted" => 202,
+        "stale" | "duplicate" => 200,
+        "conflict" => 409,
+        _ => 422,
+    };
+    assert_eq!(reply.status, status, "{}", reply.text);
+    Answered {
+        result,
+        json: reply.json,
+        text: reply.text,
+    }
+}
+
+/// The items of a batch answer, in order: a rejected item's answer is its
+/// problem.
+fn answered_in_batch(reply: crate::support::Reply, count: usize) -> Vec<Answered> {
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let items = reply.json["results"].as_array().expect("results").clone();
+    assert_eq!(items.len(), count, "{}", reply.text);
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            assert_eq!(item["index"].as_u64(), Some(index as u64), "{item}");
+            let json = if item["result"] == "rejected" {
+                item["error"].clone()
+            } else {
+                item
+            };
+            let result = json["result"]
+                .as_str()
+                .or(json["code"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            Answered {
+                result,
+                text: json.to_string(),
+                json,
+            }
+        })
+        .collect()
+}
+
+/// The events of a case, each with the body it is sent as.
+fn bodies(case: u64, steps: &[Step]) -> Vec<(Step, Value)> {
     let mut sent: Vec<(Step, Value)> = Vec::new();
-    // Keys are scoped to their process.
-    let mut keys: HashMap<(String, String), Stored> = HashMap::new();
     for (index, original) in steps.iter().enumerate() {
-        let (step, body) = match &original.action {
+        let next = match &original.action {
             Action::Fresh => (
                 original.clone(),
                 body_of(case, original, Some(format!("k{index}"))),
@@ -104,7 +173,29 @@ fn run_case(client: &Client, case: u64, steps: &[Step]) {
                 body_of(case, original, Some(format!("k{index}"))),
             ),
         };
-        let reply = client.post(&body);
+        sent.push(next);
+    }
+    sent
+}
+
+fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
+    let events = bodies(case, steps);
+    let answers: Vec<Answered> = match sending {
+        Sending::OneByOne => events
+            .iter()
+            .map(|(_, body)| answered_alone(client.post(body)))
+            .collect(),
+        Sending::OneBatch => {
+            let batch = Value::Array(events.iter().map(|(_, body)| body.clone()).collect());
+            answered_in_batch(client.post(&batch), events.len())
+        }
+    };
+    let mut models: HashMap<u8, Model> = HashMap::new();
+    // Events kept in each process's history: accepted and stale.
+    let mut kept: HashMap<u8, u64> = HashMap::new();
+    // Keys are scoped to their process.
+    let mut keys: HashMap<(String, String), Stored> = HashMap::new();
+    for (index, ((step, body), reply)) in events.iter().zip(&answers).enumerate() {
         let key = body["event_id"].as_str().map(|k| {
             (
                 body["process_id"].as_str().unwrap_or_default().to_owned(),
@@ -112,19 +203,22 @@ fn run_case(client: &Client, case: u64, steps: &[Step]) {
             )
         });
         if let Some(stored) = key.as_ref().and_then(|k| keys.get(k)) {
-            if stored.body == body {
+            if stored.body == *body {
                 assert_eq!(
-                    reply.json["result"], "duplicate",
+                    reply.result, "duplicate",
                     "step {index} {body}: {}",
                     reply.text
                 );
                 assert_eq!(reply.json["seq"].as_u64(), Some(stored.seq), "step {index}");
                 assert_eq!(reply.json["original_result"], stored.result, "step {index}");
             } else {
-                assert_eq!(reply.status, 422, "step {index} {body}: {}", reply.text);
-                assert_eq!(reply.json["code"], "idempotency_key_reused");
+                assert_eq!(
+                    reply.result, "idempotency_key_reused",
+                    "step {index} {body}: {}",
+                    reply.text
+                );
+                assert_eq!(reply.json["seq"].as_u64(), Some(stored.seq), "step {index}");
             }
-            sent.push((step, body));
             continue;
         }
         let task = (step.kind.scope() == Scope::Task).then(|| format!("t{}", step.task));
@@ -135,24 +229,30 @@ fn run_case(client: &Client, case: u64, steps: &[Step]) {
         );
         match expected {
             Outcome::Accepted => {
-                assert_eq!(reply.status, 202, "step {index} {body}: {}", reply.text)
-            }
-            Outcome::Stale => {
                 assert_eq!(
-                    (reply.status, reply.json["result"].as_str()),
-                    (200, Some("stale")),
+                    reply.result, "accepted",
                     "step {index} {body}: {}",
                     reply.text
                 )
             }
+            Outcome::Stale => {
+                assert_eq!(reply.result, "stale", "step {index} {body}: {}", reply.text)
+            }
             Outcome::Conflict { current_status } => {
-                assert_eq!(reply.status, 409, "step {index} {body}: {}", reply.text);
+                assert_eq!(
+                    reply.result, "conflict",
+                    "step {index} {body}: {}",
+                    reply.text
+                );
                 assert_eq!(
                     reply.json["current_status"],
                     current_status.as_str(),
                     "step {index}"
                 );
             }
+        }
+        if matches!(expected, Outcome::Accepted | Outcome::Stale) {
+            *kept.entry(step.process).or_default() += 1;
         }
         if let (Some(key), Outcome::Accepted | Outcome::Stale) = (key, expected) {
             let result = if expected == Outcome::Accepted {
@@ -169,7 +269,6 @@ fn run_case(client: &Client, case: u64, steps: &[Step]) {
                 },
             );
         }
-        sent.push((step, body));
     }
     for (process, model) in &models {
         let got = client
@@ -179,6 +278,11 @@ fn run_case(client: &Client, case: u64, steps: &[Step]) {
         assert_eq!(
             got["status"],
             want.status.as_str(),
+            "process {process}: {got}"
+        );
+        assert_eq!(
+            got["event_count"].as_u64(),
+            Some(kept.get(process).copied().unwrap_or(0)),
             "process {process}: {got}"
         );
         let tasks = got["tasks"].as_array().unwrap();
@@ -201,8 +305,7 @@ fn run_case(client: &Client, case: u64, steps: &[Step]) {
     }
 }
 
-#[test]
-fn random_interleavings_through_http_end_in_the_models_state() {
+fn run_cases(sending: Sending) {
     let cases = std::env::var("PM_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -216,14 +319,29 @@ fn random_interleavings_through_http_end_in_the_models_state() {
         ..Config::default()
     });
     let result = runner.run(&prop::collection::vec(step(), 1..40), |steps| {
-        run_case(&client, case.fetch_add(1, Ordering::SeqCst), &steps);
+        run_case(
+            &client,
+            case.fetch_add(1, Ordering::SeqCst),
+            &steps,
+            sending,
+        );
         Ok(())
     });
     if let Err(failure) = result {
         panic!("{failure}");
     }
     println!(
-        "property test: {} cases through HTTP",
+        "property test: {} cases through HTTP, {sending:?}",
         case.load(Ordering::SeqCst)
     );
+}
+
+#[test]
+fn random_interleavings_through_http_end_in_the_models_state() {
+    run_cases(Sending::OneByOne);
+}
+
+#[test]
+fn random_interleavings_in_one_batch_end_in_the_models_state() {
+    run_cases(Sending::OneBatch);
 }
