@@ -380,8 +380,9 @@ pub fn with(mut event: Value, fields: Value) -> Value {
 /// Every event a load acknowledged, with the seq it was given.
 pub type Acknowledged = Vec<(Value, u64)>;
 
-/// Posts unique keyed events from `threads` threads until `stop` is set or
-/// the daemon stops answering; returns what was acknowledged with 2xx.
+/// Posts unique keyed events, alone and in small batches, from `threads`
+/// threads until `stop` is set or the daemon stops answering; returns
+/// what was acknowledged with 2xx.
 pub fn run_load(
     addr: SocketAddr,
     tag: &str,
@@ -402,12 +403,27 @@ pub fn run_load(
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) && n < 100_000 {
                     n += 1;
-                    let body = if n.is_multiple_of(3) {
-                        json!({"type": "task.progress", "process_id": format!("load-{worker}-{}", n / 10),
-                               "task_id": format!("t{}", n % 4), "event_id": format!("w{worker}-e{n}")})
+                    let event = |n: u64| {
+                        if n.is_multiple_of(3) {
+                            json!({"type": "task.progress", "process_id": format!("load-{worker}-{}", n / 10),
+                                   "task_id": format!("t{}", n % 4), "event_id": format!("w{worker}-e{n}")})
+                        } else {
+                            json!({"type": "process.progress", "process_id": format!("load-{worker}-{}", n / 10),
+                                   "event_id": format!("w{worker}-e{n}"), "progress": {"current": n}})
+                        }
+                    };
+                    // Every fifth request a batch of the next events, most of
+                    // them of one process: they meet in one write group.
+                    let events: Vec<Value> = if n.is_multiple_of(5) {
+                        let batch = (n..n + 4).map(event).collect();
+                        n += 3;
+                        batch
                     } else {
-                        json!({"type": "process.progress", "process_id": format!("load-{worker}-{}", n / 10),
-                               "event_id": format!("w{worker}-e{n}"), "progress": {"current": n}})
+                        vec![event(n)]
+                    };
+                    let body = match events.as_slice() {
+                        [single] => single.clone(),
+                        _ => Value::Array(events.clone()),
                     };
                     let result = agent
                         .post(format!("http://{addr}/v1/events"))
@@ -418,7 +434,15 @@ pub fn run_load(
                     if status == 202 || status == 200 {
                         let text = response.body_mut().read_to_string().unwrap_or_default();
                         let answer: Value = serde_json::from_str(&text).expect("a 2xx body is JSON");
-                        acknowledged.push((body, answer["seq"].as_u64().expect("seq")));
+                        match answer["results"].as_array() {
+                            Some(items) => {
+                                for (event, item) in events.into_iter().zip(items) {
+                                    assert_eq!(item["result"], "accepted", "{text}");
+                                    acknowledged.push((event, item["seq"].as_u64().expect("seq")));
+                                }
+                            }
+                            None => acknowledged.push((body, answer["seq"].as_u64().expect("seq"))),
+                        }
                     }
                 }
                 acknowledged
