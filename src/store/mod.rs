@@ -8,6 +8,7 @@ pub mod grouplog;
 pub mod journal;
 pub mod maintenance;
 pub mod read;
+pub mod residency;
 pub mod schema;
 pub mod write;
 
