@@ -74,8 +74,6 @@ pub struct HttpConfig {
     /// Threads that run store reads (the blocking pool); 0 means two per
     /// core. Few threads keep the busy ones busy instead of waking idle
     /// ones; more overlap disk reads when the store is not in memory.
-    /// (Point reads run on the async workers while the store's pages are
-    /// in memory: `http::point_read`.)
     pub read_threads: usize,
     pub header_read_timeout_secs: u64,
     pub body_read_timeout_secs: u64,

@@ -12,7 +12,6 @@ pub mod views;
 
 use crate::config::Config;
 use crate::store::read::SharedSnapshots;
-use crate::store::residency;
 use crate::writer::WriterHandle;
 use auth::{Auth, Role};
 use bytes::Bytes;
@@ -27,9 +26,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use problem::ApiError;
 use serde::Serialize;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -60,8 +59,6 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// True once the store is open and until shutdown begins.
     ready: AtomicBool,
-    /// Where point reads run (`point_read`).
-    reads: ReadPlacement,
 }
 
 #[derive(Clone, Debug)]
@@ -88,7 +85,6 @@ impl AppState {
             },
             data_dir: config.data_dir.clone(),
             ready: AtomicBool::new(false),
-            reads: ReadPlacement::new(),
         })
     }
 
@@ -277,63 +273,6 @@ fn only(method: &Method, allowed: &Method, allow_header: &'static str) -> Result
     }
 }
 
-/// After a point read waited for the disk, how long point reads go to the
-/// read pool before one tries the async worker again.
-const POOL_AFTER_DISK_WAIT: Duration = Duration::from_secs(1);
-
-/// Whether point reads run on the async workers or on the read pool.
-struct ReadPlacement {
-    since: Instant,
-    /// Until when, in milliseconds after `since`, they go to the pool.
-    pool_until: AtomicU64,
-}
-
-impl ReadPlacement {
-    fn new() -> Self {
-        ReadPlacement {
-            since: Instant::now(),
-            pool_until: AtomicU64::new(0),
-        }
-    }
-
-    /// Milliseconds after `since`.
-    fn now(&self) -> u64 {
-        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn on_worker(&self, now: u64) -> bool {
-        now >= self.pool_until.load(Ordering::Relaxed)
-    }
-
-    fn waited_for_disk(&self, now: u64) {
-        let pause = u64::try_from(POOL_AFTER_DISK_WAIT.as_millis()).unwrap_or(u64::MAX);
-        self.pool_until
-            .fetch_max(now.saturating_add(pause), Ordering::Relaxed);
-    }
-}
-
-/// Runs a read of a few pages (one process, say) on the async worker that
-/// took the request while the store is in memory: the hand-off to the
-/// read pool and back costs more than such a read. A read that had to
-/// wait for the disk (`store::residency` tells) sends the point reads of
-/// the next second to the read pool, so that a store out of memory holds
-/// up a worker about once a second, not on every request.
-async fn point_read<T: Send + 'static>(
-    state: &AppState,
-    work: impl FnOnce(&SharedSnapshots) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let now = state.reads.now();
-    if !state.reads.on_worker(now) {
-        return blocking(state, work).await;
-    }
-    let snapshots = &state.core()?.snapshots;
-    let (result, waited) = residency::watch(|| work(snapshots));
-    if waited {
-        state.reads.waited_for_disk(now);
-    }
-    result
-}
-
 /// Runs a store read that may wait (on the disk, or for a long scan) off
 /// the async workers.
 async fn blocking<T: Send + 'static>(
@@ -344,25 +283,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&snapshots))
         .await
         .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn point_reads_go_to_the_pool_for_a_second_after_a_disk_wait() {
-        let reads = ReadPlacement::new();
-        assert!(reads.on_worker(0));
-        reads.waited_for_disk(100);
-        assert!(!reads.on_worker(100));
-        assert!(!reads.on_worker(1_099));
-        assert!(reads.on_worker(1_100));
-        // A later wait extends the pause; a read that began earlier and
-        // reports late does not shorten it.
-        reads.waited_for_disk(1_500);
-        reads.waited_for_disk(1_200);
-        assert!(!reads.on_worker(2_499));
-        assert!(reads.on_worker(2_500));
-    }
 }

@@ -2,7 +2,7 @@
 
 use super::problem::ApiError;
 use super::views::{HistoryView, ProcessView, StatsView};
-use super::{blocking, json_response, point_read, AppState, Response};
+use super::{blocking, json_response, AppState, Response};
 use crate::domain::{is_valid_id, parse_timestamp, Status};
 use crate::store::read::{ListPosition, ListQuery};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,13 +20,14 @@ fn not_found(process_id: &str) -> ApiError {
     ApiError::NotFound(format!("there is no process {process_id}"))
 }
 
-/// A point lookup: on the async worker while the store is in memory.
+/// A point lookup; off the async workers all the same, since on a store
+/// larger than memory it waits for the disk.
 pub async fn get_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {
     if !is_valid_id(process_id) {
         return Err(not_found(process_id));
     }
     let process_id = process_id.to_owned();
-    point_read(state, move |snapshots| {
+    blocking(state, move |snapshots| {
         let snapshot = snapshots.get()?;
         let (process, tasks) = snapshot
             .process_with_tasks(&process_id)?

@@ -469,11 +469,6 @@ impl StorageBackend for JournaledFile {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        // The same file, through the handle that can ask for the page
-        // cache alone (`residency`).
-        if super::residency::read_if_cached(&self.shared.store, offset, out) {
-            return Ok(());
-        }
         self.inner.read(offset, out)
     }
 

@@ -8,7 +8,6 @@ pub mod grouplog;
 pub mod journal;
 pub mod maintenance;
 pub mod read;
-pub mod residency;
 pub mod schema;
 pub mod write;
 
