@@ -469,6 +469,7 @@ fn apply_work(batch: &mut WriteBatch<'_>, work: &Work, now: Millis) -> Result<An
             for event in events {
                 outcomes.push(batch.apply(event, now)?);
             }
+            batch.write_back()?;
             Answer::Events(outcomes)
         }
         Work::Delete(process_id) => Answer::Deleted(batch.delete_process(process_id)?),

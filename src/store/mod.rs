@@ -471,14 +471,23 @@ mod tests {
         Delete(&'static str),
     }
 
-    /// Applies each group of steps in one transaction, or each step in one.
-    fn apply_steps(groups: &[&[Step]], grouped: bool) -> (tempfile::TempDir, Database) {
+    #[derive(Clone, Copy)]
+    enum Commits {
+        /// One transaction a step.
+        Step,
+        /// One transaction a group of steps, as one batch request.
+        Group,
+        /// One transaction a group, as one request a step: the writer
+        /// writes back after each request.
+        GroupWrittenBackEveryStep,
+    }
+
+    fn apply_steps(groups: &[&[Step]], commits: Commits) -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = open_writable(&store_path(dir.path()), 1 << 20).unwrap();
-        let transactions: Vec<&[Step]> = if grouped {
-            groups.to_vec()
-        } else {
-            groups.iter().flat_map(|group| group.chunks(1)).collect()
+        let transactions: Vec<&[Step]> = match commits {
+            Commits::Step => groups.iter().flat_map(|group| group.chunks(1)).collect(),
+            _ => groups.to_vec(),
         };
         for chunk in transactions {
             let txn = db.begin_write().unwrap();
@@ -491,6 +500,9 @@ mod tests {
                     Step::Delete(id) => {
                         batch.delete_process(id).unwrap();
                     }
+                }
+                if let Commits::GroupWrittenBackEveryStep = commits {
+                    batch.write_back().unwrap();
                 }
             }
             batch.finish().unwrap();
@@ -582,10 +594,13 @@ mod tests {
             plain("d", EventType::ProcessSucceeded, None, "d1"),
         ];
         let ids = ["a", "b", "c", "d", "e", "f"];
-        let (_one, grouped) = apply_steps(&[&before, &steps], true);
-        let (_each, separate) = apply_steps(&[&before, &steps], false);
+        let (_one, grouped) = apply_steps(&[&before, &steps], Commits::Group);
+        let (_each, separate) = apply_steps(&[&before, &steps], Commits::Step);
+        let (_written, written_back) =
+            apply_steps(&[&before, &steps], Commits::GroupWrittenBackEveryStep);
         let state = visible_state(&grouped, &ids);
         assert_eq!(state, visible_state(&separate, &ids));
+        assert_eq!(state, visible_state(&written_back, &ids));
         // And the steps did what they say.
         let snapshot = Snapshot::begin(&grouped).unwrap();
         let (a, tasks) = snapshot.process_with_tasks("a").unwrap().unwrap();

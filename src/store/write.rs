@@ -6,9 +6,11 @@
 //!
 //! A batch of webhooks often carries several events of one process (a task
 //! starts and finishes, the run progresses). The process and task records a
-//! group changes are therefore kept in memory and written once, with their
-//! index entries, by `finish`; history and idempotency records, and the id
-//! maps, are written as each event is applied.
+//! request changes are therefore kept in memory and written once, with
+//! their index entries, by `write_back` after the request (not after the
+//! whole group, whose thousands of events would have pushed the pages read
+//! out of the CPU's cache by then); history and idempotency records, and
+//! the id maps, are written as each event is applied.
 
 use super::schema::{
     self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecordRef, Kind,
@@ -18,7 +20,7 @@ use super::schema::{
 use super::{codec, StoreError};
 use crate::domain::{self, Event, Millis, Outcome, Process, Scope, Status, Task};
 use redb::{ReadableTable, Table, WriteTransaction};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 /// One validated event on its way to the store.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -71,19 +73,19 @@ impl IndexedFields {
     }
 }
 
-/// A process the group has read, as it stands now.
+/// A process read since the last write-back, as it stands now.
 struct CachedProcess {
     process: Process,
     /// What its index entries in the tables were made from; `None` for a
-    /// process new in this group, which has none yet.
+    /// process created since the last write-back, which has none yet.
     indexed: Option<IndexedFields>,
-    /// Changed since it was read: `finish` writes it back.
+    /// Changed since it was read: `write_back` writes it.
     changed: bool,
 }
 
-/// The tables of one write transaction, the process and task records the
-/// group has changed but not yet written, and the counters as they will be
-/// once it commits.
+/// The tables of one write transaction, the process and task records
+/// changed but not yet written back, and the counters as they will be once
+/// it commits.
 pub struct WriteBatch<'txn> {
     process_ids: Table<'txn, &'static str, u64>,
     records: Table<'txn, &'static [u8], &'static [u8]>,
@@ -93,10 +95,10 @@ pub struct WriteBatch<'txn> {
     by_type: Table<'txn, (&'static str, u8, u64), ()>,
     by_correlation: Table<'txn, (&'static str, u64), ()>,
     meta: Table<'txn, &'static str, &'static [u8]>,
-    /// By ordinal; in key order, so that `finish` writes them in order.
-    processes: BTreeMap<u64, CachedProcess>,
+    /// By ordinal.
+    processes: HashMap<u64, CachedProcess>,
     /// Changed tasks, by process ordinal and task ordinal.
-    tasks: BTreeMap<(u64, u32), Task>,
+    tasks: HashMap<(u64, u32), Task>,
     pub counters: Counters,
 }
 
@@ -134,8 +136,8 @@ impl<'txn> WriteBatch<'txn> {
             by_type: txn.open_table(BY_TYPE)?,
             by_correlation: txn.open_table(BY_CORRELATION)?,
             meta: txn.open_table(META)?,
-            processes: BTreeMap::new(),
-            tasks: BTreeMap::new(),
+            processes: HashMap::new(),
+            tasks: HashMap::new(),
             counters,
         })
     }
@@ -151,10 +153,25 @@ impl<'txn> WriteBatch<'txn> {
     /// Writes the changed processes and tasks, their index entries and the
     /// counters; call once, before committing.
     pub fn finish(mut self) -> Result<Counters, StoreError> {
-        for (ordinal, cached) in std::mem::take(&mut self.processes) {
-            if !cached.changed {
-                continue;
-            }
+        self.write_back()?;
+        self.meta
+            .insert(META_COUNTERS, codec::encode(&self.counters).as_slice())?;
+        Ok(self.counters)
+    }
+
+    /// Writes the processes and tasks changed since the last call, with
+    /// their index entries, and forgets them. The writer calls it after
+    /// each request, while the pages it read are still in the CPU's cache;
+    /// `finish` calls it too.
+    pub fn write_back(&mut self) -> Result<(), StoreError> {
+        // In key order: neighbours in the tree are written one after another.
+        let mut processes: Vec<_> = self
+            .processes
+            .drain()
+            .filter(|(_, cached)| cached.changed)
+            .collect();
+        processes.sort_unstable_by_key(|&(ordinal, _)| ordinal);
+        for (ordinal, cached) in processes {
             self.records.insert(
                 record_key(ordinal, Kind::Process, &[]).as_slice(),
                 codec::encode(&cached.process).as_slice(),
@@ -164,7 +181,9 @@ impl<'txn> WriteBatch<'txn> {
                 None => self.index_new(ordinal, &cached.process)?,
             }
         }
-        for ((ordinal, task_ordinal), task) in std::mem::take(&mut self.tasks) {
+        let mut tasks: Vec<_> = self.tasks.drain().collect();
+        tasks.sort_unstable_by_key(|&(key, _)| key);
+        for ((ordinal, task_ordinal), task) in tasks {
             self.records.insert(
                 record_key(
                     ordinal,
@@ -175,9 +194,7 @@ impl<'txn> WriteBatch<'txn> {
                 codec::encode(&task).as_slice(),
             )?;
         }
-        self.meta
-            .insert(META_COUNTERS, codec::encode(&self.counters).as_slice())?;
-        Ok(self.counters)
+        Ok(())
     }
 
     fn get_record<T: serde::de::DeserializeOwned>(
@@ -333,8 +350,8 @@ impl<'txn> WriteBatch<'txn> {
         })
     }
 
-    /// The process at `ordinal` as the group left it, taken out of the
-    /// group's cache (put it back when done) or read from the table.
+    /// The process at `ordinal` as the transaction left it, taken out of
+    /// the cache (put it back when done) or read from the table.
     fn take_process(&mut self, ordinal: u64) -> Result<CachedProcess, StoreError> {
         if let Some(cached) = self.processes.remove(&ordinal) {
             return Ok(cached);
@@ -388,7 +405,7 @@ impl<'txn> WriteBatch<'txn> {
         Ok((task_ordinal, task, false))
     }
 
-    /// The index entries of a process new in this group, as it is now.
+    /// The index entries of a process new in this transaction, as it is now.
     fn index_new(&mut self, ordinal: u64, process: &Process) -> Result<(), StoreError> {
         self.counters.count_status(process.status, 1);
         self.by_created.insert((process.created_at, ordinal), ())?;
@@ -444,7 +461,7 @@ impl<'txn> WriteBatch<'txn> {
         let Some(ordinal) = self.process_ids.remove(process_id)?.map(|o| o.value()) else {
             return Ok(false);
         };
-        // Whatever the group changed of it goes too.
+        // What was changed of it and not yet written goes too.
         let cached = self.take_process(ordinal)?;
         self.tasks.retain(|&(task_of, _), _| task_of != ordinal);
         let (start, end) = schema::process_range(ordinal);
