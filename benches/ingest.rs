@@ -9,7 +9,8 @@
 //! - Storage floor: the same events appended to one redb table, one durable
 //!   commit per batch of the same size.
 //! - The daemon: durable ingest, single events at 64 connections, and
-//!   batches of 100.
+//!   batches of 100 (ten processes with ten events each; one event each of
+//!   100 processes with PM_BENCH_BATCH_SHAPE=spread).
 
 mod support;
 

@@ -483,12 +483,20 @@ pub fn single_event_plan() -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
     })
 }
 
-/// Batches of `size` consecutive events, each connection its own stream.
+/// Batches of `size` events, each connection its own stream: consecutive
+/// events (ten processes with ten events each, for 100), as a run's
+/// events travel together; or, with `PM_BENCH_BATCH_SHAPE=spread`, one
+/// event each of `size` processes, which then take ten batches to finish.
 pub fn batch_plan(size: u64) -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
     let first = fresh_streams();
+    let spread = std::env::var("PM_BENCH_BATCH_SHAPE").as_deref() == Ok("spread");
     Arc::new(move |conn, n| {
+        let event = |i: u64| match spread {
+            false => n * size + i,
+            true => ((n / 10) * size + i) * 10 + n % 10,
+        };
         let events: Vec<serde_json::Value> = (0..size)
-            .map(|i| webhook(first + conn as u64, n * size + i))
+            .map(|i| webhook(first + conn as u64, event(i)))
             .collect();
         Planned {
             method: hyper::Method::POST,
