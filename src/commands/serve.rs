@@ -20,8 +20,9 @@ const CHECKPOINT_GROUPS: u32 = 50;
 /// Or fewer, once this much is logged: the durable commit writes out the
 /// pages of every group since the last, and writes wait for it. Rarer
 /// durable commits write a page changed by several groups once: batches
-/// of 100 events of different processes did 12-16% more at 1 MiB than at
-/// 256 KiB, for 2-5 ms more batch p99 (and 2 MiB 5% more again, for 5-8).
+/// of 100 did 6% more at 1 MiB than at 256 KiB (12-16% in pairs, for
+/// events each of another process), for batch p99 from 19-20 ms to 28 ms.
+/// 2 MiB gave 5% more again, for 5-8 ms more p99.
 const CHECKPOINT_BYTES: u64 = 1 << 20;
 
 pub fn run(config: Config) -> anyhow::Result<()> {
