@@ -334,7 +334,7 @@ impl<'txn> WriteBatch<'txn> {
             )?;
         }
         if known_ordinal.is_none() {
-            // Later events of the group, and of later groups, find it by id.
+            // Later events, in this transaction and after, find it by id.
             self.process_ids.insert(process.id.as_str(), ordinal)?;
             self.counters.next_ordinal = ordinal + 1;
             self.counters.last_created_at = process.created_at;
