@@ -5,11 +5,11 @@
 //! all of it in one redb write transaction, appends the group's requests to
 //! the write log (`store::grouplog`) with one `fdatasync`, commits the
 //! transaction without redb's own durability, and only then answers each
-//! request. Every `checkpoint_groups` groups (and at a clean stop) the
-//! commit is durable instead, through redb's syncs and the journal in
-//! `store::journal`, and the log starts over. At start, and after the store
-//! is reopened, the groups logged since the last durable commit are applied
-//! again. The group grows by itself under load; there is no timer and no
+//! request. Every `checkpoint_groups` groups or `checkpoint_bytes` of log
+//! (and at a clean stop) the commit is durable instead, through redb's
+//! syncs and the journal in `store::journal`, and the log starts over. At
+//! start, and after the store is reopened, the groups logged since the
+//! last durable commit are applied again. The group grows by itself under load; there is no timer and no
 //! added latency when idle.
 //!
 //! Shutdown is dropping every `WriterHandle`: the channel disconnects once

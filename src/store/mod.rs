@@ -125,18 +125,15 @@ fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
 /// and checks its schema version.
 pub fn open_writable(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     let db = open_writable_with_journal(path, cache_bytes, None)?;
-    // Groups a crashed daemon acknowledged after its last durable commit
-    // are in its write log, which only the daemon replays.
-    let txn = db.begin_write()?;
-    let durable = write::load_logged_group(&txn)?;
-    txn.abort()?;
-    refuse_pending_groups(path, durable)?;
+    refuse_pending_groups(path, &db)?;
     Ok(db)
 }
 
-/// `NeedsRecovery` when the store's write log holds groups after
-/// `durable`, the last one the store file holds.
-fn refuse_pending_groups(path: &Path, durable: u64) -> Result<(), StoreError> {
+/// `NeedsRecovery` when the store's write log holds groups after the last
+/// one the store file holds: a crashed daemon acknowledged them after its
+/// last durable commit, and only a daemon replays them.
+fn refuse_pending_groups(path: &Path, db: &impl ReadableDatabase) -> Result<(), StoreError> {
+    let durable = schema::logged_group(&db.begin_read()?.open_table(META)?)?;
     let pending = grouplog::has_pending(path, durable)
         .map_err(|error| unreadable_beside(path, "write log", error))?;
     if pending {
@@ -282,8 +279,7 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
         .open_read_only(path)
         .map_err(|error| map_open_error(path, error))?;
     check_schema(path, &db)?;
-    let durable = schema::logged_group(&db.begin_read()?.open_table(META)?)?;
-    refuse_pending_groups(path, durable)?;
+    refuse_pending_groups(path, &db)?;
     Ok(db)
 }
 

@@ -165,11 +165,8 @@ impl<'txn> WriteBatch<'txn> {
     /// `finish` calls it too.
     pub fn write_back(&mut self) -> Result<(), StoreError> {
         // In key order: neighbours in the tree are written one after another.
-        let mut processes: Vec<_> = self
-            .processes
-            .drain()
-            .filter(|(_, cached)| cached.changed)
-            .collect();
+        let mut processes = Vec::with_capacity(self.processes.len());
+        processes.extend(self.processes.drain().filter(|(_, cached)| cached.changed));
         processes.sort_unstable_by_key(|&(ordinal, _)| ordinal);
         for (ordinal, cached) in processes {
             self.records.insert(
