@@ -140,6 +140,55 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
+/// The wire shape of `progress`: as `Progress`, but `current` and `total`
+/// are any JSON number with a whole value (`5` or `5.0`: JSON does not tell
+/// them apart, and many senders write every number as a float).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressInput {
+    #[serde(default)]
+    percent: Option<f64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    current: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    total: Option<u64>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl From<ProgressInput> for Progress {
+    fn from(input: ProgressInput) -> Progress {
+        Progress {
+            percent: input.percent,
+            current: input.current,
+            total: input.total,
+            message: input.message,
+        }
+    }
+}
+
+/// A JSON number whose value is a whole number from 0 to 2^53 (every such
+/// float is exact), or null.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = number.as_u64() {
+        return Ok(Some(whole));
+    }
+    match number.as_f64() {
+        Some(value) if value.fract() == 0.0 && (0.0..=EXACT_LIMIT).contains(&value) => {
+            Ok(Some(value as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number of at least 0, not {number}"
+        ))),
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorInfo {
@@ -169,7 +218,7 @@ pub struct EventInput {
     #[serde(default)]
     pub correlation_id: Option<String>,
     #[serde(default)]
-    pub progress: Option<Progress>,
+    pub progress: Option<ProgressInput>,
     #[serde(default)]
     pub error: Option<ErrorInfo>,
     #[serde(default)]
@@ -223,10 +272,19 @@ pub fn is_valid_event_id(id: &str) -> bool {
     (1..=MAX_ID_BYTES).contains(&id.len()) && id.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-/// Parses an RFC 3339 timestamp with any offset to UTC milliseconds.
+/// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z: the instants
+/// that RFC 3339 can write in UTC, and so the ones the API shows.
+const EARLIEST_MILLIS: Millis = -62_167_219_200_000;
+const LATEST_MILLIS: Millis = 253_402_300_799_999;
+
+/// Parses an RFC 3339 timestamp with any offset to UTC milliseconds. An
+/// instant whose UTC year falls outside 0000-9999 (`0000-01-01T00:00:00+01:00`
+/// is in year -1) is refused: it could never be written back as RFC 3339.
 pub fn parse_timestamp(text: &str) -> Option<Millis> {
     let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    Millis::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+    Millis::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000))
+        .ok()
+        .filter(|millis| (EARLIEST_MILLIS..=LATEST_MILLIS).contains(millis))
 }
 
 fn check_id(field: &str, id: &str) -> Result<(), InvalidField> {
@@ -258,15 +316,18 @@ impl EventInput {
     /// `Idempotency-Key` or `webhook-id` header, used when the body has no
     /// `event_id`.
     pub fn validate(self, fallback_event_id: Option<&str>) -> Result<Event, InvalidField> {
-        let event_id = match self.event_id {
-            Some(id) => Some(id),
-            None => fallback_event_id.map(str::to_owned),
+        let (event_id, from) = match self.event_id {
+            Some(id) => (Some(id), "`event_id`"),
+            None => (
+                fallback_event_id.map(str::to_owned),
+                "the `Idempotency-Key` (or `webhook-id`) header, which keys an event without `event_id`,",
+            ),
         };
         if let Some(id) = &event_id {
             if !is_valid_event_id(id) {
                 return Err(InvalidField::new(
                     "event_id",
-                    "`event_id` must be 1 to 200 bytes of printable ASCII",
+                    format!("{from} must be 1 to 200 bytes of printable ASCII"),
                 ));
             }
         }
@@ -302,7 +363,8 @@ impl EventInput {
         check_label("name", &self.name)?;
         check_label("process_type", &self.process_type)?;
         check_label("correlation_id", &self.correlation_id)?;
-        if let Some(progress) = &self.progress {
+        let progress = self.progress.map(Progress::from);
+        if let Some(progress) = &progress {
             validate_progress(progress)?;
         }
         if let Some(error) = &self.error {
@@ -333,7 +395,7 @@ impl EventInput {
             name: self.name,
             process_type: self.process_type,
             correlation_id: self.correlation_id,
-            progress: self.progress,
+            progress,
             error: self.error,
             attributes,
         })
@@ -464,9 +526,41 @@ mod tests {
     }
 
     #[test]
+    fn progress_counts_take_any_whole_json_number() {
+        let event = input(
+            r#"{"type":"process.progress","process_id":"p","progress":{"current":5.0,"total":1e1}}"#,
+        )
+        .validate(None)
+        .unwrap();
+        let progress = event.progress.unwrap();
+        assert_eq!((progress.current, progress.total), (Some(5), Some(10)));
+        for refused in ["5.5", "-1", "-1.0", "1e300"] {
+            let json = format!(
+                r#"{{"type":"process.progress","process_id":"p","progress":{{"current":{refused}}}}}"#
+            );
+            let error = serde_json::from_str::<EventInput>(&json).unwrap_err();
+            assert!(
+                error.to_string().contains("whole number"),
+                "{refused}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn timestamps_accept_any_offset() {
         assert_eq!(parse_timestamp("1970-01-01T00:00:01Z"), Some(1000));
         assert_eq!(parse_timestamp("1970-01-01T01:00:01.5+01:00"), Some(1500));
         assert_eq!(parse_timestamp("1970-01-01 00:00:01"), None);
+        // The edges of what UTC RFC 3339 can write, and just past them.
+        assert_eq!(
+            parse_timestamp("0000-01-01T00:00:00Z"),
+            Some(EARLIEST_MILLIS)
+        );
+        assert_eq!(
+            parse_timestamp("9999-12-31T23:59:59.999Z"),
+            Some(LATEST_MILLIS)
+        );
+        assert_eq!(parse_timestamp("0000-01-01T00:00:00+00:01"), None);
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59-00:01"), None);
     }
 }

@@ -112,9 +112,11 @@ pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed()
 }
 
+/// A JSON answer, ending in a newline as text on a terminal should.
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => {
+        Ok(mut body) => {
+            body.push(b'\n');
             let mut response = hyper::Response::new(full_body(body));
             *response.status_mut() = status;
             response
@@ -206,12 +208,17 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response {
 async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let method = request.method();
+    // HEAD is GET without the body (RFC 9110 9.3.2); hyper leaves the body
+    // out of the answer to a HEAD request by itself.
+    let method = match request.method() {
+        &Method::HEAD => &Method::GET,
+        other => other,
+    };
     match segments.as_slice() {
-        ["livez"] => only(method, &Method::GET, "GET")
+        ["livez"] => only(method, &Method::GET, "GET, HEAD")
             .map(|()| json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         ["readyz"] | ["healthz"] => {
-            only(method, &Method::GET, "GET")?;
+            only(method, &Method::GET, "GET, HEAD")?;
             if state.ready.load(Ordering::SeqCst) {
                 Ok(json_response(
                     StatusCode::OK,
@@ -229,39 +236,53 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response,
             ingest::post_events(state, request).await
         }
         ["v1", "processes"] => {
-            only(method, &Method::GET, "GET")?;
+            only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
             query::list_processes(state, request.uri().query()).await
         }
         ["v1", "processes", id] => match *method {
             Method::GET => {
                 state.auth.require(request.headers(), Role::Read)?;
-                query::get_process(state, id).await
+                query::get_process(state, path_process_id(id)?).await
             }
             Method::DELETE => {
                 state.auth.require(request.headers(), Role::Admin)?;
-                ingest::delete_process(state, id).await
+                ingest::delete_process(state, path_process_id(id)?).await
             }
-            _ => Err(ApiError::MethodNotAllowed("GET, DELETE")),
+            _ => Err(ApiError::MethodNotAllowed("GET, HEAD, DELETE")),
         },
         ["v1", "processes", id, "history"] => {
-            only(method, &Method::GET, "GET")?;
+            only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
-            query::history(state, id, request.uri().query()).await
+            query::history(state, path_process_id(id)?, request.uri().query()).await
         }
         ["v1", "admin", "backup"] => {
-            only(method, &Method::GET, "GET")?;
+            only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Admin)?;
             admin::backup(state).await
         }
         ["v1", "stats"] => {
-            only(method, &Method::GET, "GET")?;
+            only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
             query::stats(state).await
         }
         _ => Err(ApiError::NotFound(format!(
             "there is no resource at {path}"
         ))),
+    }
+}
+
+/// A process id from the path, checked by the rule that writes follow, so
+/// that a read of an id no write could have made is a 400 naming the rule,
+/// not a 404 that echoes whatever was sent.
+fn path_process_id(id: &str) -> Result<&str, ApiError> {
+    if crate::domain::is_valid_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::InvalidQuery {
+            parameter: "process_id".into(),
+            detail: "a process id is 1 to 200 bytes of letters, digits and . _ : ~ -".into(),
+        })
     }
 }
 

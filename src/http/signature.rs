@@ -6,7 +6,9 @@
 //! secret without downtime. Comparisons are constant-time (`verify_slice`).
 
 use crate::config::WebhookConfig;
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
@@ -34,10 +36,17 @@ impl SignatureError {
     }
 }
 
+/// Standard base64 with or without its `=` padding: senders show secrets
+/// both ways, and the Standard Webhooks reference libraries take both.
+const SECRET_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
 /// Decodes a Standard Webhooks secret: `whsec_` followed by base64.
 pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    match STANDARD.decode(encoded) {
+    match SECRET_BASE64.decode(encoded) {
         Ok(key) if !key.is_empty() => Ok(key),
         _ => Err("a webhook secret must be `whsec_` followed by base64 (as Standard Webhooks senders show it)".into()),
     }
@@ -309,6 +318,9 @@ mod tests {
     #[test]
     fn secrets_must_be_whsec_base64() {
         assert!(decode_secret(SECRET).is_ok());
+        // With and without padding, the same key.
+        assert_eq!(decode_secret("whsec_YWJjZA==").unwrap(), b"abcd");
+        assert_eq!(decode_secret("whsec_YWJjZA").unwrap(), b"abcd");
         assert!(decode_secret("whsec_not base64!").is_err());
         assert!(decode_secret("whsec_").is_err());
     }

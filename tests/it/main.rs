@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod conformance;
 mod ingest;
 mod lifecycle;
 mod property;

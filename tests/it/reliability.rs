@@ -151,6 +151,29 @@ fn now_secs() -> i64 {
 }
 
 #[test]
+fn with_signing_on_an_unsigned_request_learns_only_401() {
+    // The secret as some senders show it, without base64 padding: the
+    // daemon starts, and verifies with the same key as the padded form.
+    let daemon =
+        Daemon::start_with(DaemonOptions::default().env("PM_WEBHOOK_SECRETS", "whsec_YWJjZA"));
+    let client = daemon.client();
+    let body = event("process.started", "signed").to_string();
+    let unsigned_text = client.post_raw_typed("text/plain", &body, &[]);
+    assert_eq!(unsigned_text.status, 401, "{}", unsigned_text.text);
+    let now = now_secs();
+    let signature = sign("whsec_YWJjZA==", "msg_1", now, &body);
+    let headers = [
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", &now.to_string() as &str),
+        ("webhook-signature", &signature),
+    ];
+    let signed_text = client.post_raw_typed("text/plain", &body, &headers);
+    assert_eq!(signed_text.status, 415, "{}", signed_text.text);
+    let signed_json = client.post_raw(&body, &headers);
+    assert_eq!(signed_json.status, 202, "{}", signed_json.text);
+}
+
+#[test]
 fn with_a_secret_only_correctly_signed_webhooks_are_accepted() {
     let rotated_out = "whsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludA==";
     let daemon = Daemon::start_with(

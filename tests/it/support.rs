@@ -89,12 +89,22 @@ impl Client {
         Self::finish(request.call())
     }
 
-    /// POSTs a raw body to /v1/events with the given extra headers.
+    /// POSTs a raw JSON body to /v1/events with the given extra headers.
     pub fn post_raw(&self, body: &str, headers: &[(&str, &str)]) -> Reply {
+        self.post_raw_typed("application/json", body, headers)
+    }
+
+    /// POSTs a raw body of the given content type to /v1/events.
+    pub fn post_raw_typed(
+        &self,
+        content_type: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut request = self
             .agent
             .post(format!("{}/v1/events", self.base))
-            .header("content-type", "application/json");
+            .header("content-type", content_type);
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
