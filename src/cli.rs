@@ -78,6 +78,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PM_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
+    /// A second address serving only /livez, /readyz and /metrics, without
+    /// tokens: for the kubelet's probes and Prometheus in a pod, while the
+    /// API stays on loopback, e.g. 0.0.0.0:8081 [default: none]
+    #[arg(long, env = "PM_PROBE_LISTEN", value_name = "ADDR")]
+    pub probe_listen: Option<SocketAddr>,
+
     /// Directory of the store file processmanager.redb [default: ./data]
     #[arg(long, env = "PM_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -206,6 +212,7 @@ impl Cli {
         match &self.command {
             Command::Serve(args) => {
                 overrides.listen = args.listen;
+                overrides.probe_listen = args.probe_listen;
                 overrides.data_dir = args.data_dir.clone();
             }
             Command::Backup(args) => overrides.data_dir = args.data_dir.clone(),

@@ -21,6 +21,23 @@ pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub webhooks: WebhookConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Process types that get a label of their own in
+    /// `pm_process_duration_seconds`; the rest count as `other`.
+    pub max_process_types: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_process_types: 50,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -78,6 +95,8 @@ pub struct HttpConfig {
     pub header_read_timeout_secs: u64,
     pub body_read_timeout_secs: u64,
     pub max_connections: usize,
+    /// A second listener for the probes and metrics only.
+    pub probe_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +142,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
             webhooks: WebhookConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -173,6 +193,7 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             max_connections: 1024,
+            probe_listen: None,
         }
     }
 }
@@ -196,6 +217,7 @@ pub enum ConfigError {
 pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    pub probe_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub log_filter: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -257,6 +279,9 @@ impl Config {
         }
         if let Some(listen) = overrides.listen {
             config.listen = listen;
+        }
+        if let Some(probe_listen) = overrides.probe_listen {
+            config.http.probe_listen = Some(probe_listen);
         }
         if let Some(data_dir) = &overrides.data_dir {
             config.data_dir = data_dir.clone();

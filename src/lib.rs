@@ -26,5 +26,6 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod store;
 pub mod writer;

@@ -16,6 +16,7 @@
 //! drained, the writer commits what it has, and the thread ends.
 
 use crate::domain::Millis;
+use crate::metrics::Metrics;
 use crate::store::codec;
 use crate::store::grouplog::GroupLog;
 use crate::store::read::SharedSnapshots;
@@ -28,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use redb::{Database, Durability};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Why a write was not applied. Both are worth retrying later.
@@ -146,6 +147,7 @@ const REOPEN_GIVE_UP: Duration = Duration::from_secs(30);
 pub fn spawn(
     snapshots: Arc<SharedSnapshots>,
     settings: WriterSettings,
+    metrics: Arc<Metrics>,
 ) -> Result<(WriterHandle, WriterThread), StoreError> {
     let mut log = GroupLog::open(snapshots.path(), Some(settings.log_bytes)).map_err(io_error)?;
     let (counters, number) = replay(&*snapshots.database()?, &mut log, settings.quick_repair)?;
@@ -155,7 +157,9 @@ pub fn spawn(
         .name("pm-writer".into())
         .spawn(move || {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&snapshots, receiver, counters, &mut log, &settings)
+                run(
+                    &snapshots, receiver, counters, &mut log, &settings, &metrics,
+                )
             }));
             if ran.is_err() {
                 // A daemon whose writer is gone would answer 503 forever:
@@ -204,6 +208,11 @@ impl WriterHandle {
                 Err(_) => Err(WriteFailure::Stopped),
             }
         })
+    }
+
+    /// Requests waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.sender.len()
     }
 
     fn send(
@@ -290,19 +299,13 @@ fn checkpoint(db: &Database, log: &mut Log, quick_repair: bool) -> Result<(), St
     log.file.start_over().map_err(io_error)
 }
 
-/// Free space on the store's disk, when the system says.
-fn free_bytes(store: &std::path::Path) -> Option<u64> {
-    let dir = store.parent()?;
-    let stats = rustix::fs::statvfs(dir).ok()?;
-    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
-}
-
 fn run(
     snapshots: &SharedSnapshots,
     receiver: Receiver<Command>,
     mut counters: Counters,
     log: &mut Log,
     settings: &WriterSettings,
+    metrics: &Metrics,
 ) {
     let mut disk_full = false;
     while let Ok(first) = receiver.recv() {
@@ -319,7 +322,9 @@ fn run(
         }
         // Never let redb meet a full disk mid-commit: it would refuse its
         // handle afterwards. Refuse the writes instead; reads go on.
-        if free_bytes(snapshots.path()).is_some_and(|free| free < settings.min_free_bytes) {
+        if crate::store::free_bytes(snapshots.path())
+            .is_some_and(|free| free < settings.min_free_bytes)
+        {
             if !disk_full {
                 tracing::error!(
                     min_free_bytes = settings.min_free_bytes,
@@ -336,11 +341,13 @@ fn run(
             tracing::info!("the store's disk has room again: accepting writes");
             disk_full = false;
         }
+        let started = Instant::now();
         let result = snapshots
             .database()
             .and_then(|db| commit_group(&db, &counters, &group, log, settings));
         match result {
             Ok((committed, answers)) => {
+                metrics.commit(weight, started.elapsed());
                 counters = committed;
                 // Before any answer: whoever got a 2xx must read this commit.
                 snapshots.invalidate();

@@ -4,7 +4,8 @@
 
 use super::daemon_url_file;
 use crate::config::Config;
-use crate::http::{self, AppState, Core};
+use crate::http::{self, AppState, Core, Surface};
+use crate::metrics::Metrics;
 use crate::store::{self, read::SharedSnapshots, StoreError};
 use crate::writer::{self, WriterHandle, WriterSettings, WriterThread};
 use anyhow::Context;
@@ -34,7 +35,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let path = store::store_path(&config.data_dir);
-    let state = Arc::new(AppState::new(&config).map_err(anyhow::Error::msg)?);
+    let metrics = Arc::new(Metrics::new(config.metrics.max_process_types));
+    let state = Arc::new(AppState::new(&config, metrics.clone()).map_err(anyhow::Error::msg)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http.effective_worker_threads())
         .enable_all()
@@ -64,9 +66,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let server = tokio::spawn(http::serve(
             listener,
             state.clone(),
+            Surface::Api,
             stopping.clone().cancelled_owned(),
         ));
         tracing::info!(%address, store = %path.display(), "listening on {address}");
+        let probes = match config.http.probe_listen {
+            Some(probe_address) => {
+                let probe_listener = TcpListener::bind(probe_address)
+                    .await
+                    .with_context(|| format!("cannot listen for probes on {probe_address}"))?;
+                let probe_address = probe_listener
+                    .local_addr()
+                    .context("cannot read the probe listener's address")?;
+                tracing::info!(%probe_address, "serving probes and metrics on {probe_address}");
+                Some(tokio::spawn(http::serve(
+                    probe_listener,
+                    state.clone(),
+                    Surface::Probes,
+                    stopping.clone().cancelled_owned(),
+                )))
+            }
+            None => None,
+        };
         let opening = tokio::task::spawn_blocking({
             let (path, stopping) = (path.clone(), stopping.clone());
             // Each journal file, and the write log, are this size.
@@ -85,6 +106,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     &path,
                     (config.store.cache_mib * 1024 * 1024, journal_bytes),
                     settings,
+                    metrics,
                     &stopping,
                 )
             }
@@ -110,6 +132,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Ok(None) | Err(_) => stopping.cancel(),
         }
         let _ = server.await;
+        if let Some(probes) = probes {
+            let _ = probes.await;
+        }
         opened.map(|opened| opened.map(|(snapshots, _, thread)| (snapshots, thread)))
     });
     // Tasks still holding the state (and so the writer's sender) end here.
@@ -153,6 +178,7 @@ fn open_store(
     path: &Path,
     sizes: (usize, u64),
     settings: WriterSettings,
+    metrics: Arc<Metrics>,
     stopping: &CancellationToken,
 ) -> anyhow::Result<Option<Opened>> {
     let (cache_bytes, journal_bytes) = sizes;
@@ -171,7 +197,7 @@ fn open_store(
             Err(error) => return Err(error.into()),
         }
     };
-    let (writer, thread) = writer::spawn(snapshots.clone(), settings)?;
+    let (writer, thread) = writer::spawn(snapshots.clone(), settings, metrics)?;
     Ok(Some((snapshots, writer, thread)))
 }
 

@@ -58,12 +58,18 @@ pub async fn post_events(
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    match decode_body(
+    let decoded = decode_body(
         &body,
         header_key.as_deref(),
         state.limits.max_batch,
         received_at,
-    )? {
+    )
+    .inspect_err(|error| {
+        if matches!(error, ApiError::InvalidEvent(_)) {
+            state.metrics.event_invalid(None);
+        }
+    })?;
+    match decoded {
         DecodedBody::Single(event) => ingest_one(state, event).await,
         DecodedBody::Batch(items) => ingest_batch(state, items).await,
     }
@@ -279,11 +285,13 @@ fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
 async fn ingest_one(state: &AppState, incoming: IncomingEvent) -> Result<Response, ApiError> {
     let process_id = incoming.event.process_id.clone();
     let task_id = incoming.event.task_id.clone();
+    let kind = incoming.event.kind;
     let outcomes = state.core()?.writer.submit_events(vec![incoming])?.await?;
     let outcome = outcomes
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal("the writer answered no outcome".into()))?;
+    state.metrics.event_outcome(kind, &outcome);
     let (status, answer) = EventAnswer::of(&process_id, task_id.as_deref(), outcome)?;
     let mut response = json_response(status, &answer);
     if status == StatusCode::ACCEPTED {
@@ -337,6 +345,7 @@ impl<'a> EventAnswer<'a> {
                 seq,
                 process_status,
                 task_status,
+                ..
             } => {
                 let status = match result {
                     StoredResult::Accepted => StatusCode::ACCEPTED,
@@ -419,11 +428,15 @@ async fn ingest_batch(
     };
     for (index, item) in parsed.iter().enumerate() {
         let answer = match item {
-            Err(error) => Err(EventAnswer::rejected(index, error)),
+            Err(error) => {
+                state.metrics.event_invalid(None);
+                Err(EventAnswer::rejected(index, error))
+            }
             Ok(incoming) => {
                 let outcome = outcomes.next().ok_or_else(|| {
                     ApiError::Internal("the writer answered fewer outcomes than events".into())
                 })?;
+                state.metrics.event_outcome(incoming.event.kind, &outcome);
                 EventAnswer::of(
                     &incoming.event.process_id,
                     incoming.event.task_id.as_deref(),

@@ -11,6 +11,8 @@ pub mod signature;
 pub mod views;
 
 use crate::config::Config;
+use crate::domain::Status;
+use crate::metrics::{Metrics, StoreReading};
 use crate::store::read::SharedSnapshots;
 use crate::writer::WriterHandle;
 use auth::{Auth, Role};
@@ -28,7 +30,7 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -46,6 +48,20 @@ pub struct Core {
     pub writer: WriterHandle,
 }
 
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// The whole API, behind the configured tokens.
+    Api,
+    /// `/livez`, `/readyz`, `/healthz` and `/metrics` only, without tokens:
+    /// the listener the kubelet and Prometheus reach in a pod.
+    Probes,
+}
+
+/// Connections the probe listener holds at most: a kubelet and a scraper
+/// or two, with room to spare; never the API's budget.
+const PROBE_MAX_CONNECTIONS: usize = 16;
+
 /// What every handler shares.
 pub struct AppState {
     /// Set once the store is open. Until then the probes answer (livez
@@ -59,6 +75,7 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// True once the store is open and until shutdown begins.
     ready: AtomicBool,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Clone, Debug)]
@@ -71,7 +88,7 @@ pub struct Limits {
 }
 
 impl AppState {
-    pub fn new(config: &Config) -> Result<AppState, String> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<AppState, String> {
         Ok(AppState {
             core: OnceLock::new(),
             webhooks: signature::WebhookVerifier::new(&config.webhooks)?,
@@ -85,6 +102,7 @@ impl AppState {
             },
             data_dir: config.data_dir.clone(),
             ready: AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -133,15 +151,20 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
     }
 }
 
-/// Serves connections from `listener` until `shutdown` resolves, then stops
-/// accepting, lets requests in flight finish (8 s at most) and returns.
+/// Serves the routes of `surface` to connections from `listener` until
+/// `shutdown` resolves, then stops accepting, lets requests in flight
+/// finish (8 s at most) and returns.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    surface: Surface,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(state.limits.max_connections));
+    let connections = Arc::new(Semaphore::new(match surface {
+        Surface::Api => state.limits.max_connections,
+        Surface::Probes => PROBE_MAX_CONNECTIONS,
+    }));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -172,7 +195,7 @@ pub async fn serve(
         let state = state.clone();
         let service = service_fn(move |request| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&state, request).await) }
+            async move { Ok::<_, std::convert::Infallible>(handle(&state, surface, request).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -182,7 +205,9 @@ pub async fn serve(
             drop(permit);
         });
     }
-    state.set_ready(false);
+    if surface == Surface::Api {
+        state.set_ready(false);
+    }
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -192,32 +217,61 @@ pub async fn serve(
     }
 }
 
-async fn handle(state: &AppState, request: Request<Incoming>) -> Response {
+async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) -> Response {
+    let started = Instant::now();
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let route_label = route_label(&segments);
     // Only pay for the request line when it will be logged.
     let described = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| format!("{} {}", request.method(), request.uri().path()));
-    let response = route(state, request)
+    let response = route(state, surface, &segments, request)
         .await
         .unwrap_or_else(ApiError::into_response);
+    state
+        .metrics
+        .request(route_label, response.status().as_u16(), started.elapsed());
     if let Some(request) = described {
         tracing::debug!(%request, status = response.status().as_u16(), "request");
     }
     response
 }
 
-async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response, ApiError> {
-    let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+/// The route a path belongs to, as the metrics name it: a bounded set,
+/// never an id.
+fn route_label(segments: &[&str]) -> &'static str {
+    match segments {
+        ["livez"] => "/livez",
+        ["readyz"] => "/readyz",
+        ["healthz"] => "/healthz",
+        ["metrics"] => "/metrics",
+        ["v1", "events"] => "/v1/events",
+        ["v1", "processes"] => "/v1/processes",
+        ["v1", "processes", _] => "/v1/processes/{id}",
+        ["v1", "processes", _, "history"] => "/v1/processes/{id}/history",
+        ["v1", "admin", "backup"] => "/v1/admin/backup",
+        ["v1", "stats"] => "/v1/stats",
+        ["v1", "openapi.json"] => "/v1/openapi.json",
+        _ => "other",
+    }
+}
+
+async fn route(
+    state: &AppState,
+    surface: Surface,
+    segments: &[&str],
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
     // HEAD is GET without the body (RFC 9110 9.3.2); hyper leaves the body
     // out of the answer to a HEAD request by itself.
     let method = match request.method() {
         &Method::HEAD => &Method::GET,
         other => other,
     };
-    match segments.as_slice() {
-        ["livez"] => only(method, &Method::GET, "GET, HEAD")
+    match (surface, segments) {
+        (_, ["livez"]) => only(method, &Method::GET, "GET, HEAD")
             .map(|()| json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        ["readyz"] | ["healthz"] => {
+        (_, ["readyz"] | ["healthz"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
             if state.ready.load(Ordering::SeqCst) {
                 Ok(json_response(
@@ -230,17 +284,31 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response,
                 ))
             }
         }
-        ["v1", "events"] => {
+        (_, ["metrics"]) => {
+            only(method, &Method::GET, "GET, HEAD")?;
+            if surface == Surface::Api {
+                state.auth.require(request.headers(), Role::Read)?;
+            }
+            let accept = request
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|value| value.to_str().ok());
+            metrics(state, crate::metrics::wants_openmetrics(accept)).await
+        }
+        (Surface::Probes, _) => Err(ApiError::NotFound(
+            "this listener serves /livez, /readyz and /metrics only; the API is on the main listener".into(),
+        )),
+        (Surface::Api, ["v1", "events"]) => {
             only(method, &Method::POST, "POST")?;
             state.auth.require(request.headers(), Role::Ingest)?;
             ingest::post_events(state, request).await
         }
-        ["v1", "processes"] => {
+        (Surface::Api, ["v1", "processes"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
             query::list_processes(state, request.uri().query()).await
         }
-        ["v1", "processes", id] => match *method {
+        (Surface::Api, ["v1", "processes", id]) => match *method {
             Method::GET => {
                 state.auth.require(request.headers(), Role::Read)?;
                 query::get_process(state, path_process_id(id)?).await
@@ -251,25 +319,74 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response,
             }
             _ => Err(ApiError::MethodNotAllowed("GET, HEAD, DELETE")),
         },
-        ["v1", "processes", id, "history"] => {
+        (Surface::Api, ["v1", "processes", id, "history"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
             query::history(state, path_process_id(id)?, request.uri().query()).await
         }
-        ["v1", "admin", "backup"] => {
+        (Surface::Api, ["v1", "admin", "backup"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Admin)?;
             admin::backup(state).await
         }
-        ["v1", "stats"] => {
+        (Surface::Api, ["v1", "stats"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
             query::stats(state).await
         }
-        _ => Err(ApiError::NotFound(format!(
-            "there is no resource at {path}"
+        (Surface::Api, _) => Err(ApiError::NotFound(format!(
+            "there is no resource at /{}",
+            segments.join("/")
         ))),
     }
+}
+
+/// `GET /metrics`: the counters as they stand, and the store as its latest
+/// commit has it (nothing of the store before it is open).
+async fn metrics(state: &AppState, openmetrics: bool) -> Result<Response, ApiError> {
+    let reading = match state.core.get() {
+        None => StoreReading {
+            processes_by_status: Vec::new(),
+            store_bytes: 0,
+            disk_free_bytes: None,
+            queue_depth: 0,
+        },
+        Some(core) => {
+            let queue_depth = core.writer.queue_depth();
+            blocking(state, move |snapshots| {
+                let counters = snapshots.get()?.counters()?;
+                let path = snapshots.path();
+                Ok(StoreReading {
+                    // Every process status, zeros included; `skipped` is a task's only.
+                    processes_by_status: Status::ALL
+                        .into_iter()
+                        .filter(|status| *status != Status::Skipped)
+                        .map(|status| {
+                            (
+                                status,
+                                counters.processes_by_status[usize::from(status.code())],
+                            )
+                        })
+                        .collect(),
+                    store_bytes: std::fs::metadata(path).map_or(0, |meta| meta.len()),
+                    disk_free_bytes: crate::store::free_bytes(path),
+                    queue_depth,
+                })
+            })
+            .await?
+        }
+    };
+    let text = state.metrics.render(&reading, openmetrics);
+    let mut response = hyper::Response::new(full_body(text));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(if openmetrics {
+            crate::metrics::OPENMETRICS_TEXT
+        } else {
+            crate::metrics::PROMETHEUS_TEXT
+        }),
+    );
+    Ok(response)
 }
 
 /// A process id from the path, checked by the rule that writes follow, so

@@ -41,6 +41,8 @@ pub enum EventOutcome {
         seq: u64,
         process_status: Status,
         task_status: Option<Status>,
+        /// Set when this event made the process terminal.
+        finished: Option<FinishedProcess>,
     },
     /// Stored earlier under the same idempotency key with the same content.
     Duplicate {
@@ -52,6 +54,14 @@ pub enum EventOutcome {
     Conflict { current_status: Status },
     /// The idempotency key was used before for different content; not stored.
     KeyReused { seq: u64 },
+}
+
+/// A process that an event has just made terminal, for the duration metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedProcess {
+    pub process_type: Option<String>,
+    /// From its start to its terminal event; `None` if it never ran.
+    pub duration_ms: Option<i64>,
 }
 
 /// The fields of a process that its index entries are made of, as the
@@ -265,6 +275,7 @@ impl<'txn> WriteBatch<'txn> {
             }
         };
         let process = &mut cached.process;
+        let was_terminal = process.status.is_terminal();
         let at = event.occurred_at.unwrap_or(incoming.received_at);
 
         let (outcome, task_status) = match event.kind.scope() {
@@ -337,6 +348,10 @@ impl<'txn> WriteBatch<'txn> {
             self.counters.last_created_at = process.created_at;
         }
         let process_status = process.status;
+        let finished = (!was_terminal && process_status.is_terminal()).then(|| FinishedProcess {
+            process_type: process.process_type.clone(),
+            duration_ms: process.duration_ms(),
+        });
         cached.changed = true;
         self.processes.insert(ordinal, cached);
         Ok(EventOutcome::Stored {
@@ -344,6 +359,7 @@ impl<'txn> WriteBatch<'txn> {
             seq,
             process_status,
             task_status,
+            finished,
         })
     }
 

@@ -6,6 +6,7 @@ mod admin;
 mod conformance;
 mod ingest;
 mod lifecycle;
+mod operating;
 mod property;
 mod queries;
 mod reliability;

@@ -153,6 +153,11 @@ impl DaemonOptions {
         self
     }
 
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_owned());
         self
@@ -269,6 +274,21 @@ impl Daemon {
 
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// The probe listener's address, from its log line (logged before the
+    /// daemon turns ready, so there once `start` returns).
+    pub fn probe_addr(&self) -> SocketAddr {
+        let output = self.output();
+        let rest = output
+            .split("serving probes and metrics on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no probe listener was logged:\n{output}"));
+        let addr: String = rest
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"')
+            .collect();
+        addr.parse().expect("a socket address")
     }
 
     pub fn pid(&self) -> i32 {
