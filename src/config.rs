@@ -77,10 +77,12 @@ pub struct StoreConfig {
     pub quick_repair: bool,
     /// Below this much free disk space, writes are refused (503) before
     /// redb is asked, so the store never meets a full disk mid-commit.
-    pub min_free_mib: u64,
+    /// `None`: a sixteenth of the volume, 1 to 64 MiB (`store::sizing`).
+    pub min_free_mib: Option<u64>,
     /// Size of each of the two journal files that take the store's syncs,
-    /// and of the write log that makes each group durable.
-    pub journal_mib: u64,
+    /// and of the write log that makes each group durable. `None`: a
+    /// thirty-second of the volume, 1 to 32 MiB.
+    pub journal_mib: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,8 +181,8 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_mib: 64,
             quick_repair: true,
-            min_free_mib: 64,
-            journal_mib: crate::store::journal::DEFAULT_JOURNAL_BYTES >> 20,
+            min_free_mib: None,
+            journal_mib: None,
         }
     }
 }
@@ -314,7 +316,10 @@ impl Config {
             ("ingest.queue_capacity", self.ingest.queue_capacity),
             ("writer.max_group_events", self.writer.max_group_events),
             ("http.max_connections", self.http.max_connections),
-            ("store.journal_mib", self.store.journal_mib as usize),
+            (
+                "store.journal_mib",
+                self.store.journal_mib.map_or(1, |mib| mib as usize),
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -335,7 +340,7 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if self.store.journal_mib > 4096 {
+        if self.store.journal_mib.is_some_and(|mib| mib > 4096) {
             return Err(ConfigError::Invalid(
                 "store.journal_mib must be at most 4096 (the two journals and the write log are preallocated)"
                     .into(),

@@ -6,6 +6,7 @@ use super::daemon_url_file;
 use crate::config::Config;
 use crate::http::{self, AppState, Core, Surface};
 use crate::metrics::Metrics;
+use crate::store::sizing::{Sizes, Volume};
 use crate::store::{self, read::SharedSnapshots, StoreError};
 use crate::writer::{self, WriterHandle, WriterSettings, WriterThread};
 use anyhow::Context;
@@ -35,6 +36,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let path = store::store_path(&config.data_dir);
+    let volume = Volume::of(&config.data_dir).with_context(|| {
+        format!(
+            "cannot read the size of the volume holding {}",
+            config.data_dir.display()
+        )
+    })?;
+    let sizes = Sizes::for_volume(volume, config.store.journal_mib, config.store.min_free_mib);
+    sizes
+        .check_room(&path, volume)
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        journal_bytes = sizes.journal_bytes,
+        min_free_bytes = sizes.min_free_bytes,
+        volume_bytes = volume.total_bytes,
+        "sized the journals and the free-space floor"
+    );
     let metrics = Arc::new(Metrics::new(config.metrics.max_process_types));
     let state = Arc::new(AppState::new(&config, metrics.clone()).map_err(anyhow::Error::msg)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -91,12 +108,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let opening = tokio::task::spawn_blocking({
             let (path, stopping) = (path.clone(), stopping.clone());
             // Each journal file, and the write log, are this size.
-            let journal_bytes = config.store.journal_mib * 1024 * 1024;
+            let journal_bytes = sizes.journal_bytes;
             let settings = WriterSettings {
                 queue_capacity: config.ingest.queue_capacity,
                 max_group_events: config.writer.max_group_events,
                 quick_repair: config.store.quick_repair,
-                min_free_bytes: config.store.min_free_mib * 1024 * 1024,
+                min_free_bytes: sizes.min_free_bytes,
                 log_bytes: journal_bytes,
                 checkpoint_groups: CHECKPOINT_GROUPS,
                 checkpoint_bytes: CHECKPOINT_BYTES,

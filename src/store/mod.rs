@@ -9,6 +9,7 @@ pub mod journal;
 pub mod maintenance;
 pub mod read;
 pub mod schema;
+pub mod sizing;
 pub mod write;
 
 use redb::{

@@ -2,7 +2,8 @@
 //! slow clients.
 
 use crate::support::{
-    assert_all_present, command, event, run_load, Acknowledged, Daemon, DaemonOptions,
+    assert_all_present, command, event, run_load, serve_refused, Acknowledged, Daemon,
+    DaemonOptions,
 };
 use base64::Engine;
 use hmac::Mac;
@@ -385,14 +386,10 @@ impl Drop for SmallDisk {
 /// Fills the disk with the daemon's own writes until it refuses one, then
 /// checks that it stays up for reads, loses nothing acknowledged, and takes
 /// writes again by itself once space is freed.
-fn full_disk_round(min_free_mib: u64) {
-    let disk = SmallDisk::mount("8m");
+fn full_disk_round(disk_size: &str, store_settings: &str, floor_bytes: u64) {
+    let disk = SmallDisk::mount(disk_size);
     let mut config = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        config,
-        "[store]\nmin_free_mib = {min_free_mib}\ncache_mib = 4\njournal_mib = 1\n"
-    )
-    .unwrap();
+    write!(config, "[store]\n{store_settings}").unwrap();
     let data_dir = disk.path().join("data");
     let daemon = Daemon::start_with(
         DaemonOptions::default()
@@ -400,10 +397,11 @@ fn full_disk_round(min_free_mib: u64) {
             .env("PM_CONFIG", config.path().to_str().unwrap()),
     );
     let client = daemon.client();
-    // Leave about 1.5 MiB for the store, beside its two journals.
+    // Leave about 1.5 MiB above the free-space floor for the store, beside
+    // its journals and write log.
     let stats = rustix::fs::statvfs(disk.path()).unwrap();
     let free = stats.f_bavail * stats.f_frsize;
-    let filler = usize::try_from(free - 1_500_000).unwrap();
+    let filler = usize::try_from(free - floor_bytes - 1_500_000).unwrap();
     std::fs::write(disk.path().join("filler"), vec![0u8; filler]).unwrap();
     let pad = "x".repeat(2000);
     let mut acknowledged: Acknowledged = Vec::new();
@@ -451,11 +449,36 @@ fn full_disk_round(min_free_mib: u64) {
 #[test]
 fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers_alone() {
     // The free-space guard refuses writes before redb meets the full disk.
-    full_disk_round(1);
+    full_disk_round(
+        "8m",
+        "min_free_mib = 1\ncache_mib = 4\njournal_mib = 1\n",
+        1 << 20,
+    );
 }
 
 #[test]
 fn an_io_error_mid_commit_is_answered_503_and_the_store_reopened() {
     // No guard: redb meets ENOSPC inside a commit, the writer reopens it.
-    full_disk_round(0);
+    full_disk_round(
+        "8m",
+        "min_free_mib = 0\ncache_mib = 4\njournal_mib = 1\n",
+        0,
+    );
+}
+
+#[test]
+fn on_a_64_mib_volume_the_defaults_start_work_and_survive_it_filling() {
+    // Nothing configured: the journals, the write log and the floor follow
+    // the volume (3 × 2 MiB and 4 MiB here).
+    full_disk_round("64m", "", 4 << 20);
+}
+
+#[test]
+fn a_volume_too_small_for_the_store_is_refused_in_one_sentence() {
+    let disk = SmallDisk::mount("4m");
+    let stderr = serve_refused("127.0.0.1:0", &disk.path().join("data"));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for says in ["store.journal_mib", "store.min_free_mib", "larger volume"] {
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
