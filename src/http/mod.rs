@@ -48,6 +48,10 @@ pub struct Core {
     pub writer: WriterHandle,
 }
 
+/// The API document (`docs/openapi.yaml`, turned into JSON by `build.rs`),
+/// served without auth.
+const OPENAPI_JSON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
 /// Which routes a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surface {
@@ -294,6 +298,14 @@ async fn route(
                 .get(hyper::header::ACCEPT)
                 .and_then(|value| value.to_str().ok());
             metrics(state, crate::metrics::wants_openmetrics(accept)).await
+        }
+        (Surface::Api, ["v1", "openapi.json"]) => {
+            only(method, &Method::GET, "GET, HEAD")?;
+            let mut response = hyper::Response::new(full_body(Bytes::from_static(OPENAPI_JSON)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(response)
         }
         (Surface::Probes, _) => Err(ApiError::NotFound(
             "this listener serves /livez, /readyz and /metrics only; the API is on the main listener".into(),

@@ -4,6 +4,7 @@
 mod access;
 mod admin;
 mod conformance;
+mod deploy;
 mod ingest;
 mod lifecycle;
 mod operating;
