@@ -167,24 +167,30 @@ impl From<ProgressInput> for Progress {
     }
 }
 
-/// A JSON number whose value is a whole number from 0 to 2^53 (every such
-/// float is exact), or null.
+/// The largest whole number a JSON number carries exactly in every
+/// language (2^53, JavaScript's safe range).
+pub const MAX_WHOLE_NUMBER: u64 = 1 << 53;
+
+/// A JSON number whose value is a whole number from 0 to 2^53, written
+/// either way (`4` or `4.0`), or null.
 fn whole_number<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<u64>, D::Error> {
-    const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
-    if let Some(whole) = number.as_u64() {
-        return Ok(Some(whole));
-    }
-    match number.as_f64() {
-        Some(value) if value.fract() == 0.0 && (0.0..=EXACT_LIMIT).contains(&value) => {
-            Ok(Some(value as u64))
-        }
+    let whole = match number.as_u64() {
+        Some(whole) => Some(whole),
+        None => number
+            .as_f64()
+            .filter(|value| value.fract() == 0.0 && *value >= 0.0)
+            .filter(|value| *value <= MAX_WHOLE_NUMBER as f64)
+            .map(|value| value as u64),
+    };
+    match whole {
+        Some(whole) if whole <= MAX_WHOLE_NUMBER => Ok(Some(whole)),
         _ => Err(serde::de::Error::custom(format!(
-            "expected a whole number of at least 0, not {number}"
+            "expected a whole number from 0 to {MAX_WHOLE_NUMBER}, not {number}"
         ))),
     }
 }
@@ -534,7 +540,7 @@ mod tests {
         .unwrap();
         let progress = event.progress.unwrap();
         assert_eq!((progress.current, progress.total), (Some(5), Some(10)));
-        for refused in ["5.5", "-1", "-1.0", "1e300"] {
+        for refused in ["5.5", "-1", "-1.0", "1e300", "9007199254740993"] {
             let json = format!(
                 r#"{{"type":"process.progress","process_id":"p","progress":{{"current":{refused}}}}}"#
             );

@@ -25,8 +25,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use percent_encoding::percent_decode_str;
 use problem::ApiError;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -224,14 +226,28 @@ pub async fn serve(
 async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Segments percent-decoded (`run%3A1` is `run:1`), as RFC 3986 has
+    // clients send any character they like to.
+    let segments: Result<Vec<Cow<'_, str>>, _> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|segment| percent_decode_str(segment).decode_utf8())
+        .collect();
+    let segments = segments.unwrap_or_default();
+    let segments: Vec<&str> = segments.iter().map(|segment| segment.as_ref()).collect();
     let route_label = route_label(&segments);
     // Only pay for the request line when it will be logged.
     let described = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| format!("{} {}", request.method(), request.uri().path()));
-    let response = route(state, surface, &segments, request)
-        .await
-        .unwrap_or_else(ApiError::into_response);
+    let response = if segments.is_empty() {
+        Err(ApiError::InvalidQuery {
+            parameter: "path".into(),
+            detail: "the path is not UTF-8 once percent-decoded".into(),
+        })
+    } else {
+        route(state, surface, &segments, request).await
+    }
+    .unwrap_or_else(ApiError::into_response);
     state
         .metrics
         .request(route_label, response.status().as_u16(), started.elapsed());

@@ -93,7 +93,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match name.as_ref() {
             "status" => {
-                for part in value.split(',').map(str::trim) {
+                for part in value.split(',').map(|part| part.trim_matches(' ')) {
                     if part.is_empty() {
                         return Err(invalid("status", "`status` is a comma-separated list of statuses, none of them empty"));
                     }

@@ -165,3 +165,22 @@ fn ids_in_paths_follow_the_rule_for_ids_with_a_400() {
     let deleted = client.delete(&format!("/v1/processes/{long}"));
     assert_eq!(deleted.status, 400, "{}", deleted.text);
 }
+
+#[test]
+fn ids_in_paths_are_percent_decoded_and_a_path_that_is_not_utf8_is_a_problem() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    assert_eq!(client.post(&event("process.started", "run:1")).status, 202);
+    let encoded = client.get("/v1/processes/run%3A1");
+    assert_eq!(encoded.status, 200, "{}", encoded.text);
+    assert_eq!(encoded.json["id"], "run:1");
+    let history = client.get("/v1/processes/run%3a1/history");
+    assert_eq!(history.status, 200, "{}", history.text);
+    let not_utf8 = client.get("/v1/processes/%FF%FE");
+    assert_eq!(not_utf8.status, 400, "{}", not_utf8.text);
+    assert_eq!(
+        not_utf8.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(not_utf8.json["field"], "path");
+}

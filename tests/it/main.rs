@@ -11,4 +11,5 @@ mod operating;
 mod property;
 mod queries;
 mod reliability;
+mod schemathesis;
 mod support;
