@@ -11,6 +11,9 @@
 //! - The daemon: durable ingest, single events at 64 connections, and
 //!   batches of 100 (ten processes with ten events each; one event each of
 //!   100 processes with PM_BENCH_BATCH_SHAPE=spread).
+//!
+//! PM_BENCH_DAEMON_BIN names another build of the daemon to measure instead
+//! (against the same floors), e.g. the build before a change.
 
 mod support;
 

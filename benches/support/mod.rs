@@ -107,8 +107,11 @@ impl Server {
     }
 
     /// The real daemon on a free port with `data_dir`.
+    /// The daemon under test: this build's, or the binary named by
+    /// PM_BENCH_DAEMON_BIN (another build, to compare two in one way).
     pub fn daemon(data_dir: &Path) -> Server {
-        let child = Command::new(BIN)
+        let binary = std::env::var("PM_BENCH_DAEMON_BIN").unwrap_or_else(|_| BIN.into());
+        let child = Command::new(binary)
             .args([
                 "serve",
                 "--listen",
