@@ -22,6 +22,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub webhooks: WebhookConfig,
     pub metrics: MetricsConfig,
+    /// What one process may keep (`[limits]`).
+    pub limits: crate::domain::Caps,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,9 @@ pub struct IngestConfig {
     pub max_batch: usize,
     pub max_body_bytes: usize,
     pub queue_capacity: usize,
+    /// Bytes of request bodies being read, parsed, queued and applied at
+    /// once, each counted at `http::BODY_MEMORY_FACTOR` times its size.
+    pub max_inflight_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,6 +150,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             webhooks: WebhookConfig::default(),
             metrics: MetricsConfig::default(),
+            limits: crate::domain::Caps::default(),
         }
     }
 }
@@ -164,6 +170,7 @@ impl Default for IngestConfig {
             max_batch: 1000,
             max_body_bytes: 4 * 1024 * 1024,
             queue_capacity: 1024,
+            max_inflight_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -314,6 +321,7 @@ impl Config {
             ("ingest.max_batch", self.ingest.max_batch),
             ("ingest.max_body_bytes", self.ingest.max_body_bytes),
             ("ingest.queue_capacity", self.ingest.queue_capacity),
+            ("ingest.max_inflight_bytes", self.ingest.max_inflight_bytes),
             ("writer.max_group_events", self.writer.max_group_events),
             ("http.max_connections", self.http.max_connections),
             (
@@ -321,6 +329,33 @@ impl Config {
                 self.store.journal_mib.map_or(1, |mib| mib as usize),
             ),
         ];
+        let limits = &self.limits;
+        let positive = positive.into_iter().chain([
+            (
+                "limits.attributes_per_process",
+                limits.attributes_per_process as usize,
+            ),
+            (
+                "limits.attribute_bytes_per_process",
+                limits.attribute_bytes_per_process as usize,
+            ),
+            (
+                "limits.attributes_per_task",
+                limits.attributes_per_task as usize,
+            ),
+            (
+                "limits.attribute_bytes_per_task",
+                limits.attribute_bytes_per_task as usize,
+            ),
+            (
+                "limits.tasks_per_process",
+                limits.tasks_per_process as usize,
+            ),
+            (
+                "limits.attempts_per_task",
+                limits.attempts_per_task as usize,
+            ),
+        ]);
         for (name, value) in positive {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -339,6 +374,19 @@ impl Config {
             if secs == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if self.ingest.max_inflight_bytes
+            < self
+                .ingest
+                .max_body_bytes
+                .saturating_mul(crate::http::BODY_MEMORY_FACTOR)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "ingest.max_inflight_bytes ({}) must be at least {} times ingest.max_body_bytes ({}), or a body of the largest size could never be taken",
+                self.ingest.max_inflight_bytes,
+                crate::http::BODY_MEMORY_FACTOR,
+                self.ingest.max_body_bytes
+            )));
         }
         if self.store.journal_mib.is_some_and(|mib| mib > 4096) {
             return Err(ConfigError::Invalid(

@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The `Content-Type` of each exposition format.
 pub const PROMETHEUS_TEXT: &str = prometheus_text::CONTENT_TYPE;
@@ -56,6 +56,89 @@ struct FinishedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why the daemon turned a client away, or cut it off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A new connection found the listener full of busy ones.
+    ConnectionLimit,
+    /// An idle connection was closed to make room for a new one.
+    IdleConnectionClosed,
+    /// Request headers did not arrive in time.
+    HeaderTimeout,
+    /// Request headers larger than hyper takes (431).
+    HeaderTooLarge,
+    /// A request body did not arrive in time (408).
+    BodyTimeout,
+    /// A body or batch over its limit (413).
+    PayloadTooLarge,
+    /// The bodies in flight hold the memory budget (429).
+    OverBudget,
+    /// The writer's queue is full (429).
+    QueueFull,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 8] = [
+        Rejection::ConnectionLimit,
+        Rejection::IdleConnectionClosed,
+        Rejection::HeaderTimeout,
+        Rejection::HeaderTooLarge,
+        Rejection::BodyTimeout,
+        Rejection::PayloadTooLarge,
+        Rejection::OverBudget,
+        Rejection::QueueFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::ConnectionLimit => "connection_limit",
+            Rejection::IdleConnectionClosed => "idle_connection_closed",
+            Rejection::HeaderTimeout => "header_timeout",
+            Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::PayloadTooLarge => "payload_too_large",
+            Rejection::OverBudget => "over_budget",
+            Rejection::QueueFull => "queue_full",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Rejection::ConnectionLimit => "refused a connection: every connection is serving a request (http.max_connections)",
+            Rejection::IdleConnectionClosed => "closed an idle connection to make room for a new one (http.max_connections)",
+            Rejection::HeaderTimeout => "closed a connection whose request headers did not arrive in time (http.header_read_timeout_secs)",
+            Rejection::HeaderTooLarge => "refused request headers too large (431)",
+            Rejection::BodyTimeout => "a request body did not arrive in time: 408 (http.body_read_timeout_secs)",
+            Rejection::PayloadTooLarge => "a body or batch over its limit: 413 (ingest.max_body_bytes, ingest.max_batch)",
+            Rejection::OverBudget => "request bodies in flight hold the memory budget: 429 (ingest.max_inflight_bytes)",
+            Rejection::QueueFull => "the writer's queue is full: 429 (ingest.queue_capacity)",
+        }
+    }
+
+    fn index(self) -> usize {
+        Rejection::ALL
+            .iter()
+            .position(|reason| *reason == self)
+            .unwrap_or(0)
+    }
+}
+
+/// A warning per kind of rejection at most this often; the ones in
+/// between are counted in the next.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When each kind of rejection was last logged, and how many since.
+#[derive(Default)]
+struct RejectionLog {
+    last: [Option<Instant>; 8],
+    unlogged: [u64; 8],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -89,6 +172,8 @@ pub struct Metrics {
     /// `max_process_types`.
     process_types: Mutex<HashSet<String>>,
     max_process_types: usize,
+    rejections: Family<ReasonLabels, Counter>,
+    rejection_log: Mutex<RejectionLog>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -102,7 +187,7 @@ impl Metrics {
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "events",
-            "Events posted, by type and by what became of them (accepted, stale, duplicate, conflict, invalid, key_reused)",
+            "Events posted, by type and by what became of them (accepted, stale, duplicate, conflict, invalid, key_reused, over_limit)",
             events.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
@@ -181,6 +266,19 @@ impl Metrics {
             "Change-feed streams open",
             feed_streams.clone(),
         );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        for reason in Rejection::ALL {
+            // Every reason from the start, zeros included: an alert on a
+            // rate needs the series before the first rejection.
+            let _ = rejections.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        registry.register(
+            "rejections",
+            "Clients turned away or cut off, by reason",
+            rejections.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -208,6 +306,37 @@ impl Metrics {
             feed_streams,
             process_types: Mutex::new(HashSet::new()),
             max_process_types,
+            rejections,
+            rejection_log: Mutex::new(RejectionLog::default()),
+        }
+    }
+
+    /// A client turned away or cut off: counted, and logged as a warning
+    /// at most once per kind every ten seconds.
+    pub fn rejected(&self, reason: Rejection) {
+        self.rejections
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+        let mut log = self
+            .rejection_log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = reason.index();
+        let due = log.last[slot].is_none_or(|last| last.elapsed() >= REJECTION_LOG_INTERVAL);
+        if due {
+            let also = std::mem::take(&mut log.unlogged[slot]);
+            log.last[slot] = Some(Instant::now());
+            drop(log);
+            tracing::warn!(
+                reason = reason.as_str(),
+                more_since_last_warning = also,
+                "{}",
+                reason.what()
+            );
+        } else {
+            log.unlogged[slot] += 1;
         }
     }
 
@@ -239,6 +368,7 @@ impl Metrics {
             EventOutcome::Duplicate { .. } => "duplicate",
             EventOutcome::Conflict { .. } => "conflict",
             EventOutcome::KeyReused { .. } => "key_reused",
+            EventOutcome::OverLimit(_) => "over_limit",
         };
         self.count_event(kind.as_str(), result);
         if let EventOutcome::Stored {

@@ -15,7 +15,7 @@
 //! Shutdown is dropping every `WriterHandle`: the channel disconnects once
 //! drained, the writer commits what it has, and the thread ends.
 
-use crate::domain::Millis;
+use crate::domain::{Caps, Millis};
 use crate::metrics::Metrics;
 use crate::store::codec;
 use crate::store::grouplog::GroupLog;
@@ -64,18 +64,52 @@ enum Work {
     Delete(String),
 }
 
-/// A group as the log keeps it: the requests, and the server clock their
-/// transaction used.
+/// A group as the log keeps it: the requests, and the server clock and
+/// caps their transaction used, so that replaying it decides the same.
 #[derive(serde::Serialize)]
 struct LoggedGroupRef<'a> {
+    /// `LOGGED_GROUP_V2`.
+    version: u8,
     now: Millis,
+    caps: Caps,
     works: Vec<&'a Work>,
 }
 
 #[derive(serde::Deserialize)]
 struct LoggedGroup {
+    version: u8,
+    now: Millis,
+    caps: Caps,
+    works: Vec<Work>,
+}
+
+/// Logged groups before caps: the clock and the requests.
+#[derive(serde::Deserialize)]
+struct LoggedGroupV1 {
     now: Millis,
     works: Vec<Work>,
+}
+
+/// The first byte of a logged group's body since caps. A group logged
+/// before began with the varint of its clock, whose first byte is 253 for
+/// any clock after 1970-01-25: the two cannot be mistaken.
+const LOGGED_GROUP_V2: u8 = 2;
+
+/// A logged group, of this build's layout or the one before (replayed
+/// without caps, as that build applied it).
+fn decode_logged_group(payload: &[u8]) -> Result<LoggedGroup, codec::CodecError> {
+    if payload.get(1) == Some(&LOGGED_GROUP_V2) {
+        let group: LoggedGroup = codec::decode(payload)?;
+        debug_assert_eq!(group.version, LOGGED_GROUP_V2);
+        return Ok(group);
+    }
+    let old: LoggedGroupV1 = codec::decode(payload)?;
+    Ok(LoggedGroup {
+        version: 1,
+        now: old.now,
+        caps: Caps::UNLIMITED,
+        works: old.works,
+    })
 }
 
 struct Command {
@@ -136,6 +170,8 @@ pub struct WriterSettings {
     /// Bytes logged between two durable commits, about: a durable commit
     /// writes out everything since the last, and the writer waits for it.
     pub checkpoint_bytes: u64,
+    /// What one process may keep.
+    pub caps: Caps,
 }
 
 /// How long the writer keeps trying to reopen the store after an I/O
@@ -269,11 +305,11 @@ fn replay(
     };
     let mut batch = WriteBatch::open(&txn, load_counters(&txn)?)?;
     for logged in &groups {
-        let group: LoggedGroup =
-            codec::decode(&logged.payload).map_err(|source| StoreError::Corrupt {
-                what: format!("write log group {}", logged.number),
-                source,
-            })?;
+        let group = decode_logged_group(&logged.payload).map_err(|source| StoreError::Corrupt {
+            what: format!("write log group {}", logged.number),
+            source,
+        })?;
+        batch.set_caps(group.caps);
         for work in &group.works {
             apply_work(&mut batch, work, group.now)?;
         }
@@ -429,6 +465,7 @@ fn commit_group(
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(settings.quick_repair);
     let mut batch = WriteBatch::open(&txn, counters.clone())?;
+    batch.set_caps(settings.caps);
     let mut answers = Vec::with_capacity(group.len());
     for command in group {
         answers.push(apply_work(&mut batch, &command.work, now)?);
@@ -439,7 +476,9 @@ fn commit_group(
         && log.file.written() < settings.checkpoint_bytes
         && {
             let record = codec::encode(&LoggedGroupRef {
+                version: LOGGED_GROUP_V2,
                 now,
+                caps: settings.caps,
                 works: group.iter().map(|command| &command.work).collect(),
             });
             match log.file.append(number, &record) {
@@ -481,4 +520,43 @@ fn apply_work(batch: &mut WriteBatch<'_>, work: &Work, now: Millis) -> Result<An
         }
         Work::Delete(process_id) => Answer::Deleted(batch.delete_process(process_id)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_logged_before_caps_replay_without_them_and_new_ones_keep_theirs() {
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            now: Millis,
+            works: Vec<&'a Work>,
+        }
+        let work = Work::Delete("run-1".into());
+        let old = codec::encode(&V1 {
+            now: 1_764_000_000_000,
+            works: vec![&work],
+        });
+        // A varint of a clock after 1970-01-25 begins with 253.
+        assert_eq!(old[1], 253);
+        let decoded = decode_logged_group(&old).unwrap();
+        assert_eq!(
+            (decoded.version, decoded.now, decoded.caps),
+            (1, 1_764_000_000_000, Caps::UNLIMITED)
+        );
+        assert!(matches!(&decoded.works[..], [Work::Delete(id)] if id == "run-1"));
+        let caps = Caps {
+            tasks_per_process: 7,
+            ..Caps::default()
+        };
+        let new = codec::encode(&LoggedGroupRef {
+            version: LOGGED_GROUP_V2,
+            now: 5,
+            caps,
+            works: vec![&work],
+        });
+        let decoded = decode_logged_group(&new).unwrap();
+        assert_eq!((decoded.version, decoded.now, decoded.caps), (2, 5, caps));
+    }
 }

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Serialize)]
 struct Written {
+    /// Who took the snapshot: `store file` (this command, with no daemon
+    /// holding the store) or `daemon <url>` (a live daemon, over its API).
+    source: String,
     path: PathBuf,
     bytes: u64,
     processes: u64,
@@ -48,19 +51,31 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?
         .into_temp_path();
 
-    match &args.url {
-        Some(url) => download(url, args.token.as_deref(), &temp)?,
+    let source = match &args.url {
+        Some(url) => {
+            download(url, args.token.as_deref(), &temp)?;
+            format!("daemon {url}")
+        }
         None => match store::open_read_only(&store::store_path(data_dir), 16 << 20) {
             Ok(db) => {
                 backup::write_snapshot(&db, &temp)?;
+                "store file".to_owned()
             }
             // A live daemon holds its store alone: it takes the backup.
             Err(StoreError::Locked { .. }) => {
-                super::backup_from_daemon(data_dir, args.token.as_deref().or(admin_token), &temp)?
+                let url = super::backup_from_daemon(
+                    data_dir,
+                    args.token.as_deref().or(admin_token),
+                    &temp,
+                )?;
+                format!(
+                    "daemon {url} (it holds the store in {})",
+                    data_dir.display()
+                )
             }
             Err(error) => return Err(error.into()),
         },
-    }
+    };
     backup::sync_file_and_dir(&temp)?;
     let counters = {
         let db = store::open_read_only(&temp, 16 << 20)
@@ -68,6 +83,7 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
         Snapshot::begin(&db)?.counters()?
     };
     let written = Written {
+        source,
         path: args.out.clone(),
         bytes: std::fs::metadata(&temp)?.len(),
         processes: counters.processes_total(),
@@ -93,6 +109,7 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
         return output::json(&written);
     }
     output::pairs(&[
+        ("taken by", written.source),
         ("path", written.path.display().to_string()),
         (
             "bytes",
@@ -102,6 +119,10 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
         ("events", written.events.to_string()),
         ("last seq", written.last_seq.to_string()),
         ("sha256", written.sha256),
+        (
+            "note",
+            "the records as of `last seq`, copied afresh: the size follows what the store holds, not the store file (which keeps the room of removed records); two backups differ when writes came between them, and by a few pages of allocation even when none did".into(),
+        ),
     ])
 }
 

@@ -117,6 +117,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 log_bytes: journal_bytes,
                 checkpoint_groups: CHECKPOINT_GROUPS,
                 checkpoint_bytes: CHECKPOINT_BYTES,
+                caps: config.limits,
             };
             move || {
                 open_store(

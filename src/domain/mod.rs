@@ -2,11 +2,13 @@
 //! functions, no I/O. The writer thread is the only caller that persists what
 //! these rules decide; everything here is testable without a store.
 
+pub mod caps;
 mod event;
 pub mod model;
 mod rules;
 mod status;
 
+pub use caps::{Caps, LimitExceeded};
 pub use event::{
     is_valid_event_id, is_valid_id, parse_timestamp, ErrorInfo, Event, EventInput, EventType,
     InvalidField, Progress, Scope,

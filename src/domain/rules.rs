@@ -237,10 +237,7 @@ fn apply_to_task(
             if process.status.is_terminal() {
                 return Outcome::Stale;
             }
-            let is_retry = event.kind == EventType::TaskStarted
-                && task.status == Status::Failed
-                && task.finished_at.is_some_and(|finished| at >= finished);
-            if is_retry {
+            if is_retry(task, event, at) {
                 task.attempt += 1;
                 task.attempts.push(Attempt {
                     attempt: task.attempt,
@@ -281,6 +278,14 @@ fn apply_to_task(
         mark_process_running(process, at);
     }
     Outcome::Accepted
+}
+
+/// Rule 3: `task.started` on a failed task, no older than its failure, is
+/// a retry (a new attempt).
+pub(super) fn is_retry(task: &Task, event: &Event, at: Millis) -> bool {
+    event.kind == EventType::TaskStarted
+        && task.status == Status::Failed
+        && task.finished_at.is_some_and(|finished| at >= finished)
 }
 
 /// Rule 4: on something terminal, the same terminal news is stale and a

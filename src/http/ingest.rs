@@ -4,7 +4,7 @@
 
 use super::problem::ApiError;
 use super::signature::SignatureHeaders;
-use super::{json_response, AppState, Response};
+use super::{json_response, AppState, Response, BODY_MEMORY_FACTOR};
 use crate::domain::{EventInput, InvalidField, Status};
 use crate::store::codec;
 use crate::store::schema::StoredResult;
@@ -19,7 +19,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// After a 413, how much of the rest of a body is read and dropped so that
 /// the client, still sending, receives the answer instead of a reset.
@@ -43,10 +45,13 @@ pub async fn post_events(
         .webhooks
         .as_ref()
         .map(|verifier| (verifier, SignatureHeaders::from_headers(request.headers())));
-    let body = read_body(
+    // Held until the answer: the body, its parsed events, and their place
+    // in the writer's queue all count against the budget.
+    let (body, _budget) = read_body(
         request,
         state.limits.max_body_bytes,
         state.limits.body_read_timeout,
+        &state.body_budget,
     )
     .await?;
     let received_at = now_millis();
@@ -149,14 +154,25 @@ fn idempotency_header(headers: &HeaderMap) -> Option<String> {
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
 }
 
+/// What a body of `bytes` costs the in-flight budget: itself, and what
+/// parsing makes of it (about three times its size again, measured).
+fn budget_charge(bytes: usize) -> u32 {
+    u32::try_from(bytes.saturating_mul(BODY_MEMORY_FACTOR)).unwrap_or(u32::MAX)
+}
+
 /// Reads the whole body, refusing it with 413 as soon as it is known to be
-/// too large. The rest of a refused body is drained in the background, so
-/// a client still sending gets the 413 rather than a reset connection.
+/// too large, and with 429 once the bodies in flight would hold more than
+/// the budget: before reading when `Content-Length` says so, or as soon as
+/// a chunked body passes what is left. The rest of a refused body is
+/// drained in the background (read and dropped, never kept), so a client
+/// still sending gets the answer rather than a reset connection. The
+/// permit returned holds the body's share of the budget.
 async fn read_body(
     request: Request<Incoming>,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, ApiError> {
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, OwnedSemaphorePermit), ApiError> {
     let too_large = || {
         ApiError::PayloadTooLarge(format!(
             "the body is larger than the limit of {limit} bytes"
@@ -172,6 +188,15 @@ async fn read_body(
         drain_in_background(body);
         return Err(too_large());
     }
+    let Ok(mut held) = budget
+        .clone()
+        .try_acquire_many_owned(budget_charge(declared.unwrap_or(0) as usize))
+    else {
+        // Read and dropped as it comes, never kept: a client still sending
+        // receives the 429 rather than a reset connection.
+        drain_in_background(body);
+        return Err(ApiError::OverBudget);
+    };
     let mut collected =
         BytesMut::with_capacity(declared.map_or(8 * 1024, |length| length as usize));
     let read = async {
@@ -185,16 +210,25 @@ async fn read_body(
                 if collected.len() + data.len() > limit {
                     return Err(too_large());
                 }
+                // Declared bodies paid up front; chunked ones as they come.
+                if declared.is_none() {
+                    let more = budget
+                        .clone()
+                        .try_acquire_many_owned(budget_charge(data.len()))
+                        .map_err(|_| ApiError::OverBudget)?;
+                    held.merge(more);
+                }
                 collected.extend_from_slice(&data);
             }
         }
         Ok(())
     };
     match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(())) => Ok(collected.freeze()),
-        Ok(Err(ApiError::PayloadTooLarge(detail))) => {
+        Ok(Ok(())) => Ok((collected.freeze(), held)),
+        Ok(Err(refused @ (ApiError::PayloadTooLarge(_) | ApiError::OverBudget))) => {
+            drop(held);
             drain_in_background(body);
-            Err(ApiError::PayloadTooLarge(detail))
+            Err(refused)
         }
         Ok(Err(other)) => Err(other),
         Err(_) => Err(ApiError::BodyTimeout),
@@ -376,6 +410,7 @@ impl<'a> EventAnswer<'a> {
                 task_id: task_id.map(str::to_owned),
             }),
             EventOutcome::KeyReused { seq } => Err(ApiError::IdempotencyKeyReused { seq }),
+            EventOutcome::OverLimit(limit) => Err(ApiError::LimitExceeded(limit)),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod connections;
 pub mod ingest;
 pub mod problem;
 mod query;
@@ -12,11 +13,12 @@ pub mod views;
 
 use crate::config::Config;
 use crate::domain::Status;
-use crate::metrics::{Metrics, StoreReading};
+use crate::metrics::{Metrics, Rejection, StoreReading};
 use crate::store::read::SharedSnapshots;
 use crate::writer::WriterHandle;
 use auth::{Auth, Role};
 use bytes::Bytes;
+use connections::{Admission, Connections};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -64,6 +66,14 @@ pub enum Surface {
     Probes,
 }
 
+/// A request body costs the in-flight budget (`ingest.max_inflight_bytes`)
+/// this many times its size: the bytes read, and the events parsed from
+/// them (a 4 MB batch took about 15 MB of RSS in flight, measured).
+pub const BODY_MEMORY_FACTOR: usize = 4;
+
+/// The largest read buffer of one connection.
+const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Connections the probe listener holds at most: a kubelet and a scraper
 /// or two, with room to spare; never the API's budget.
 const PROBE_MAX_CONNECTIONS: usize = 16;
@@ -82,6 +92,9 @@ pub struct AppState {
     /// True once the store is open and until shutdown begins.
     ready: AtomicBool,
     pub metrics: Arc<Metrics>,
+    /// Bytes of request bodies in flight, at `BODY_MEMORY_FACTOR` times
+    /// their size: what is left of `ingest.max_inflight_bytes`.
+    body_budget: Arc<Semaphore>,
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +122,9 @@ impl AppState {
             data_dir: config.data_dir.clone(),
             ready: AtomicBool::new(false),
             metrics,
+            body_budget: Arc::new(Semaphore::new(
+                config.ingest.max_inflight_bytes.min(Semaphore::MAX_PERMITS),
+            )),
         })
     }
 
@@ -167,23 +183,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(match surface {
+    let connections = Connections::new(match surface {
         Surface::Api => state.limits.max_connections,
         Surface::Probes => PROBE_MAX_CONNECTIONS,
-    }));
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout);
+        .header_read_timeout(state.limits.header_read_timeout)
+        // Each connection's read buffer grows to this at most (hyper's
+        // default is about 400 KiB): 1,024 connections streaming bodies
+        // would otherwise hold 400 MiB in buffers alone.
+        .max_buf_size(CONNECTION_BUFFER_BYTES);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -197,18 +210,60 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let registration = match connections.admit() {
+            Admission::Admitted {
+                registration,
+                closed_idle,
+            } => {
+                if closed_idle {
+                    state.metrics.rejected(Rejection::IdleConnectionClosed);
+                }
+                registration
+            }
+            Admission::Refused => {
+                state.metrics.rejected(Rejection::ConnectionLimit);
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&state, surface, request).await) }
+        let close = registration.connection.close.clone();
+        let registration = Arc::new(registration);
+        let service = service_fn({
+            let (state, registration) = (state.clone(), registration.clone());
+            move |request| {
+                let in_service = registration.request_started();
+                let state = state.clone();
+                async move {
+                    let response = handle(&state, surface, request).await;
+                    // In service until the answer's body is sent or dropped.
+                    let (parts, body) = response.into_parts();
+                    let body = body
+                        .map_frame(move |frame| {
+                            let _ = &in_service;
+                            frame
+                        })
+                        .boxed();
+                    Ok::<_, std::convert::Infallible>(hyper::Response::from_parts(parts, body))
+                }
+            }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let metrics = state.metrics.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(error) = ended {
+                    if error.is_timeout() {
+                        metrics.rejected(Rejection::HeaderTimeout);
+                    } else if error.is_parse_too_large() {
+                        metrics.rejected(Rejection::HeaderTooLarge);
+                    }
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                },
+                // Closed to make room: dropping it closes the socket.
+                () = close.cancelled() => {}
             }
-            drop(permit);
+            drop(registration);
         });
     }
     if surface == Surface::Api {
@@ -247,7 +302,12 @@ async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) 
     } else {
         route(state, surface, &segments, request).await
     }
-    .unwrap_or_else(ApiError::into_response);
+    .unwrap_or_else(|error| {
+        if let Some(reason) = error.rejection() {
+            state.metrics.rejected(reason);
+        }
+        error.into_response()
+    });
     state
         .metrics
         .request(route_label, response.status().as_u16(), started.elapsed());

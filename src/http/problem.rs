@@ -21,6 +21,7 @@ pub enum ApiError {
     IdempotencyKeyReused {
         seq: u64,
     },
+    LimitExceeded(crate::domain::LimitExceeded),
     Conflict {
         current_status: Status,
         process_id: String,
@@ -39,6 +40,8 @@ pub enum ApiError {
     BadSignature(crate::http::signature::SignatureError),
     Forbidden,
     Overloaded,
+    /// The bodies in flight hold `ingest.max_inflight_bytes`.
+    OverBudget,
     Unavailable(&'static str),
     Internal(String),
 }
@@ -142,6 +145,18 @@ impl ApiError {
                 p.body.insert("seq".into(), json!(seq));
                 p
             }
+            ApiError::LimitExceeded(limit) => {
+                let mut p = problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "limit_exceeded",
+                    "Limit exceeded",
+                    limit.detail(),
+                );
+                p.body.insert("field".into(), json!(limit.field));
+                p.body.insert("setting".into(), json!(limit.setting));
+                p.body.insert("limit".into(), json!(limit.limit));
+                p
+            }
             ApiError::Conflict {
                 current_status,
                 process_id,
@@ -219,6 +234,12 @@ impl ApiError {
                 "Forbidden",
                 "this token may not do that",
             ),
+            ApiError::OverBudget => problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "Overloaded",
+                "the request bodies in flight hold all the memory ingest.max_inflight_bytes allows; retry after the given seconds",
+            ),
             ApiError::Overloaded => problem(
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
@@ -240,6 +261,18 @@ impl ApiError {
         }
     }
 
+    /// The kind of rejection this answer is, for the metrics and the log.
+    pub fn rejection(&self) -> Option<crate::metrics::Rejection> {
+        use crate::metrics::Rejection;
+        match self {
+            ApiError::BodyTimeout => Some(Rejection::BodyTimeout),
+            ApiError::PayloadTooLarge(_) => Some(Rejection::PayloadTooLarge),
+            ApiError::OverBudget => Some(Rejection::OverBudget),
+            ApiError::Overloaded => Some(Rejection::QueueFull),
+            _ => None,
+        }
+    }
+
     pub fn into_response(self) -> Response {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "internal error");
@@ -254,6 +287,12 @@ impl ApiError {
         match self {
             ApiError::Overloaded => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The body was not read (or not all of it): this connection
+            // cannot carry another request.
+            ApiError::OverBudget => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));

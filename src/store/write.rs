@@ -18,7 +18,9 @@ use super::schema::{
     META_LOGGED_GROUP, PROCESS_IDS, RECORDS,
 };
 use super::{codec, StoreError};
-use crate::domain::{self, Event, Millis, Outcome, Process, Scope, Status, Task};
+use crate::domain::{
+    self, caps, Caps, Event, LimitExceeded, Millis, Outcome, Process, Scope, Status, Task,
+};
 use redb::{ReadableTable, Table, WriteTransaction};
 use std::collections::HashMap;
 
@@ -54,6 +56,8 @@ pub enum EventOutcome {
     Conflict { current_status: Status },
     /// The idempotency key was used before for different content; not stored.
     KeyReused { seq: u64 },
+    /// It would take its process or task past a cap; not stored.
+    OverLimit(LimitExceeded),
 }
 
 /// A process that an event has just made terminal, for the duration metrics.
@@ -110,6 +114,8 @@ pub struct WriteBatch<'txn> {
     /// Changed tasks, by process ordinal and task ordinal.
     tasks: HashMap<(u64, u32), Task>,
     pub counters: Counters,
+    /// What one process may keep (`domain::caps`).
+    caps: Caps,
 }
 
 /// The number of the last write group the store holds (`store::grouplog`);
@@ -149,7 +155,14 @@ impl<'txn> WriteBatch<'txn> {
             processes: HashMap::new(),
             tasks: HashMap::new(),
             counters,
+            caps: Caps::UNLIMITED,
         })
+    }
+
+    /// Refuses the events applied from now on that would take a process
+    /// past `caps`; until it is called, nothing is capped.
+    pub fn set_caps(&mut self, caps: Caps) {
+        self.caps = caps;
     }
 
     /// `finish`, recording too that the store holds write group `number`
@@ -278,12 +291,28 @@ impl<'txn> WriteBatch<'txn> {
         let was_terminal = process.status.is_terminal();
         let at = event.occurred_at.unwrap_or(incoming.received_at);
 
+        let over_limit = |batch: &mut Self, cached: CachedProcess, limit| {
+            // Nothing of the event is applied; the records stay as they were.
+            if known_ordinal.is_some() {
+                batch.processes.insert(ordinal, cached);
+            }
+            Ok(EventOutcome::OverLimit(limit))
+        };
         let (outcome, task_status) = match event.kind.scope() {
-            Scope::Process => (domain::apply(process, None, false, event, at), None),
+            Scope::Process => {
+                if let Err(limit) = caps::check(process, None, false, event, at, &self.caps) {
+                    return over_limit(self, cached, limit);
+                }
+                (domain::apply(process, None, false, event, at), None)
+            }
             Scope::Task => {
                 let task_id = event.task_id.as_deref().unwrap_or_default();
                 let (task_ordinal, mut task, is_new) =
                     self.load_or_new_task(ordinal, process, task_id, now)?;
+                if let Err(limit) = caps::check(process, Some(&task), is_new, event, at, &self.caps)
+                {
+                    return over_limit(self, cached, limit);
+                }
                 let outcome = domain::apply(process, Some(&mut task), is_new, event, at);
                 let task_status = (outcome == Outcome::Accepted || !is_new).then_some(task.status);
                 if outcome == Outcome::Accepted {

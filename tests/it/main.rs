@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod bounds;
 mod conformance;
 mod deploy;
 mod ingest;
@@ -12,4 +13,5 @@ mod property;
 mod queries;
 mod reliability;
 mod schemathesis;
+mod soak;
 mod support;

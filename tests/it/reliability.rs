@@ -312,22 +312,21 @@ fn a_body_slower_than_the_timeout_is_408() {
 }
 
 #[test]
-fn connections_beyond_the_limit_wait_until_one_closes() {
+fn a_full_house_of_idle_connections_gives_way_to_a_new_client() {
     let (daemon, _config) = slow_client_daemon("max_connections = 2\n");
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(daemon.addr).unwrap())
-        .collect();
-    // The held connections send half a request, then nothing: the header
-    // timeout (1 s) ends them. Until then they fill the limit.
-    let held: Vec<_> = held
-        .into_iter()
-        .map(|mut stream| {
+    // Two connections that send half a request, then nothing, fill the
+    // limit; the header timeout (1 s) would end them.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(daemon.addr).unwrap();
             stream
                 .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n")
                 .unwrap();
             std::thread::spawn(move || read_until_closed(&mut stream))
         })
         .collect();
+    // Wait until the daemon holds both (it answers /metrics from a third,
+    // which itself closes one of the two to get in).
     let connected = Instant::now();
     let mut third = TcpStream::connect(daemon.addr).unwrap();
     third
@@ -335,17 +334,75 @@ fn connections_beyond_the_limit_wait_until_one_closes() {
         .unwrap();
     let (answer, _) = read_until_closed(&mut third);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    // Without the limit the answer takes a millisecond; with it, the third
-    // waits for a held connection's 1 s timeout.
     let waited = connected.elapsed();
+    // The idle connection idle longest was closed to make room: the third
+    // is served at once, not after a held one's timeout.
     assert!(
-        waited >= Duration::from_millis(500),
-        "the third connection was served after {waited:?}, while the limit was full"
+        waited < Duration::from_millis(900),
+        "served after {waited:?}, as if it had waited for a timeout"
     );
-    for thread in held {
-        thread.join().unwrap();
+    let (closed_early, _) = held.into_iter().map(|thread| thread.join().unwrap()).fold(
+        (0, ()),
+        |(n, ()), (answer, took)| {
+            (
+                n + usize::from(answer.is_empty() && took < Duration::from_millis(900)),
+                (),
+            )
+        },
+    );
+    assert!(closed_early >= 1, "an idle connection gave way");
+    let metrics = daemon.client().get("/metrics").text;
+    assert!(
+        metrics.contains("pm_rejections_total{reason=\"idle_connection_closed\"} 1")
+            || metrics.contains("pm_rejections_total{reason=\"idle_connection_closed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        daemon
+            .output()
+            .contains("closed an idle connection to make room"),
+        "the log says so"
+    );
+}
+
+#[test]
+fn a_full_house_of_requests_in_service_refuses_the_next_connection() {
+    let (daemon, _config) = slow_client_daemon("max_connections = 1\n");
+    // One request in service: its body arrives slowly (within the 1 s body
+    // timeout it is still being read).
+    let mut busy = TcpStream::connect(daemon.addr).unwrap();
+    busy.write_all(
+        b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    // Until the daemon has it in service, a second connection would find
+    // it idle; /metrics on the second says when the first is in service.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut second = TcpStream::connect(daemon.addr).unwrap();
+        let _ = second.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let (answer, _) = read_until_closed(&mut second);
+        if answer.is_empty() {
+            break; // Refused: the one place is serving a request.
+        }
+        // Served: the first was not in service yet and gave way.
+        assert!(Instant::now() < deadline, "never refused: {answer}");
+        busy = TcpStream::connect(daemon.addr).unwrap();
+        busy.write_all(
+            b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .unwrap();
+        std::thread::yield_now();
     }
-    assert_eq!(daemon.client().get("/livez").status, 200);
+    let (answer, _) = read_until_closed(&mut busy);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let metrics = daemon.client().get("/metrics").text;
+    for reason in ["connection_limit", "body_timeout"] {
+        assert!(
+            !metrics.contains(&format!("pm_rejections_total{{reason=\"{reason}\"}} 0")),
+            "{reason} counted: {metrics}"
+        );
+    }
 }
 
 /// A small tmpfs, unmounted when dropped: a disk that really fills up.

@@ -109,15 +109,20 @@ def filter_case(context, case):
 
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
-    """Keep every failure but one: a schema-valid event refused because its
+    """Keep every failure but two: a schema-valid event refused because its
     idempotency key was used before for a different body (422
-    idempotency_key_reused). Like a 409 conflict, which the check already
-    expects, that answer depends on what the store was sent earlier, not
-    on the request: generated cases reuse keys such as "0" all the time."""
+    idempotency_key_reused), or because its process already holds what
+    the caps allow (422 limit_exceeded). Like a 409 conflict, which the
+    check already expects, those answers depend on what the store was sent
+    earlier, not on the request: generated cases reuse keys and process ids
+    such as "0" all the time."""
     if failure.code != "ST202" or response.status_code != 422:
         return True
     try:
         problem = response.json()
     except ValueError:
         return True
-    return not (isinstance(problem, dict) and problem.get("code") == "idempotency_key_reused")
+    return not (
+        isinstance(problem, dict)
+        and problem.get("code") in ("idempotency_key_reused", "limit_exceeded")
+    )
