@@ -106,9 +106,9 @@ impl Server {
         Server { child, addr }
     }
 
-    /// The real daemon on a free port with `data_dir`.
-    /// The daemon under test: this build's, or the binary named by
-    /// PM_BENCH_DAEMON_BIN (another build, to compare two in one way).
+    /// The real daemon on a free port with `data_dir`: this build's, or
+    /// the binary named by PM_BENCH_DAEMON_BIN (another build, to compare
+    /// two against the same floors).
     pub fn daemon(data_dir: &Path) -> Server {
         let binary = std::env::var("PM_BENCH_DAEMON_BIN").unwrap_or_else(|_| BIN.into());
         let child = Command::new(binary)

@@ -144,6 +144,13 @@ fn a_backup_taken_under_load_restores_to_the_store_as_of_its_last_seq() {
     ]));
     stop.store(true, Ordering::SeqCst);
     assert!(load.join().unwrap() > 0);
+    // Both were taken by the live daemon, and say so.
+    let daemon_url = format!("daemon http://{}", source.addr);
+    assert_eq!(api["source"], daemon_url.as_str());
+    assert!(
+        dir["source"].as_str().unwrap().starts_with(&daemon_url),
+        "{dir}"
+    );
 
     for (backup, summary) in [(&over_api, &api), (&from_dir, &dir)] {
         assert_eq!(
@@ -199,9 +206,22 @@ fn backup_refuses_to_overwrite_without_force() {
     ]);
     assert_eq!(forced.status.code(), Some(0), "{}", stderr(&forced));
     let text = stdout(&forced);
-    for label in ["path", "bytes", "processes", "events", "last seq", "sha256"] {
+    for label in [
+        "taken by",
+        "path",
+        "bytes",
+        "processes",
+        "events",
+        "last seq",
+        "sha256",
+        "note",
+    ] {
         assert!(text.contains(label), "{label} missing from:\n{text}");
     }
+    // A live daemon held the store, so it took the backup; the note says
+    // why two backups of one store can differ in size.
+    assert!(text.contains("daemon http://"), "{text}");
+    assert!(text.contains("two backups differ"), "{text}");
     let leftovers: Vec<_> = std::fs::read_dir(work.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -43,10 +43,27 @@ fn sigterm_during_load_loses_no_acknowledged_event_and_exits_zero_in_time() {
     let daemon = Daemon::start_in(dir.path());
     let load = Load::start(&daemon, 300);
     let (status, took, output) = daemon.terminate();
+    let exited = time::OffsetDateTime::now_utc();
     let acknowledged = load.acknowledged();
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert!(output.contains("stopped"));
+    // Once it says it stopped, it is gone: a supervisor waiting for the
+    // exit (or podman stop) is not kept waiting.
+    let stopped_line = output
+        .lines()
+        .find(|line| line.contains(r#""message":"stopped""#))
+        .unwrap_or_else(|| panic!("no stop line:\n{output}"));
+    let logged: serde_json::Value = serde_json::from_str(stopped_line).unwrap();
+    let stopped_at = time::OffsetDateTime::parse(
+        logged["timestamp"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let gap = exited - stopped_at;
+    assert!(
+        gap < time::Duration::milliseconds(100),
+        "exited {gap} after its stop line"
+    );
     let restarted = Daemon::start_in(dir.path());
     assert_all_present(&restarted.client(), &acknowledged);
 }
