@@ -366,6 +366,63 @@ fn a_full_house_of_idle_connections_gives_way_to_a_new_client() {
 }
 
 #[test]
+fn idle_and_slowloris_clients_holding_every_connection_lock_out_neither_probes_nor_posts() {
+    let (daemon, _config) = slow_client_daemon("max_connections = 64\n");
+    let addr = daemon.addr;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // 32 connections that send nothing, 32 that dribble a header.
+    let idle: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let dribbling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held: Vec<TcpStream> =
+                (0..32).map(|_| TcpStream::connect(addr).unwrap()).collect();
+            for byte in b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: ".iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                held.retain_mut(|stream| stream.write_all(&[*byte]).is_ok());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Until the daemon has taken all 64, a probe may still find room: wait
+    // for the house to be full, which the first eviction shows.
+    let client = daemon.client();
+    let mut probe_times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let reply = client.get("/readyz");
+        probe_times.push(started.elapsed());
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let started = Instant::now();
+    let posted = client.post(&event("process.started", "through-the-crowd"));
+    let post_took = started.elapsed();
+    assert_eq!(posted.status, 202, "{}", posted.text);
+    stop.store(true, Ordering::Relaxed);
+    dribbling.join().unwrap();
+    drop(idle);
+    probe_times.sort();
+    println!("/readyz with a full house: {probe_times:?}; a POST: {post_took:?}");
+    // The header timeout here is 1 s: a probe that waited for a held
+    // connection to time out would take that long.
+    assert!(
+        probe_times[2] < Duration::from_millis(100),
+        "/readyz took {probe_times:?}"
+    );
+    assert!(
+        post_took < Duration::from_secs(1),
+        "the POST took {post_took:?}"
+    );
+    let metrics = client.get("/metrics").text;
+    assert!(
+        !metrics.contains("pm_rejections_total{reason=\"idle_connection_closed\"} 0\n"),
+        "the full house made room: {metrics}"
+    );
+}
+
+#[test]
 fn a_full_house_of_requests_in_service_refuses_the_next_connection() {
     let (daemon, _config) = slow_client_daemon("max_connections = 1\n");
     // One request in service: its body arrives slowly (within the 1 s body
