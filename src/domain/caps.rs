@@ -174,24 +174,17 @@ fn check_attributes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::model::bare_event;
     use crate::domain::{EventType, Status};
 
     fn event(kind: EventType, attributes: &[(&str, &str)]) -> Event {
+        let task = (kind.scope() == Scope::Task).then_some("t");
         Event {
-            event_id: None,
-            kind,
-            process_id: "p".into(),
-            task_id: (kind.scope() == Scope::Task).then(|| "t".into()),
-            occurred_at: None,
-            name: None,
-            process_type: None,
-            correlation_id: None,
-            progress: None,
-            error: None,
             attributes: attributes
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..bare_event(kind, task)
         }
     }
 

@@ -1,7 +1,7 @@
 //! Bounds that no client, hostile or buggy, can break: what one process
 //! keeps, and the memory of request bodies in flight.
 
-use crate::support::{event, task_event, with, Daemon, DaemonOptions};
+use crate::support::{event, peak_rss_bytes, task_event, with, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 use std::io::Write;
 
@@ -111,17 +111,6 @@ fn an_event_that_would_pass_a_cap_is_422_naming_it_and_nothing_is_applied() {
     );
 }
 
-/// The daemon's peak resident memory, from the kernel.
-fn peak_rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("VmHWM");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[test]
 fn four_hundred_concurrent_4_mb_batches_stay_within_the_memory_budget_and_lose_nothing() {
     const BUDGET: u64 = 64 << 20;
@@ -214,4 +203,50 @@ fn four_hundred_concurrent_4_mb_batches_stay_within_the_memory_budget_and_lose_n
         let process = client.get(&format!("/v1/processes/p{body}-999"));
         assert_eq!(process.status, 200, "{}", process.text);
     }
+}
+
+#[test]
+fn a_chunked_body_is_refused_429_as_soon_as_it_passes_the_budget_and_the_client_hears_it() {
+    // Room for one largest body (4 MiB, counted four times) and 1 KiB.
+    let (daemon, _config) = daemon_with("[ingest]\nmax_inflight_bytes = 16778240\n");
+    // A 4 MiB body declared and sent slowly holds all but that 1 KiB.
+    let mut holder = std::net::TcpStream::connect(daemon.addr).unwrap();
+    holder
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4194304\r\n\r\n[")
+        .unwrap();
+    // A chunked batch of 400 bytes counts 1,600: refused at its chunk once
+    // the holder is in service (until then it is taken, answered 200, and
+    // sent again).
+    let chunk = format!("[{}]", " ".repeat(398));
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut chunked = std::net::TcpStream::connect(daemon.addr).unwrap();
+        chunked.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut chunked, &mut answer);
+        if answer.starts_with("HTTP/1.1 429") {
+            assert!(
+                answer.to_ascii_lowercase().contains("retry-after: 1"),
+                "{answer}"
+            );
+            assert!(answer.contains("max_inflight_bytes"), "{answer}");
+            break;
+        }
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused; the last answer: {answer}"
+        );
+        std::thread::yield_now();
+    }
+    drop(holder);
+    let metrics = daemon.client().get("/metrics").text;
+    assert!(
+        !metrics.contains("pm_rejections_total{reason=\"over_budget\"} 0\n"),
+        "{metrics}"
+    );
 }

@@ -5,7 +5,7 @@
 //! here; `PM_SOAK_SECS=1800 cargo test --release --test it soak` for the
 //! long run).
 
-use crate::support::{Client, Daemon, DaemonOptions};
+use crate::support::{peak_rss_bytes, Client, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,17 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BUDGET: u64 = 64 << 20;
-
-fn peak_rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmHWM");
-    kib * 1024
-}
 
 /// Holds `count` connections that send a header a byte at a time.
 fn slowloris(addr: SocketAddr, count: usize, stop: &AtomicBool) {

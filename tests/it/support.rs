@@ -510,3 +510,15 @@ pub fn wait_for_acks(handles_started: Instant, addr: SocketAddr, at_least: u64) 
         std::thread::yield_now();
     }
 }
+
+/// A process's peak resident memory (`VmHWM`), from the kernel.
+pub fn peak_rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
