@@ -519,6 +519,32 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_too_small_for_the_largest_body_and_a_zero_cap_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pm.toml");
+        for (text, names) in [
+            (
+                "[ingest]\nmax_inflight_bytes = 1048576\n",
+                ["ingest.max_inflight_bytes", "ingest.max_body_bytes"],
+            ),
+            (
+                "[limits]\ntasks_per_process = 0\n",
+                ["limits.tasks_per_process", "at least 1"],
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let overrides = Overrides {
+                config_file: Some(file.clone()),
+                ..Overrides::default()
+            };
+            let error = Config::load(&overrides, &no_env()).unwrap_err().to_string();
+            for name in names {
+                assert!(error.contains(name), "{error}");
+            }
+        }
+    }
+
+    #[test]
     fn anonymous_service_off_loopback_is_refused_unless_allowed() {
         let overrides = Overrides {
             listen: Some("0.0.0.0:8080".parse().unwrap()),
