@@ -149,6 +149,8 @@ pub struct StoreReading {
     pub store_bytes: u64,
     pub disk_free_bytes: Option<u64>,
     pub queue_depth: usize,
+    /// Of `ingest.max_inflight_bytes`, what request bodies hold now.
+    pub inflight_body_bytes: u64,
 }
 
 /// Every metric of the contract, registered once.
@@ -168,6 +170,7 @@ pub struct Metrics {
     disk_free_bytes: Gauge,
     /// Stays 0 until the change feed exists (api.md 1.1, "Watching").
     feed_streams: Gauge,
+    inflight_body_bytes: Gauge,
     /// The process types that have a label of their own, at most
     /// `max_process_types`.
     process_types: Mutex<HashSet<String>>,
@@ -279,6 +282,13 @@ impl Metrics {
             "Clients turned away or cut off, by reason",
             rejections.clone(),
         );
+        let inflight_body_bytes = Gauge::default();
+        registry.register_with_unit(
+            "ingest_inflight",
+            "Of ingest.max_inflight_bytes, what request bodies hold now (each counted four times its size)",
+            Unit::Bytes,
+            inflight_body_bytes.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -304,6 +314,7 @@ impl Metrics {
             store_bytes,
             disk_free_bytes,
             feed_streams,
+            inflight_body_bytes,
             process_types: Mutex::new(HashSet::new()),
             max_process_types,
             rejections,
@@ -432,6 +443,8 @@ impl Metrics {
         }
         self.queue_depth
             .set(i64::try_from(reading.queue_depth).unwrap_or(i64::MAX));
+        self.inflight_body_bytes
+            .set(i64::try_from(reading.inflight_body_bytes).unwrap_or(i64::MAX));
         self.processes_stalled.set(0);
         self.feed_streams.set(0);
         let mut text = String::with_capacity(16 * 1024);

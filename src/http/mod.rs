@@ -104,6 +104,7 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_inflight_bytes: usize,
 }
 
 impl AppState {
@@ -118,6 +119,7 @@ impl AppState {
                 body_read_timeout: Duration::from_secs(config.http.body_read_timeout_secs),
                 header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
                 max_connections: config.http.max_connections,
+                max_inflight_bytes: config.ingest.max_inflight_bytes.min(Semaphore::MAX_PERMITS),
             },
             data_dir: config.data_dir.clone(),
             ready: AtomicBool::new(false),
@@ -432,12 +434,17 @@ async fn route(
 /// `GET /metrics`: the counters as they stand, and the store as its latest
 /// commit has it (nothing of the store before it is open).
 async fn metrics(state: &AppState, openmetrics: bool) -> Result<Response, ApiError> {
+    let inflight_body_bytes = state
+        .limits
+        .max_inflight_bytes
+        .saturating_sub(state.body_budget.available_permits()) as u64;
     let reading = match state.core.get() {
         None => StoreReading {
             processes_by_status: Vec::new(),
             store_bytes: 0,
             disk_free_bytes: None,
             queue_depth: 0,
+            inflight_body_bytes,
         },
         Some(core) => {
             let queue_depth = core.writer.queue_depth();
@@ -459,6 +466,7 @@ async fn metrics(state: &AppState, openmetrics: bool) -> Result<Response, ApiErr
                     store_bytes: std::fs::metadata(path).map_or(0, |meta| meta.len()),
                     disk_free_bytes: crate::store::free_bytes(path),
                     queue_depth,
+                    inflight_body_bytes,
                 })
             })
             .await?

@@ -14,7 +14,7 @@ use super::write::{load_counters, WriteBatch};
 use super::StoreError;
 use crate::domain::{Millis, Process, Status, Task, TaskCounts};
 use redb::{Database, ReadOnlyTable, ReadableTable, ReadableTableMetadata};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Problems reported at most; past that only their number grows.
 const MAX_REPORTED: usize = 100;
@@ -46,6 +46,8 @@ impl VerifyReport {
 #[derive(Default)]
 struct Gathered {
     process: Option<Process>,
+    /// Its attributes have a record of their own.
+    has_attributes_record: bool,
     tasks: Vec<(u32, Task)>,
     task_ids: Vec<(String, u32)>,
     history_seqs: HashSet<u64>,
@@ -136,6 +138,20 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         };
         let described = |what: &str| format!("{what} of ordinal {ordinal}");
         match kind {
+            Kind::Process if sub_key == schema::PROCESS_ATTRIBUTES => {
+                match decode_or_corrupt::<BTreeMap<String, String>>("process attributes", value) {
+                    Ok(attributes) if attributes.is_empty() => {
+                        report.problem(described("an empty attributes record"))
+                    }
+                    Ok(_) => gathered.has_attributes_record = true,
+                    Err(error) => {
+                        report.problem(format!("{}: {error}", described("the attributes record")))
+                    }
+                }
+            }
+            Kind::Process if !sub_key.is_empty() => {
+                report.problem(described("a process record with an unknown sub-key"))
+            }
             Kind::Process => match decode_or_corrupt::<Process>("process record", value) {
                 Ok(process) => gathered.process = Some(process),
                 Err(error) => {
@@ -291,6 +307,12 @@ impl Indexes {
             ));
             return Ok(());
         };
+        if gathered.has_attributes_record && !process.attributes.is_empty() {
+            report.problem(format!(
+                "process {} keeps attributes both in its record and in a record of their own",
+                process.id
+            ));
+        }
         report.processes += 1;
         totals.by_status[usize::from(process.status.code())] += 1;
         let id = &process.id;

@@ -374,7 +374,7 @@ mod tests {
     use super::write::{load_counters, IncomingEvent, WriteBatch};
     use super::*;
     use crate::domain::model::bare_event;
-    use crate::domain::{EventType, Status};
+    use crate::domain::{EventType, Process, Status};
     use redb::{ReadableTable, ReadableTableMetadata};
 
     fn event(process: &str, kind: EventType, task: Option<&str>, id: &str) -> IncomingEvent {
@@ -404,6 +404,98 @@ mod tests {
                 .unwrap();
         }
         txn.commit().unwrap();
+    }
+
+    /// One event for `apply_all`: process, kind, attributes, event id.
+    type AttributedEvent<'a> = (&'a str, EventType, &'a [(&'a str, &'a str)], &'a str);
+
+    /// Applies `events` in one committed transaction.
+    fn apply_all(db: &Database, events: &[AttributedEvent<'_>]) {
+        let txn = db.begin_write().unwrap();
+        let mut batch = WriteBatch::open(&txn, load_counters(&txn).unwrap()).unwrap();
+        for (process, kind, attributes, id) in events {
+            let mut incoming = event(process, *kind, None, id);
+            incoming.event.attributes = attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            batch.apply(&incoming, 1_795_600_800_000).unwrap();
+            batch.write_back().unwrap();
+        }
+        batch.finish().unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn attributes_of(db: &Database, process: &str) -> Vec<(String, String)> {
+        let snapshot = Snapshot::begin(db).unwrap();
+        let attributes = snapshot.process(process).unwrap().unwrap().attributes;
+        let (with_tasks, _) = snapshot.process_with_tasks(process).unwrap().unwrap();
+        assert_eq!(with_tasks.attributes, attributes, "both reads agree");
+        attributes.into_iter().collect()
+    }
+
+    #[test]
+    fn attributes_live_in_their_own_record_and_older_records_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_writable(&store_path(dir.path()), 1 << 20).unwrap();
+        apply_all(
+            &db,
+            &[(
+                "p",
+                EventType::ProcessStarted,
+                &[("a", "1"), ("b", "2")],
+                "e1",
+            )],
+        );
+        let record = |db: &Database, sub_key: &[u8]| -> Option<Vec<u8>> {
+            let txn = db.begin_read().unwrap();
+            let records = txn.open_table(RECORDS).unwrap();
+            let key = schema::record_key(0, Kind::Process, sub_key);
+            records
+                .get(key.as_slice())
+                .unwrap()
+                .map(|v| v.value().to_vec())
+        };
+        let core: Process = codec::decode(&record(&db, &[]).unwrap()).unwrap();
+        assert!(core.attributes.is_empty(), "the process record holds none");
+        assert!(record(&db, schema::PROCESS_ATTRIBUTES).is_some());
+        let kept = vec![("a".to_string(), "1".to_string()), ("b".into(), "2".into())];
+        assert_eq!(attributes_of(&db, "p"), kept);
+
+        // An event without attributes leaves their record as it was.
+        let before = record(&db, schema::PROCESS_ATTRIBUTES);
+        apply_all(&db, &[("p", EventType::ProcessHeartbeat, &[], "e2")]);
+        assert_eq!(record(&db, schema::PROCESS_ATTRIBUTES), before);
+        assert_eq!(attributes_of(&db, "p"), kept);
+
+        // A record from before the split, attributes inline: read as it is,
+        // and moved out when next written.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut records = txn.open_table(RECORDS).unwrap();
+            let mut legacy: Process = codec::decode(&record(&db, &[]).unwrap()).unwrap();
+            legacy.attributes = kept.iter().cloned().collect();
+            records
+                .insert(
+                    schema::record_key(0, Kind::Process, &[]).as_slice(),
+                    codec::encode(&legacy).as_slice(),
+                )
+                .unwrap();
+            records
+                .remove(schema::record_key(0, Kind::Process, schema::PROCESS_ATTRIBUTES).as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        assert_eq!(attributes_of(&db, "p"), kept);
+        apply_all(
+            &db,
+            &[("p", EventType::ProcessProgress, &[("c", "3")], "e3")],
+        );
+        let core: Process = codec::decode(&record(&db, &[]).unwrap()).unwrap();
+        assert!(core.attributes.is_empty());
+        assert_eq!(attributes_of(&db, "p").len(), 3);
+        let report = maintenance::verify(&Snapshot::begin(&db).unwrap()).unwrap();
+        assert!(report.is_sound(), "{:?}", report.problems);
     }
 
     #[test]

@@ -224,14 +224,17 @@ impl Snapshot {
             .map(|ordinal| ordinal.value()))
     }
 
+    /// The process at `ordinal` with its attributes: the process record
+    /// and the attributes record after it, in one range.
     fn process_at(&self, ordinal: u64) -> Result<Option<Process>, StoreError> {
-        match self
-            .records
-            .get(record_key(ordinal, Kind::Process, &[]).as_slice())?
-        {
-            Some(bytes) => decode_or_corrupt("process record", bytes.value()).map(Some),
-            None => Ok(None),
+        let start = record_key(ordinal, Kind::Process, &[]);
+        let end = record_key(ordinal, Kind::Process, super::schema::PROCESS_ATTRIBUTES);
+        let mut process = None;
+        for entry in self.records.range(start.as_slice()..=end.as_slice())? {
+            let (key, value) = entry?;
+            take_process_record(key.value(), value.value(), &mut process)?;
         }
+        Ok(process)
     }
 
     pub fn process(&self, process_id: &str) -> Result<Option<Process>, StoreError> {
@@ -256,10 +259,7 @@ impl Snapshot {
         for entry in self.records.range(start.as_slice()..end.as_slice())? {
             let (key, value) = entry?;
             if key.value().get(8) == Some(&(Kind::Process as u8)) {
-                process = Some(decode_or_corrupt::<Process>(
-                    "process record",
-                    value.value(),
-                )?);
+                take_process_record(key.value(), value.value(), &mut process)?;
             } else {
                 tasks.push(decode_or_corrupt::<Task>("task record", value.value())?);
             }
@@ -473,4 +473,22 @@ impl Iterator for MergeDescending<'_> {
         let (index, _) = best?;
         self.streams[index].next()
     }
+}
+
+/// Takes a record of `Kind::Process` into `process`: the process record
+/// itself, or (after it, in key order) its attributes.
+fn take_process_record(
+    key: &[u8],
+    value: &[u8],
+    process: &mut Option<Process>,
+) -> Result<(), StoreError> {
+    if key.get(9..) == Some(super::schema::PROCESS_ATTRIBUTES) {
+        let attributes = decode_or_corrupt("process attributes", value)?;
+        if let Some(process) = process.as_mut() {
+            process.attributes = attributes;
+        }
+    } else {
+        *process = Some(decode_or_corrupt::<Process>("process record", value)?);
+    }
+    Ok(())
 }

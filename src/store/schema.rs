@@ -49,7 +49,10 @@ pub const META_LOGGED_GROUP: &str = "logged_group";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
-    /// sub-key empty; value `domain::Process`.
+    /// sub-key empty; value `domain::Process`, without its attributes
+    /// since they have a record of their own (sub-key
+    /// `PROCESS_ATTRIBUTES`). A process record written before that split
+    /// holds its attributes itself, and keeps them until it is next written.
     Process = 0,
     /// sub-key: task ordinal, u32 big-endian; value `domain::Task`.
     Task = 1,
@@ -80,6 +83,14 @@ impl Kind {
 }
 
 /// A `RECORDS` key. Big-endian numbers make byte order the numeric order.
+/// The sub-key, under `Kind::Process`, of a process's attributes (value
+/// `BTreeMap<String, String>`; absent when it has none). Apart from the
+/// process record, so that an event that leaves them alone does not
+/// rewrite them: what an event costs does not grow with what its process
+/// keeps. The key sorts right after the process record's, so one range
+/// reads both.
+pub const PROCESS_ATTRIBUTES: &[u8] = b"a";
+
 pub fn record_key(ordinal: u64, kind: Kind, sub_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + sub_key.len());
     key.extend_from_slice(&ordinal.to_be_bytes());

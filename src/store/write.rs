@@ -95,6 +95,18 @@ struct CachedProcess {
     indexed: Option<IndexedFields>,
     /// Changed since it was read: `write_back` writes it.
     changed: bool,
+    /// Whether `process.attributes` holds its attributes yet.
+    attributes: Attributes,
+}
+
+/// A cached process's attributes: read only for an event that brings some
+/// (the others leave them alone), written only when one changed them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attributes {
+    /// Still in their record; `process.attributes` is empty.
+    InStore,
+    /// In `process.attributes`; `changed` when they must be written.
+    Loaded { changed: bool },
 }
 
 /// The tables of one write transaction, the process and task records
@@ -191,11 +203,22 @@ impl<'txn> WriteBatch<'txn> {
         let mut processes = Vec::with_capacity(self.processes.len());
         processes.extend(self.processes.drain().filter(|(_, cached)| cached.changed));
         processes.sort_unstable_by_key(|&(ordinal, _)| ordinal);
-        for (ordinal, cached) in processes {
+        for (ordinal, mut cached) in processes {
+            // The attributes go to their own record, and only when changed.
+            let attributes = std::mem::take(&mut cached.process.attributes);
             self.records.insert(
                 record_key(ordinal, Kind::Process, &[]).as_slice(),
                 codec::encode(&cached.process).as_slice(),
             )?;
+            if cached.attributes == (Attributes::Loaded { changed: true }) {
+                let key = record_key(ordinal, Kind::Process, schema::PROCESS_ATTRIBUTES);
+                if attributes.is_empty() {
+                    self.records.remove(key.as_slice())?;
+                } else {
+                    self.records
+                        .insert(key.as_slice(), codec::encode(&attributes).as_slice())?;
+                }
+            }
             match &cached.indexed {
                 Some(before) => self.reindex(ordinal, before, &cached.process)?,
                 None => self.index_new(ordinal, &cached.process)?,
@@ -283,10 +306,17 @@ impl<'txn> WriteBatch<'txn> {
                     process,
                     indexed: None,
                     changed: false,
+                    attributes: Attributes::Loaded { changed: false },
                 };
                 (self.counters.next_ordinal, cached)
             }
         };
+        // Only a process event with attributes reads or changes them.
+        let brings_attributes =
+            event.kind.scope() == Scope::Process && !event.attributes.is_empty();
+        if brings_attributes {
+            self.load_attributes(ordinal, &mut cached)?;
+        }
         let process = &mut cached.process;
         let was_terminal = process.status.is_terminal();
         let at = event.occurred_at.unwrap_or(incoming.received_at);
@@ -382,6 +412,9 @@ impl<'txn> WriteBatch<'txn> {
             duration_ms: process.duration_ms(),
         });
         cached.changed = true;
+        if brings_attributes && outcome == Outcome::Accepted {
+            cached.attributes = Attributes::Loaded { changed: true };
+        }
         self.processes.insert(ordinal, cached);
         Ok(EventOutcome::Stored {
             result,
@@ -408,11 +441,31 @@ impl<'txn> WriteBatch<'txn> {
                 what: format!("process record of ordinal {ordinal}"),
                 source: codec::CodecError::Empty,
             })?;
+        // A record from before attributes had their own holds them itself:
+        // they move to their record when it is next written.
+        let attributes = if process.attributes.is_empty() {
+            Attributes::InStore
+        } else {
+            Attributes::Loaded { changed: true }
+        };
         Ok(CachedProcess {
             indexed: Some(IndexedFields::of(&process)),
             process,
             changed: false,
+            attributes,
         })
+    }
+
+    /// Reads a cached process's attributes, if they are still in the store.
+    fn load_attributes(&self, ordinal: u64, cached: &mut CachedProcess) -> Result<(), StoreError> {
+        if cached.attributes == Attributes::InStore {
+            let key = record_key(ordinal, Kind::Process, schema::PROCESS_ATTRIBUTES);
+            if let Some(attributes) = self.get_record("process attributes", Kind::Process, &key)? {
+                cached.process.attributes = attributes;
+            }
+            cached.attributes = Attributes::Loaded { changed: false };
+        }
+        Ok(())
     }
 
     fn load_or_new_task(
