@@ -113,6 +113,20 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
             "{process_id}: an acknowledged event is missing from history"
         );
     }
+    // Every attribute an acknowledged event brought is kept (attributes
+    // live in a record of their own, written by the same commits).
+    for (body, _) in &acknowledged {
+        if let Some(attributes) = body["attributes"].as_object() {
+            let process_id = body["process_id"].as_str().unwrap();
+            let process = client.get(&format!("/v1/processes/{process_id}")).json;
+            for key in attributes.keys() {
+                assert_eq!(
+                    process["attributes"][key], "seen",
+                    "{process_id}: the attribute {key} of an acknowledged event was lost"
+                );
+            }
+        }
+    }
     let (status, _, _) = daemon.terminate();
     assert!(status.success());
     let verify = command()

@@ -439,7 +439,8 @@ pub fn run_load(
                                    "task_id": format!("t{}", n % 4), "event_id": format!("w{worker}-e{n}")})
                         } else {
                             json!({"type": "process.progress", "process_id": format!("load-{worker}-{}", n / 10),
-                                   "event_id": format!("w{worker}-e{n}"), "progress": {"current": n}})
+                                   "event_id": format!("w{worker}-e{n}"), "progress": {"current": n},
+                                   "attributes": {format!("e{n}"): "seen"}})
                         }
                     };
                     // Every fifth request a batch of the next events, most of
