@@ -4,13 +4,15 @@
 //! A full house must not lock everyone out: 1,024 clients that connect and
 //! send nothing (or half a header, slowly) would otherwise make every new
 //! client, the kubelet's probes included, wait for a header timeout. So a
-//! new connection that finds the listener full closes the connection that
-//! has been idle longest: one with no request in service, whether it has
-//! sent nothing, part of a header, or is a keep-alive between requests.
-//! Only when every connection is serving a request is the new one refused.
+//! new connection that finds the listener full closes an idle one (no
+//! request in service): first the one idle longest of those that never
+//! sent a whole request (nothing, or part of a header), then, only if
+//! there are none, the keep-alive connection idle longest, whose client
+//! has been served and may be about to send again. Only when every
+//! connection is serving a request is the new one refused.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,8 @@ pub struct Connection {
     /// Milliseconds after the epoch of the last start or end of a request,
     /// or of the connection's opening.
     last_active_ms: AtomicU64,
+    /// A whole request has arrived on it at least once.
+    served: AtomicBool,
     /// Cancelled to close the connection.
     pub close: CancellationToken,
 }
@@ -83,7 +87,12 @@ impl Connections {
             let idlest = open
                 .values()
                 .filter(|connection| connection.in_service.load(Ordering::Acquire) == 0)
-                .min_by_key(|connection| connection.last_active_ms.load(Ordering::Relaxed))
+                .min_by_key(|connection| {
+                    (
+                        connection.served.load(Ordering::Relaxed),
+                        connection.last_active_ms.load(Ordering::Relaxed),
+                    )
+                })
                 .map(|connection| connection.id);
             let Some(id) = idlest.and_then(|id| open.remove(&id)) else {
                 return Admission::Refused;
@@ -95,6 +104,7 @@ impl Connections {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             in_service: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(self.now_ms()),
+            served: AtomicBool::new(false),
             close: CancellationToken::new(),
         });
         open.insert(connection.id, connection.clone());
@@ -119,6 +129,7 @@ impl Registration {
     pub fn request_started(&self) -> InService {
         let connection = self.connection.clone();
         connection.in_service.fetch_add(1, Ordering::AcqRel);
+        connection.served.store(true, Ordering::Relaxed);
         connection
             .last_active_ms
             .store(self.connections.now_ms(), Ordering::Relaxed);
@@ -189,5 +200,18 @@ mod tests {
             2,
             "a closed one's late drop frees nothing twice"
         );
+    }
+
+    #[test]
+    fn a_connection_that_never_sent_a_request_gives_way_before_a_served_one() {
+        let connections = Connections::new(2);
+        let (served, _) = admitted(connections.admit());
+        drop(served.request_started());
+        // Opened later, so idle for less time, but it never sent a request.
+        let (silent, _) = admitted(connections.admit());
+        let (_third, closed) = admitted(connections.admit());
+        assert!(closed);
+        assert!(silent.connection.close.is_cancelled());
+        assert!(!served.connection.close.is_cancelled());
     }
 }
