@@ -1,18 +1,9 @@
 //! Bounds that no client, hostile or buggy, can break: what one process
 //! keeps, and the memory of request bodies in flight.
 
-use crate::support::{event, peak_rss_bytes, task_event, with, Daemon, DaemonOptions};
+use crate::support::{event, peak_rss_bytes, task_event, with, Daemon};
 use serde_json::{json, Value};
 use std::io::Write;
-
-fn daemon_with(config: &str) -> (Daemon, tempfile::NamedTempFile) {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(config.as_bytes()).unwrap();
-    let daemon = Daemon::start_with(
-        DaemonOptions::default().env("PM_CONFIG", file.path().to_str().unwrap()),
-    );
-    (daemon, file)
-}
 
 fn attributes(prefix: &str, count: usize, value: &str) -> Value {
     (0..count)
@@ -23,7 +14,7 @@ fn attributes(prefix: &str, count: usize, value: &str) -> Value {
 
 #[test]
 fn an_event_that_would_pass_a_cap_is_422_naming_it_and_nothing_is_applied() {
-    let (daemon, _config) = daemon_with(
+    let (daemon, _config) = Daemon::with_config(
         "[limits]\nattributes_per_process = 4\nattribute_bytes_per_process = 100\nattributes_per_task = 2\ntasks_per_process = 2\nattempts_per_task = 2\n",
     );
     let client = daemon.client();
@@ -116,7 +107,7 @@ fn four_hundred_concurrent_4_mb_batches_stay_within_the_memory_budget_and_lose_n
     const BUDGET: u64 = 64 << 20;
     const CLIENTS: usize = 400;
     const BODIES: usize = 8;
-    let (daemon, _config) = daemon_with(&format!(
+    let (daemon, _config) = Daemon::with_config(&format!(
         "[ingest]\nmax_inflight_bytes = {BUDGET}\n[store]\ncache_mib = 16\n"
     ));
     let base = peak_rss_bytes(daemon.pid());
@@ -208,7 +199,7 @@ fn four_hundred_concurrent_4_mb_batches_stay_within_the_memory_budget_and_lose_n
 #[test]
 fn a_chunked_body_is_refused_429_as_soon_as_it_passes_the_budget_and_the_client_hears_it() {
     // Room for one largest body (4 MiB, counted four times), no more.
-    let (daemon, _config) = daemon_with("[ingest]\nmax_inflight_bytes = 16777216\n");
+    let (daemon, _config) = Daemon::with_config("[ingest]\nmax_inflight_bytes = 16777216\n");
     let client = daemon.client();
     // A 4 MiB body declared and sent slowly holds all of it meanwhile.
     let mut holder = std::net::TcpStream::connect(daemon.addr).unwrap();

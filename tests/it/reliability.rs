@@ -271,16 +271,9 @@ fn github_style_signatures_are_accepted_when_configured() {
 }
 
 fn slow_client_daemon(extra: &str) -> (Daemon, tempfile::NamedTempFile) {
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        config,
+    Daemon::with_config(&format!(
         "[http]\nheader_read_timeout_secs = 1\nbody_read_timeout_secs = 1\n{extra}"
-    )
-    .unwrap();
-    let daemon = Daemon::start_with(
-        DaemonOptions::default().env("PM_CONFIG", config.path().to_str().unwrap()),
-    );
-    (daemon, config)
+    ))
 }
 
 /// Reads until the server closes the connection; returns what arrived and when.

@@ -5,7 +5,7 @@
 //! here; `PM_SOAK_SECS=1800 cargo test --release --test it soak` for the
 //! long run).
 
-use crate::support::{peak_rss_bytes, Client, Daemon, DaemonOptions};
+use crate::support::{peak_rss_bytes, Client, Daemon};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -114,15 +114,9 @@ fn soak_normal_clients_keep_their_p99_and_every_event_beside_hostile_ones() {
         .ok()
         .and_then(|secs| secs.parse().ok())
         .unwrap_or(20);
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        config,
+    let (daemon, _config) = Daemon::with_config(&format!(
         "[ingest]\nmax_inflight_bytes = {BUDGET}\n[store]\ncache_mib = 16\n[http]\nmax_connections = 128\nheader_read_timeout_secs = 2\nbody_read_timeout_secs = 2\n"
-    )
-    .unwrap();
-    let daemon = Daemon::start_with(
-        DaemonOptions::default().env("PM_CONFIG", config.path().to_str().unwrap()),
-    );
+    ));
     let addr = daemon.addr;
     let base = peak_rss_bytes(daemon.pid());
     let done = Arc::new(AtomicBool::new(false));

@@ -196,6 +196,17 @@ impl Daemon {
         Daemon::start_with(DaemonOptions::default())
     }
 
+    /// Starts the daemon with `config` as its config file; the file lives
+    /// as long as the second value.
+    pub fn with_config(config: &str) -> (Daemon, tempfile::NamedTempFile) {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(config.as_bytes()).expect("config written");
+        let daemon = Daemon::start_with(
+            DaemonOptions::default().env("PM_CONFIG", file.path().to_str().expect("UTF-8 path")),
+        );
+        (daemon, file)
+    }
+
     pub fn start_in(dir: &Path) -> Daemon {
         Daemon::start_with(DaemonOptions::default().data_dir(dir))
     }
