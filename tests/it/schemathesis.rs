@@ -3,7 +3,7 @@
 //! anonymous and once with tokens, and any failure fails the test.
 //!
 //! Schemathesis comes from PyPI, in the virtualenv that `.ci/test`
-//! makes (its `bin` on PATH). `PM_SCHEMATHESIS_EXAMPLES` raises the cases
+//! makes in `target/ci-venv` (or from PATH). `PM_SCHEMATHESIS_EXAMPLES` raises the cases
 //! per operation (100 here); `PM_SCHEMATHESIS_SEED` replays a run.
 
 use crate::support::{Daemon, DaemonOptions};
@@ -13,7 +13,13 @@ use std::process::Command;
 fn run_schemathesis(daemon: &Daemon, token: Option<&str>) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let examples = std::env::var("PM_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "100".into());
-    let mut command = Command::new("schemathesis");
+    // The virtualenv `.ci/test` makes, else whatever PATH finds.
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/schemathesis");
+    let mut command = Command::new(if venv.exists() {
+        venv.into_os_string()
+    } else {
+        "schemathesis".into()
+    });
     command
         .current_dir(&here)
         .env("SCHEMATHESIS_HOOKS", "hooks")
