@@ -362,9 +362,9 @@ pub fn check_schema(path: &Path, db: &impl ReadableDatabase) -> Result<(), Store
 /// Free space on the disk of the store at `store`, for this user, when the
 /// system says.
 pub fn free_bytes(store: &Path) -> Option<u64> {
-    let dir = store.parent()?;
-    let stats = rustix::fs::statvfs(dir).ok()?;
-    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+    sizing::Volume::of(store.parent()?)
+        .ok()
+        .map(|volume| volume.free_bytes)
 }
 
 #[cfg(test)]

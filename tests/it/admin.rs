@@ -768,3 +768,28 @@ fn inspect_and_backup_read_a_live_store_through_its_daemon() {
     let stopped = json_of(&run(&["inspect", "--data-dir", data_dir, "--json"]));
     assert_eq!(stopped["processes_total"], 2);
 }
+
+#[test]
+fn a_backup_of_a_stopped_daemons_store_says_it_read_the_store_file() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_owned();
+    let daemon = Daemon::start_in(&data_dir);
+    assert_eq!(
+        daemon.client().post(&event("process.started", "p")).status,
+        202
+    );
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("b.redb");
+    let written = json_of(&run(&[
+        "backup",
+        "--data-dir",
+        path(&data_dir),
+        "--out",
+        path(&out),
+        "--json",
+    ]));
+    assert_eq!(written["source"], "store file");
+    assert_eq!(written["processes"], 1);
+}
