@@ -517,6 +517,11 @@ mod tests {
                 "progress.percent",
             ),
             (
+                // The next double above 100: parsed exactly, it is over the limit.
+                r#"{"type":"process.progress","process_id":"p","progress":{"percent":100.00000000000001}}"#,
+                "progress.percent",
+            ),
+            (
                 r#"{"type":"process.progress","process_id":"p","progress":{"current":5,"total":4}}"#,
                 "progress.current",
             ),
