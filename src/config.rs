@@ -24,6 +24,89 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// What one process may keep (`[limits]`).
     pub limits: crate::domain::Caps,
+    pub feed: FeedConfig,
+    #[serde(rename = "await")]
+    pub await_: AwaitConfig,
+    pub timeouts: TimeoutsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Streams of `/v1/changes` open at once, at most; more are 429.
+    pub max_streams: usize,
+    /// Seconds between keepalives on a stream with nothing to send.
+    pub keepalive_secs: u64,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            max_streams: 256,
+            keepalive_secs: 15,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwaitConfig {
+    /// `Retry-After` of a 202 from `/v1/processes/{id}/await`.
+    pub retry_after_secs: u64,
+}
+
+impl Default for AwaitConfig {
+    fn default() -> Self {
+        AwaitConfig {
+            retry_after_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// The least time between two looks at stalls and deadlines come due.
+    pub check_interval_ms: u64,
+    /// Defaults by process type.
+    pub process_types: std::collections::BTreeMap<String, TypeTimeoutsConfig>,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            check_interval_ms: 1000,
+            process_types: Default::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TypeTimeoutsConfig {
+    pub heartbeat_timeout_secs: Option<u32>,
+    /// From the process's creation.
+    pub deadline_secs: Option<u64>,
+}
+
+impl TimeoutsConfig {
+    /// The defaults as the writer applies (and logs) them.
+    pub fn defaults(&self) -> crate::store::write::TimeoutDefaults {
+        self.process_types
+            .iter()
+            .map(|(kind, config)| {
+                (
+                    kind.clone(),
+                    crate::store::write::TypeTimeouts {
+                        heartbeat_timeout: config.heartbeat_timeout_secs,
+                        deadline_after_ms: config.deadline_secs.map(|secs| {
+                            i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+                        }),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,6 +187,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// A second listener for the probes and metrics only.
     pub probe_listen: Option<SocketAddr>,
+    /// The address clients reach the API by (`https://host:port`), for
+    /// absolute `Location` headers; unset: relative ones.
+    pub public_url: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,6 +237,9 @@ impl Default for Config {
             webhooks: WebhookConfig::default(),
             metrics: MetricsConfig::default(),
             limits: crate::domain::Caps::default(),
+            feed: FeedConfig::default(),
+            await_: AwaitConfig::default(),
+            timeouts: TimeoutsConfig::default(),
         }
     }
 }
@@ -203,6 +292,7 @@ impl Default for HttpConfig {
             body_read_timeout_secs: 30,
             max_connections: 1024,
             probe_listen: None,
+            public_url: None,
         }
     }
 }
@@ -393,6 +483,43 @@ impl Config {
                 "store.journal_mib must be at most 4096 (the two journals and the write log are preallocated)"
                     .into(),
             ));
+        }
+        for (name, value) in [
+            ("feed.max_streams", self.feed.max_streams as u64),
+            ("feed.keepalive_secs", self.feed.keepalive_secs),
+            ("await.retry_after_secs", self.await_.retry_after_secs),
+            (
+                "timeouts.check_interval_ms",
+                self.timeouts.check_interval_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        for (kind, defaults) in &self.timeouts.process_types {
+            if defaults.heartbeat_timeout_secs.is_some_and(|secs| {
+                !(1..=crate::domain::MAX_HEARTBEAT_TIMEOUT_SECS).contains(&secs)
+            }) {
+                return Err(ConfigError::Invalid(format!(
+                    "timeouts.process_types.{kind}.heartbeat_timeout_secs must be from 1 to {}",
+                    crate::domain::MAX_HEARTBEAT_TIMEOUT_SECS
+                )));
+            }
+            if defaults.deadline_secs == Some(0) {
+                return Err(ConfigError::Invalid(format!(
+                    "timeouts.process_types.{kind}.deadline_secs must be at least 1"
+                )));
+            }
+        }
+        if let Some(url) = &self.http.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<hyper::Uri>().is_err()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "http.public_url must be an absolute http:// or https:// URL such as https://pm.example.com, not `{url}`"
+                )));
+            }
         }
         for secret in &self.webhooks.secrets {
             crate::http::signature::decode_secret(secret).map_err(ConfigError::Invalid)?;

@@ -25,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod store;

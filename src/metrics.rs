@@ -151,6 +151,7 @@ pub struct StoreReading {
     pub queue_depth: usize,
     /// Of `ingest.max_inflight_bytes`, what request bodies hold now.
     pub inflight_body_bytes: u64,
+    pub processes_stalled: u64,
 }
 
 /// Every metric of the contract, registered once.
@@ -163,12 +164,11 @@ pub struct Metrics {
     commit_events: Histogram,
     queue_depth: Gauge,
     processes: Family<StatusLabels, Gauge>,
-    /// Stays 0 until stalls are detected (api.md 1.1, "Stalls and deadlines").
     processes_stalled: Gauge,
     process_seconds: Family<FinishedLabels, Histogram>,
     store_bytes: Gauge,
     disk_free_bytes: Gauge,
-    /// Stays 0 until the change feed exists (api.md 1.1, "Watching").
+    /// Moved by the streams themselves as they open and close.
     feed_streams: Gauge,
     inflight_body_bytes: Gauge,
     /// The process types that have a label of their own, at most
@@ -361,6 +361,14 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    pub fn feed_stream_opened(&self) {
+        self.feed_streams.inc();
+    }
+
+    pub fn feed_stream_closed(&self) {
+        self.feed_streams.dec();
+    }
+
     /// One group of writes committed.
     pub fn commit(&self, events: usize, elapsed: Duration) {
         self.commit_seconds.observe(elapsed.as_secs_f64());
@@ -445,8 +453,8 @@ impl Metrics {
             .set(i64::try_from(reading.queue_depth).unwrap_or(i64::MAX));
         self.inflight_body_bytes
             .set(i64::try_from(reading.inflight_body_bytes).unwrap_or(i64::MAX));
-        self.processes_stalled.set(0);
-        self.feed_streams.set(0);
+        self.processes_stalled
+            .set(i64::try_from(reading.processes_stalled).unwrap_or(i64::MAX));
         let mut text = String::with_capacity(16 * 1024);
         let encoded = if openmetrics {
             openmetrics_text::encode(&mut text, &self.registry)

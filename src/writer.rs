@@ -16,13 +16,16 @@
 //! drained, the writer commits what it has, and the thread ends.
 
 use crate::domain::{Caps, Millis};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::store::codec;
 use crate::store::grouplog::GroupLog;
+use crate::store::legacy::EventV1;
 use crate::store::read::SharedSnapshots;
 use crate::store::schema::Counters;
 use crate::store::write::{
-    load_counters, load_logged_group, set_logged_group, EventOutcome, IncomingEvent, WriteBatch,
+    load_counters, load_logged_group, set_logged_group, EventOutcome, IncomingEvent,
+    TimeoutDefaults, WriteBatch,
 };
 use crate::store::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -56,22 +59,28 @@ pub enum SubmitError {
 pub enum Answer {
     Events(Vec<EventOutcome>),
     Deleted(bool),
+    /// Due entries looked at (stalls, deadlines).
+    Ticked,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Work {
     Ingest(Vec<IncomingEvent>),
     Delete(String),
+    /// Look at what has come due (`WriteBatch::fire_due`) at the group's clock.
+    Tick,
 }
 
-/// A group as the log keeps it: the requests, and the server clock and
-/// caps their transaction used, so that replaying it decides the same.
+/// A group as the log keeps it: the requests, and the server clock, caps
+/// and timeout defaults their transaction used, so that replaying it
+/// decides the same.
 #[derive(serde::Serialize)]
 struct LoggedGroupRef<'a> {
-    /// `LOGGED_GROUP_V2`.
+    /// `LOGGED_GROUP_V3`.
     version: u8,
     now: Millis,
     caps: Caps,
+    timeouts: &'a TimeoutDefaults,
     works: Vec<&'a Work>,
 }
 
@@ -80,36 +89,91 @@ struct LoggedGroup {
     version: u8,
     now: Millis,
     caps: Caps,
+    timeouts: TimeoutDefaults,
     works: Vec<Work>,
+}
+
+/// Work as logged before version 1.1: events in their old layout.
+#[derive(serde::Deserialize)]
+enum WorkV2 {
+    Ingest(Vec<IncomingEventV2>),
+    Delete(String),
+}
+
+#[derive(serde::Deserialize)]
+struct IncomingEventV2 {
+    event: EventV1,
+    fingerprint: [u8; 16],
+    received_at: Millis,
+}
+
+impl From<WorkV2> for Work {
+    fn from(old: WorkV2) -> Work {
+        match old {
+            WorkV2::Ingest(events) => Work::Ingest(
+                events
+                    .into_iter()
+                    .map(|old| IncomingEvent {
+                        event: old.event.into(),
+                        fingerprint: old.fingerprint,
+                        received_at: old.received_at,
+                    })
+                    .collect(),
+            ),
+            WorkV2::Delete(id) => Work::Delete(id),
+        }
+    }
+}
+
+/// Logged groups with caps, before timeouts.
+#[derive(serde::Deserialize)]
+struct LoggedGroupV2 {
+    version: u8,
+    now: Millis,
+    caps: Caps,
+    works: Vec<WorkV2>,
 }
 
 /// Logged groups before caps: the clock and the requests.
 #[derive(serde::Deserialize)]
 struct LoggedGroupV1 {
     now: Millis,
-    works: Vec<Work>,
+    works: Vec<WorkV2>,
 }
 
-/// The first byte of a logged group's body since caps. A group logged
-/// before began with the varint of its clock, whose first byte is 253 for
-/// any clock after 1970-01-25: the two cannot be mistaken.
+/// The first byte of a logged group's body since caps (2) and since
+/// timeouts (3). A group logged before caps began with the varint of its
+/// clock, whose first byte is 253 for any clock after 1970-01-25: none can
+/// be mistaken for another.
 const LOGGED_GROUP_V2: u8 = 2;
+const LOGGED_GROUP_V3: u8 = 3;
 
-/// A logged group, of this build's layout or the one before (replayed
-/// without caps, as that build applied it).
+/// A logged group, of this build's layout or one before (replayed as the
+/// build that logged it applied it: without caps, without defaults).
 fn decode_logged_group(payload: &[u8]) -> Result<LoggedGroup, codec::CodecError> {
-    if payload.get(1) == Some(&LOGGED_GROUP_V2) {
-        let group: LoggedGroup = codec::decode(payload)?;
-        debug_assert_eq!(group.version, LOGGED_GROUP_V2);
-        return Ok(group);
+    match payload.get(1) {
+        Some(&LOGGED_GROUP_V3) => codec::decode(payload),
+        Some(&LOGGED_GROUP_V2) => {
+            let old: LoggedGroupV2 = codec::decode(payload)?;
+            Ok(LoggedGroup {
+                version: old.version,
+                now: old.now,
+                caps: old.caps,
+                timeouts: TimeoutDefaults::new(),
+                works: old.works.into_iter().map(Work::from).collect(),
+            })
+        }
+        _ => {
+            let old: LoggedGroupV1 = codec::decode(payload)?;
+            Ok(LoggedGroup {
+                version: 1,
+                now: old.now,
+                caps: Caps::UNLIMITED,
+                timeouts: TimeoutDefaults::new(),
+                works: old.works.into_iter().map(Work::from).collect(),
+            })
+        }
     }
-    let old: LoggedGroupV1 = codec::decode(payload)?;
-    Ok(LoggedGroup {
-        version: 1,
-        now: old.now,
-        caps: Caps::UNLIMITED,
-        works: old.works,
-    })
 }
 
 struct Command {
@@ -123,7 +187,15 @@ impl Command {
     fn weight(&self) -> usize {
         match &self.work {
             Work::Ingest(events) => events.len().max(1),
-            Work::Delete(_) => 1,
+            Work::Delete(_) | Work::Tick => 1,
+        }
+    }
+
+    /// The writer's own look at what came due; nobody waits for its answer.
+    fn tick() -> Command {
+        Command {
+            work: Work::Tick,
+            reply: oneshot::channel().0,
         }
     }
 
@@ -172,6 +244,10 @@ pub struct WriterSettings {
     pub checkpoint_bytes: u64,
     /// What one process may keep.
     pub caps: Caps,
+    /// Heartbeat timeouts and deadlines by process type.
+    pub timeouts: TimeoutDefaults,
+    /// The least time between two looks at what came due.
+    pub check_interval: Duration,
 }
 
 /// How long the writer keeps trying to reopen the store after an I/O
@@ -184,17 +260,19 @@ pub fn spawn(
     snapshots: Arc<SharedSnapshots>,
     settings: WriterSettings,
     metrics: Arc<Metrics>,
-) -> Result<(WriterHandle, WriterThread), StoreError> {
+) -> Result<(WriterHandle, WriterThread, Arc<Live>), StoreError> {
     let mut log = GroupLog::open(snapshots.path(), Some(settings.log_bytes)).map_err(io_error)?;
     let (counters, number) = replay(&*snapshots.database()?, &mut log, settings.quick_repair)?;
     let mut log = Log { file: log, number };
+    let live = Live::new(counters.last_seq);
+    let announce = live.clone();
     let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
     let thread = std::thread::Builder::new()
         .name("pm-writer".into())
         .spawn(move || {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run(
-                    &snapshots, receiver, counters, &mut log, &settings, &metrics,
+                    &snapshots, receiver, counters, &mut log, &settings, &metrics, &announce,
                 )
             }));
             if ran.is_err() {
@@ -207,7 +285,7 @@ pub fn spawn(
             }
         })
         .map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
-    Ok((WriterHandle { sender }, WriterThread { thread }))
+    Ok((WriterHandle { sender }, WriterThread { thread }, live))
 }
 
 impl WriterHandle {
@@ -223,7 +301,7 @@ impl WriterHandle {
         Ok(async move {
             match answer.await {
                 Ok(Ok(Answer::Events(outcomes))) => Ok(outcomes),
-                Ok(Ok(Answer::Deleted(_))) => Err(WriteFailure::Storage),
+                Ok(Ok(Answer::Deleted(_) | Answer::Ticked)) => Err(WriteFailure::Storage),
                 Ok(Err(failure)) => Err(failure),
                 Err(_) => Err(WriteFailure::Stopped),
             }
@@ -239,7 +317,7 @@ impl WriterHandle {
         Ok(async move {
             match answer.await {
                 Ok(Ok(Answer::Deleted(found))) => Ok(found),
-                Ok(Ok(Answer::Events(_))) => Err(WriteFailure::Storage),
+                Ok(Ok(Answer::Events(_) | Answer::Ticked)) => Err(WriteFailure::Storage),
                 Ok(Err(failure)) => Err(failure),
                 Err(_) => Err(WriteFailure::Stopped),
             }
@@ -309,7 +387,13 @@ fn replay(
             what: format!("write log group {}", logged.number),
             source,
         })?;
+        tracing::debug!(
+            number = logged.number,
+            layout = group.version,
+            "replaying a logged group"
+        );
         batch.set_caps(group.caps);
+        batch.set_timeouts(group.timeouts);
         for work in &group.works {
             apply_work(&mut batch, work, group.now)?;
         }
@@ -335,6 +419,32 @@ fn checkpoint(db: &Database, log: &mut Log, quick_repair: bool) -> Result<(), St
     log.file.start_over().map_err(io_error)
 }
 
+/// The earliest due entry of the store as committed.
+fn read_next_due(db: &Database) -> Result<Option<Millis>, StoreError> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let txn = db.begin_read()?;
+    let due = txn.open_table(crate::store::schema::DUE)?;
+    let first = due.first()?.map(|(key, _)| key.value().0);
+    Ok(first)
+}
+
+/// When the writer next looks at what came due: at the earliest due
+/// entry, but no sooner than `check_interval` after its last look, so that
+/// many entries due close together are taken in one group.
+fn next_look(
+    next_due: Option<Millis>,
+    last_look: Option<Instant>,
+    interval: Duration,
+) -> Option<Instant> {
+    let due = next_due?;
+    let wait = Duration::from_millis(u64::try_from(due.saturating_sub(now_millis())).unwrap_or(0));
+    let at = Instant::now() + wait;
+    Some(match last_look {
+        Some(last) => at.max(last + interval),
+        None => at,
+    })
+}
+
 fn run(
     snapshots: &SharedSnapshots,
     receiver: Receiver<Command>,
@@ -342,11 +452,36 @@ fn run(
     log: &mut Log,
     settings: &WriterSettings,
     metrics: &Metrics,
+    live: &Live,
 ) {
     let mut disk_full = false;
-    while let Ok(first) = receiver.recv() {
-        let mut weight = first.weight();
-        let mut group = vec![first];
+    let mut next_due = snapshots
+        .database()
+        .and_then(|db| read_next_due(&db))
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the due table; stalls and deadlines wait for the next write");
+            None
+        });
+    let mut last_look: Option<Instant> = None;
+    loop {
+        let look_at = next_look(next_due, last_look, settings.check_interval);
+        let first = match look_at {
+            None => match receiver.recv() {
+                Ok(command) => Some(command),
+                Err(_) => break,
+            },
+            Some(at) => match receiver.recv_deadline(at) {
+                Ok(command) => Some(command),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        let mut weight = 0;
+        let mut group = Vec::new();
+        if let Some(first) = first {
+            weight = first.weight();
+            group.push(first);
+        }
         while weight < settings.max_group_events {
             match receiver.try_recv() {
                 Ok(command) => {
@@ -355,6 +490,13 @@ fn run(
                 }
                 Err(_) => break,
             }
+        }
+        if look_at.is_some_and(|at| Instant::now() >= at) {
+            group.push(Command::tick());
+            last_look = Some(Instant::now());
+        }
+        if group.is_empty() {
+            continue;
         }
         // Never let redb meet a full disk mid-commit: it would refuse its
         // handle afterwards. Refuse the writes instead; reads go on.
@@ -382,12 +524,21 @@ fn run(
             .database()
             .and_then(|db| commit_group(&db, &counters, &group, log, settings));
         match result {
-            Ok((committed, answers)) => {
+            Ok(committed) => {
                 metrics.commit(weight, started.elapsed());
-                counters = committed;
+                counters = committed.counters;
+                next_due = committed.next_due;
+                if committed.due_left {
+                    // More came due than one group takes: look again at once.
+                    last_look = None;
+                }
+                for (kind, outcome) in &committed.made {
+                    metrics.event_outcome(*kind, outcome);
+                }
                 // Before any answer: whoever got a 2xx must read this commit.
                 snapshots.invalidate();
-                for (command, answer) in group.into_iter().zip(answers) {
+                live.committed(counters.last_seq, &committed.ended);
+                for (command, answer) in group.into_iter().zip(committed.answers) {
                     command.answer(Ok(answer));
                 }
             }
@@ -454,31 +605,53 @@ fn exit_after_logging(error: &dyn std::fmt::Display) -> ! {
 /// group too large for what is left of the log), committed durably
 /// instead. On an error the transaction is dropped, which aborts it, and a
 /// logged group is taken back out of the log: nothing of the group stays.
+/// What a committed group leaves for the writer to do.
+struct Committed {
+    counters: Counters,
+    answers: Vec<Answer>,
+    /// Processes that ended or were removed.
+    ended: Vec<String>,
+    /// Events the daemon made, for the metrics.
+    made: Vec<(crate::domain::EventType, EventOutcome)>,
+    next_due: Option<Millis>,
+    /// A look at what came due took all it may and left some.
+    due_left: bool,
+}
+
 fn commit_group(
     db: &Database,
     counters: &Counters,
     group: &[Command],
     log: &mut Log,
     settings: &WriterSettings,
-) -> Result<(Counters, Vec<Answer>), StoreError> {
+) -> Result<Committed, StoreError> {
     let now = now_millis();
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(settings.quick_repair);
     let mut batch = WriteBatch::open(&txn, counters.clone())?;
     batch.set_caps(settings.caps);
+    batch.set_timeouts(settings.timeouts.clone());
     let mut answers = Vec::with_capacity(group.len());
+    let mut due_left = false;
     for command in group {
-        answers.push(apply_work(&mut batch, &command.work, now)?);
+        let answer = apply_work(&mut batch, &command.work, now)?;
+        due_left |=
+            matches!(command.work, Work::Tick) && batch.next_due()?.is_some_and(|due| due <= now);
+        answers.push(answer);
     }
+    let next_due = batch.next_due()?;
+    let ended = std::mem::take(&mut batch.ended);
+    let made = std::mem::take(&mut batch.made);
     let number = log.number + 1;
     let committed = batch.finish_group(number)?;
     let logged = log.file.groups() < settings.checkpoint_groups
         && log.file.written() < settings.checkpoint_bytes
         && {
             let record = codec::encode(&LoggedGroupRef {
-                version: LOGGED_GROUP_V2,
+                version: LOGGED_GROUP_V3,
                 now,
                 caps: settings.caps,
+                timeouts: &settings.timeouts,
                 works: group.iter().map(|command| &command.work).collect(),
             });
             match log.file.append(number, &record) {
@@ -505,7 +678,14 @@ fn commit_group(
             .unwrap_or_else(|error| exit_after_logging(&error));
     }
     log.number = number;
-    Ok((committed, answers))
+    Ok(Committed {
+        counters: committed,
+        answers,
+        ended,
+        made,
+        next_due,
+        due_left,
+    })
 }
 
 fn apply_work(batch: &mut WriteBatch<'_>, work: &Work, now: Millis) -> Result<Answer, StoreError> {
@@ -518,25 +698,48 @@ fn apply_work(batch: &mut WriteBatch<'_>, work: &Work, now: Millis) -> Result<An
             batch.write_back()?;
             Answer::Events(outcomes)
         }
-        Work::Delete(process_id) => Answer::Deleted(batch.delete_process(process_id)?),
+        Work::Delete(process_id) => Answer::Deleted(batch.delete_process(process_id, Some(now))?),
+        Work::Tick => {
+            batch.fire_due(now)?;
+            Answer::Ticked
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{model::bare_event, EventType};
+    use crate::store::legacy::EventV1Ref;
 
     #[test]
-    fn groups_logged_before_caps_replay_without_them_and_new_ones_keep_theirs() {
+    fn groups_logged_by_earlier_builds_replay_as_those_builds_applied_them() {
+        #[derive(serde::Serialize)]
+        enum OldWork<'a> {
+            Ingest(Vec<OldIncoming<'a>>),
+            Delete(String),
+        }
+        #[derive(serde::Serialize)]
+        struct OldIncoming<'a> {
+            event: EventV1Ref<'a>,
+            fingerprint: [u8; 16],
+            received_at: Millis,
+        }
         #[derive(serde::Serialize)]
         struct V1<'a> {
             now: Millis,
-            works: Vec<&'a Work>,
+            works: Vec<OldWork<'a>>,
         }
-        let work = Work::Delete("run-1".into());
+        #[derive(serde::Serialize)]
+        struct V2<'a> {
+            version: u8,
+            now: Millis,
+            caps: Caps,
+            works: Vec<OldWork<'a>>,
+        }
         let old = codec::encode(&V1 {
             now: 1_764_000_000_000,
-            works: vec![&work],
+            works: vec![OldWork::Delete("run-1".into())],
         });
         // A varint of a clock after 1970-01-25 begins with 253.
         assert_eq!(old[1], 253);
@@ -545,18 +748,78 @@ mod tests {
             (decoded.version, decoded.now, decoded.caps),
             (1, 1_764_000_000_000, Caps::UNLIMITED)
         );
+        assert!(decoded.timeouts.is_empty());
         assert!(matches!(&decoded.works[..], [Work::Delete(id)] if id == "run-1"));
+
         let caps = Caps {
             tasks_per_process: 7,
             ..Caps::default()
         };
-        let new = codec::encode(&LoggedGroupRef {
+        let mut event = bare_event(EventType::TaskStarted, Some("t"));
+        event.event_id = Some("k".into());
+        let v2 = codec::encode(&V2 {
             version: LOGGED_GROUP_V2,
             now: 5,
             caps,
-            works: vec![&work],
+            works: vec![OldWork::Ingest(vec![OldIncoming {
+                event: EventV1Ref::from(&event),
+                fingerprint: [3; 16],
+                received_at: 4,
+            }])],
         });
-        let decoded = decode_logged_group(&new).unwrap();
+        let decoded = decode_logged_group(&v2).unwrap();
         assert_eq!((decoded.version, decoded.now, decoded.caps), (2, 5, caps));
+        match &decoded.works[..] {
+            [Work::Ingest(events)] => {
+                assert_eq!(events[0].event, event);
+                assert_eq!((events[0].fingerprint, events[0].received_at), ([3; 16], 4));
+            }
+            _ => panic!("the logged events did not come back"),
+        }
+
+        let mut timed = event;
+        timed.heartbeat_timeout = Some(60);
+        timed.deadline = Some(None);
+        let works = [
+            Work::Ingest(vec![IncomingEvent::new(timed.clone(), 4)]),
+            Work::Tick,
+        ];
+        let mut timeouts = TimeoutDefaults::new();
+        timeouts.insert(
+            "import".into(),
+            crate::store::write::TypeTimeouts {
+                heartbeat_timeout: Some(30),
+                deadline_after_ms: Some(1000),
+            },
+        );
+        let v3 = codec::encode(&LoggedGroupRef {
+            version: LOGGED_GROUP_V3,
+            now: 6,
+            caps,
+            timeouts: &timeouts,
+            works: works.iter().collect(),
+        });
+        let decoded = decode_logged_group(&v3).unwrap();
+        assert_eq!((decoded.version, decoded.now, decoded.caps), (3, 6, caps));
+        assert_eq!(decoded.timeouts, timeouts);
+        assert!(
+            matches!(&decoded.works[..], [Work::Ingest(events), Work::Tick] if events[0].event == timed)
+        );
+    }
+
+    #[test]
+    fn an_event_without_timing_fields_keeps_the_fingerprint_it_had_before_them() {
+        use sha2::{Digest, Sha256};
+        let mut event = bare_event(EventType::ProcessStarted, None);
+        event.attributes.insert("a".into(), "b".into());
+        // What builds before version 1.1 hashed: the event in its old layout.
+        let before = Sha256::digest(codec::encode(&EventV1Ref::from(&event)));
+        assert_eq!(
+            IncomingEvent::new(event.clone(), 1).fingerprint,
+            before[..16]
+        );
+        let mut timed = event;
+        timed.heartbeat_timeout = Some(5);
+        assert_ne!(IncomingEvent::new(timed, 1).fingerprint, before[..16]);
     }
 }

@@ -97,7 +97,7 @@ fn summary(source: &Source, as_json: bool) -> anyhow::Result<()> {
             p.as_ref()
                 .map(|p| json!({"id": p.id, "created_at": format_millis(p.created_at)}))
         };
-        let mut body = serde_json::to_value(StatsView(&counters))?;
+        let mut body = serde_json::to_value(StatsView(&counters, snapshot.stalled_count()?))?;
         if let Value::Object(map) = &mut body {
             map.insert("path".into(), json!(source.path()));
             map.insert("schema_version".into(), json!(SCHEMA_VERSION));

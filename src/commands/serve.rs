@@ -61,7 +61,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("pm-http")
         .build()
         .context("cannot start the async runtime")?;
-    let stopping = CancellationToken::new();
+    // Cancelled when shutdown begins; long-lived answers (change-feed
+    // streams, waits) end on it.
+    let stopping = state.stopping.clone();
     // Probes answer from the start: livez 200, readyz 503 until the store
     // is open, which may wait for another process (the daemon being
     // replaced) to let go of it.
@@ -118,6 +120,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 checkpoint_groups: CHECKPOINT_GROUPS,
                 checkpoint_bytes: CHECKPOINT_BYTES,
                 caps: config.limits,
+                timeouts: config.timeouts.defaults(),
+                check_interval: std::time::Duration::from_millis(config.timeouts.check_interval_ms),
             };
             move || {
                 open_store(
@@ -134,10 +138,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => Err(anyhow::anyhow!("opening the store failed: {error}")),
         };
         match &opened {
-            Ok(Some((snapshots, writer, _))) => {
+            Ok(Some((snapshots, writer, _, live))) => {
                 state.open(Core {
                     snapshots: snapshots.clone(),
                     writer: writer.clone(),
+                    live: live.clone(),
                 });
                 // The store is this daemon's alone now: tools that read it
                 // ask the daemon, here.
@@ -153,7 +158,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if let Some(probes) = probes {
             let _ = probes.await;
         }
-        opened.map(|opened| opened.map(|(snapshots, _, thread)| (snapshots, thread)))
+        opened.map(|opened| opened.map(|(snapshots, _, thread, _)| (snapshots, thread)))
     });
     // Tasks still holding the state (and so the writer's sender) end here.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -172,7 +177,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Opened = (Arc<SharedSnapshots>, WriterHandle, WriterThread);
+type Opened = (
+    Arc<SharedSnapshots>,
+    WriterHandle,
+    WriterThread,
+    Arc<crate::live::Live>,
+);
 
 /// Leaves `http://ADDRESS` in the data directory, the unspecified address
 /// (listening on every interface) as the loopback one, written whole.
@@ -215,8 +225,8 @@ fn open_store(
             Err(error) => return Err(error.into()),
         }
     };
-    let (writer, thread) = writer::spawn(snapshots.clone(), settings, metrics)?;
-    Ok(Some((snapshots, writer, thread)))
+    let (writer, thread, live) = writer::spawn(snapshots.clone(), settings, metrics)?;
+    Ok(Some((snapshots, writer, thread, live)))
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.

@@ -49,6 +49,13 @@ pub enum EventType {
     TaskCancelled,
     #[serde(rename = "task.skipped")]
     TaskSkipped,
+    /// Made by the daemon, never sent: a process had no event for longer
+    /// than its heartbeat timeout. Last, so that stored codes stay.
+    #[serde(rename = "process.stalled")]
+    ProcessStalled,
+    /// Made by the daemon, never sent: the same for a task.
+    #[serde(rename = "task.stalled")]
+    TaskStalled,
 }
 
 /// Whether an event is about the process itself or about one of its tasks.
@@ -59,6 +66,7 @@ pub enum Scope {
 }
 
 impl EventType {
+    /// Every type a sender may post.
     pub const ALL: [EventType; 14] = [
         EventType::ProcessQueued,
         EventType::ProcessStarted,
@@ -80,11 +88,10 @@ impl EventType {
         use EventType::*;
         match self {
             ProcessQueued | ProcessStarted | ProcessProgress | ProcessHeartbeat
-            | ProcessSucceeded | ProcessFailed | ProcessCancelled | ProcessTimedOut => {
-                Scope::Process
-            }
+            | ProcessSucceeded | ProcessFailed | ProcessCancelled | ProcessTimedOut
+            | ProcessStalled => Scope::Process,
             TaskStarted | TaskProgress | TaskSucceeded | TaskFailed | TaskCancelled
-            | TaskSkipped => Scope::Task,
+            | TaskSkipped | TaskStalled => Scope::Task,
         }
     }
 
@@ -127,9 +134,27 @@ impl EventType {
             TaskFailed => "task.failed",
             TaskCancelled => "task.cancelled",
             TaskSkipped => "task.skipped",
+            ProcessStalled => "process.stalled",
+            TaskStalled => "task.stalled",
         }
     }
+
+    /// Types only the daemon makes (`*.stalled`); a sender's is refused.
+    pub fn is_daemon_only(self) -> bool {
+        matches!(self, EventType::ProcessStalled | EventType::TaskStalled)
+    }
+
+    /// The type named `name`, as the API writes it.
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL
+            .into_iter()
+            .chain([EventType::ProcessStalled, EventType::TaskStalled])
+            .find(|kind| kind.as_str() == name)
+    }
 }
+
+/// The longest heartbeat timeout, in seconds: 30 days.
+pub const MAX_HEARTBEAT_TIMEOUT_SECS: u32 = 2_592_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +254,19 @@ pub struct EventInput {
     pub error: Option<ErrorInfo>,
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "whole_number")]
+    pub heartbeat_timeout: Option<u64>,
+    /// Absent: unchanged; `null`: cleared; a timestamp: set.
+    #[serde(default, deserialize_with = "present")]
+    pub deadline: Option<Option<String>>,
+}
+
+/// A field that is present, `null` included: `Some(None)` for `null`, and
+/// (with `#[serde(default)]`) `None` when the field is absent.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 /// A validated event. `occurred_at` stays `None` when the sender gave none,
@@ -247,6 +285,20 @@ pub struct Event {
     pub progress: Option<Progress>,
     pub error: Option<ErrorInfo>,
     pub attributes: BTreeMap<String, String>,
+    /// Seconds without an event after which its process (or task) counts
+    /// as stalled; set from now on.
+    pub heartbeat_timeout: Option<u32>,
+    /// A process's deadline: `Some(Some(t))` sets it, `Some(None)` clears it.
+    pub deadline: Option<Option<Millis>>,
+}
+
+impl Event {
+    /// Whether it carries none of the fields added in version 1.1, so that
+    /// it hashes as it did before them (a resend across an upgrade is
+    /// still a duplicate).
+    pub fn has_timing(&self) -> bool {
+        self.heartbeat_timeout.is_some() || self.deadline.is_some()
+    }
 }
 
 /// Which field of an event broke which rule.
@@ -337,6 +389,15 @@ impl EventInput {
                 ));
             }
         }
+        if self.kind.is_daemon_only() {
+            return Err(InvalidField::new(
+                "type",
+                format!(
+                    "`{}` is made by ProcessManager when a heartbeat timeout passes; it cannot be sent",
+                    self.kind.as_str()
+                ),
+            ));
+        }
         check_id("process_id", &self.process_id)?;
         match (self.kind.scope(), &self.task_id) {
             (Scope::Task, None) => {
@@ -392,7 +453,39 @@ impl EventInput {
         }
         let attributes = self.attributes.unwrap_or_default();
         validate_attributes(&attributes)?;
+        let heartbeat_timeout = match self.heartbeat_timeout {
+            None => None,
+            Some(secs) => Some(
+                u32::try_from(secs)
+                    .ok()
+                    .filter(|secs| (1..=MAX_HEARTBEAT_TIMEOUT_SECS).contains(secs))
+                    .ok_or_else(|| {
+                        InvalidField::new(
+                            "heartbeat_timeout",
+                            format!("`heartbeat_timeout` must be whole seconds from 1 to {MAX_HEARTBEAT_TIMEOUT_SECS} (30 days)"),
+                        )
+                    })?,
+            ),
+        };
+        let deadline = match self.deadline {
+            None => None,
+            Some(_) if self.kind.scope() == Scope::Task => {
+                return Err(InvalidField::new(
+                    "deadline",
+                    "`deadline` belongs to the process: send it on a process event",
+                ))
+            }
+            Some(None) => Some(None),
+            Some(Some(text)) => Some(Some(parse_timestamp(&text).ok_or_else(|| {
+                InvalidField::new(
+                    "deadline",
+                    "`deadline` must be an RFC 3339 timestamp such as 2026-11-25T10:00:00Z, or null to clear it",
+                )
+            })?)),
+        };
         Ok(Event {
+            heartbeat_timeout,
+            deadline,
             event_id,
             kind: self.kind,
             process_id: self.process_id,

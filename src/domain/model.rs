@@ -148,6 +148,8 @@ pub fn bare_event(kind: EventType, task: Option<&str>) -> Event {
         progress: None,
         error: None,
         attributes: Default::default(),
+        heartbeat_timeout: None,
+        deadline: None,
     }
 }
 

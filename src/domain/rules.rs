@@ -35,6 +35,19 @@ pub struct Process {
     pub task_counts: TaskCounts,
     /// Tasks ever created; the next task's ordinal.
     pub task_total: u32,
+    /// Seconds without an event after which it is stalled.
+    pub heartbeat_timeout: Option<u32>,
+    /// When the daemon times it out, unless it finishes first.
+    pub deadline: Option<Millis>,
+    /// Set by the daemon when its heartbeat timeout passed without an
+    /// event (the moment it did); cleared by the next event.
+    pub stalled_since: Option<Millis>,
+    /// Server clock of the last event stored for it or its tasks: what
+    /// the heartbeat timeout is measured from.
+    pub heard_at: Millis,
+    /// The due time of its heartbeat check in the store's due table, when
+    /// one is waiting there.
+    pub heartbeat_check: Option<Millis>,
 }
 
 impl Process {
@@ -57,6 +70,11 @@ impl Process {
             last_seq: 0,
             task_counts: TaskCounts::default(),
             task_total: 0,
+            heartbeat_timeout: None,
+            deadline: None,
+            stalled_since: None,
+            heard_at: created_at,
+            heartbeat_check: None,
         }
     }
 
@@ -94,6 +112,11 @@ pub struct Task {
     pub updated_at: Option<Millis>,
     pub finished_at: Option<Millis>,
     pub attempts: Vec<Attempt>,
+    /// As the process's, for this task alone.
+    pub heartbeat_timeout: Option<u32>,
+    pub stalled_since: Option<Millis>,
+    pub heard_at: Millis,
+    pub heartbeat_check: Option<Millis>,
 }
 
 impl Task {
@@ -111,6 +134,10 @@ impl Task {
             updated_at: None,
             finished_at: None,
             attempts: Vec::new(),
+            heartbeat_timeout: None,
+            stalled_since: None,
+            heard_at: created_at,
+            heartbeat_check: None,
         }
     }
 
@@ -152,6 +179,10 @@ pub fn apply(
     event: &Event,
     at: Millis,
 ) -> Outcome {
+    if event.kind.is_daemon_only() {
+        // A stall is recorded by the writer, not decided by these rules.
+        return Outcome::Stale;
+    }
     let outcome = match (event.kind.scope(), task) {
         (Scope::Process, _) => apply_to_process(process, event, at),
         (Scope::Task, Some(task)) => apply_to_task(process, task, task_is_new, event, at),
@@ -205,6 +236,12 @@ fn apply_to_process(process: &mut Process, event: &Event, at: Millis) -> Outcome
         process.progress = event.progress.clone();
     }
     merge(&mut process.attributes, &event.attributes);
+    if let Some(timeout) = event.heartbeat_timeout {
+        process.heartbeat_timeout = Some(timeout);
+    }
+    if let Some(deadline) = event.deadline {
+        process.deadline = deadline;
+    }
     Outcome::Accepted
 }
 
@@ -270,6 +307,9 @@ fn apply_to_task(
         task.progress = event.progress.clone();
     }
     merge(&mut task.attributes, &event.attributes);
+    if let Some(timeout) = event.heartbeat_timeout {
+        task.heartbeat_timeout = Some(timeout);
+    }
     if !task_is_new {
         process.task_counts.remove(before);
     }

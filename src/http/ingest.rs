@@ -6,7 +6,6 @@ use super::problem::ApiError;
 use super::signature::SignatureHeaders;
 use super::{json_response, AppState, Response, BODY_MEMORY_FACTOR};
 use crate::domain::{EventInput, InvalidField, Status};
-use crate::store::codec;
 use crate::store::schema::StoredResult;
 use crate::store::write::{EventOutcome, IncomingEvent};
 use crate::writer::now_millis;
@@ -18,7 +17,6 @@ use hyper::{HeaderMap, Request, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -277,14 +275,7 @@ fn parse_event(
         .end()
         .map_err(|error| json_error(&error, "."))?;
     let event = input.validate(header_key).map_err(ApiError::InvalidEvent)?;
-    let digest = Sha256::digest(codec::encode(&event));
-    let mut fingerprint = [0u8; 16];
-    fingerprint.copy_from_slice(&digest[..16]);
-    Ok(IncomingEvent {
-        event,
-        fingerprint,
-        received_at,
-    })
+    Ok(IncomingEvent::new(event, received_at))
 }
 
 fn json_error(error: &serde_json::Error, path: &str) -> ApiError {

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod connections;
+mod feed;
 pub mod ingest;
 pub mod problem;
 mod query;
@@ -50,6 +51,8 @@ pub struct Core {
     /// Reads go through the shared snapshot; backups read the database.
     pub snapshots: Arc<SharedSnapshots>,
     pub writer: WriterHandle,
+    /// The writer's announcements: the last durable seq, and ends.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// The API document (`docs/openapi.yaml`, turned into JSON by `build.rs`),
@@ -95,6 +98,14 @@ pub struct AppState {
     /// Bytes of request bodies in flight, at `BODY_MEMORY_FACTOR` times
     /// their size: what is left of `ingest.max_inflight_bytes`.
     body_budget: Arc<Semaphore>,
+    /// Change-feed streams that may still open (`feed.max_streams`).
+    pub feed_streams: Arc<Semaphore>,
+    pub feed: crate::config::FeedConfig,
+    pub await_retry_after: Duration,
+    /// `http.public_url` without a trailing slash.
+    pub public_url: Option<String>,
+    /// Cancelled when shutdown begins: streams and waits end on it.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +138,15 @@ impl AppState {
             body_budget: Arc::new(Semaphore::new(
                 config.ingest.max_inflight_bytes.min(Semaphore::MAX_PERMITS),
             )),
+            feed_streams: Arc::new(Semaphore::new(config.feed.max_streams)),
+            feed: config.feed.clone(),
+            await_retry_after: Duration::from_secs(config.await_.retry_after_secs),
+            public_url: config
+                .http
+                .public_url
+                .as_ref()
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -331,6 +351,8 @@ fn route_label(segments: &[&str]) -> &'static str {
         ["v1", "processes"] => "/v1/processes",
         ["v1", "processes", _] => "/v1/processes/{id}",
         ["v1", "processes", _, "history"] => "/v1/processes/{id}/history",
+        ["v1", "processes", _, "await"] => "/v1/processes/{id}/await",
+        ["v1", "changes"] => "/v1/changes",
         ["v1", "admin", "backup"] => "/v1/admin/backup",
         ["v1", "stats"] => "/v1/stats",
         ["v1", "openapi.json"] => "/v1/openapi.json",
@@ -414,6 +436,16 @@ async fn route(
             state.auth.require(request.headers(), Role::Read)?;
             query::history(state, path_process_id(id)?, request.uri().query()).await
         }
+        (Surface::Api, ["v1", "processes", id, "await"]) => {
+            only(method, &Method::GET, "GET, HEAD")?;
+            state.auth.require(request.headers(), Role::Read)?;
+            feed::await_process(state, path_process_id(id)?, request.uri().query()).await
+        }
+        (Surface::Api, ["v1", "changes"]) => {
+            only(method, &Method::GET, "GET, HEAD")?;
+            state.auth.require(request.headers(), Role::Read)?;
+            feed::changes(state, &request).await
+        }
         (Surface::Api, ["v1", "admin", "backup"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Admin)?;
@@ -445,11 +477,14 @@ async fn metrics(state: &AppState, openmetrics: bool) -> Result<Response, ApiErr
             disk_free_bytes: None,
             queue_depth: 0,
             inflight_body_bytes,
+            processes_stalled: 0,
         },
         Some(core) => {
             let queue_depth = core.writer.queue_depth();
             blocking(state, move |snapshots| {
-                let counters = snapshots.get()?.counters()?;
+                let snapshot = snapshots.get()?;
+                let counters = snapshot.counters()?;
+                let processes_stalled = snapshot.stalled_count()?;
                 let path = snapshots.path();
                 Ok(StoreReading {
                     // Every process status, zeros included; `skipped` is a task's only.
@@ -467,6 +502,7 @@ async fn metrics(state: &AppState, openmetrics: bool) -> Result<Response, ApiErr
                     disk_free_bytes: crate::store::free_bytes(path),
                     queue_depth,
                     inflight_body_bytes,
+                    processes_stalled,
                 })
             })
             .await?

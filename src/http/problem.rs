@@ -44,6 +44,17 @@ pub enum ApiError {
     OverBudget,
     Unavailable(&'static str),
     Internal(String),
+    /// The change feed no longer holds what was asked for.
+    FeedGone {
+        oldest_seq: u64,
+    },
+    /// `feed.max_streams` streams are open.
+    TooManyStreams,
+    /// `/await?require=succeeded` on a process that ended otherwise.
+    ProcessUnsuccessful {
+        process_id: String,
+        current_status: Status,
+    },
 }
 
 impl From<StoreError> for ApiError {
@@ -258,6 +269,36 @@ impl ApiError {
                 "Internal error",
                 "the server failed to answer; the cause is in its log",
             ),
+            ApiError::FeedGone { oldest_seq } => {
+                let mut p = problem(
+                    StatusCode::GONE,
+                    "feed_gone",
+                    "Feed gone",
+                    format!("events after the asked-for seq were removed (an offline purge); read the current state again, then follow the feed from after_seq={}", oldest_seq - 1),
+                );
+                p.body.insert("oldest_seq".into(), json!(oldest_seq));
+                p
+            }
+            ApiError::TooManyStreams => problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                "Too many streams",
+                "feed.max_streams change-feed streams are open; retry after the given seconds, or read pages with long poll",
+            ),
+            ApiError::ProcessUnsuccessful {
+                process_id,
+                current_status,
+            } => {
+                let mut p = problem(
+                    StatusCode::CONFLICT,
+                    "process_unsuccessful",
+                    "Process unsuccessful",
+                    format!("process {process_id} ended {current_status}, not succeeded"),
+                );
+                p.body
+                    .insert("current_status".into(), json!(current_status.as_str()));
+                p
+            }
         }
     }
 
@@ -285,7 +326,7 @@ impl ApiError {
         );
         let headers = response.headers_mut();
         match self {
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::TooManyStreams => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // The body was not read (or not all of it): this connection

@@ -16,7 +16,7 @@ const MAX_LIMIT: usize = 1000;
 /// The first byte of every list cursor, so the format can change later.
 const CURSOR_V1: u8 = 1;
 
-fn not_found(process_id: &str) -> ApiError {
+pub(super) fn not_found(process_id: &str) -> ApiError {
     ApiError::NotFound(format!("there is no process {process_id}"))
 }
 
@@ -37,14 +37,14 @@ pub async fn get_process(state: &AppState, process_id: &str) -> Result<Response,
     .await
 }
 
-fn invalid(parameter: &str, detail: impl Into<String>) -> ApiError {
+pub(super) fn invalid(parameter: &str, detail: impl Into<String>) -> ApiError {
     ApiError::InvalidQuery {
         parameter: parameter.to_owned(),
         detail: detail.into(),
     }
 }
 
-fn parse_limit(value: &str, parameter: &str) -> Result<usize, ApiError> {
+pub(super) fn parse_limit(value: &str, parameter: &str) -> Result<usize, ApiError> {
     value
         .parse::<usize>()
         .ok()
@@ -108,6 +108,13 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
             }
             "process_type" => list.process_type = Some(value.into_owned()),
             "correlation_id" => list.correlation_id = Some(value.into_owned()),
+            "stalled" => {
+                list.stalled = match value.as_ref() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid("stalled", "`stalled` is true or false")),
+                }
+            }
             "created_after" => list.created_after = Some(parse_time(&value, "created_after")?),
             "created_before" => list.created_before = Some(parse_time(&value, "created_before")?),
             "limit" => list.limit = parse_limit(&value, "limit")?,
@@ -119,7 +126,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
             other => {
                 return Err(invalid(
                     other,
-                    format!("unknown parameter `{other}`; known: status, process_type, correlation_id, created_after, created_before, limit, cursor"),
+                    format!("unknown parameter `{other}`; known: status, process_type, correlation_id, stalled, created_after, created_before, limit, cursor"),
                 ))
             }
         }
@@ -181,8 +188,13 @@ pub async fn history(
 
 pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
     blocking(state, |snapshots| {
-        let counters = snapshots.get()?.counters()?;
-        Ok(json_response(StatusCode::OK, &StatsView(&counters)))
+        let snapshot = snapshots.get()?;
+        let counters = snapshot.counters()?;
+        let stalled = snapshot.stalled_count()?;
+        Ok(json_response(
+            StatusCode::OK,
+            &StatsView(&counters, stalled),
+        ))
     })
     .await
 }

@@ -1,7 +1,8 @@
 //! The JSON shapes of the API, borrowed from the stored records.
 
 use crate::domain::{Attempt, ErrorInfo, Millis, Process, Progress, Status, Task, TaskCounts};
-use crate::store::schema::{Counters, HistoryRecord};
+use crate::store::read::FeedItem;
+use crate::store::schema::{Counters, HistoryRecord, Source};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -124,6 +125,9 @@ pub struct ProcessView<'a> {
     event_count: u64,
     last_seq: u64,
     task_counts: TaskCountsView<'a>,
+    heartbeat_timeout: Option<u32>,
+    deadline: Option<Timestamp>,
+    stalled_since: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tasks: Option<Vec<TaskView<'a>>>,
 }
@@ -154,6 +158,9 @@ impl<'a> ProcessView<'a> {
             event_count: process.event_count,
             last_seq: process.last_seq,
             task_counts: TaskCountsView(&process.task_counts),
+            heartbeat_timeout: process.heartbeat_timeout,
+            deadline: process.deadline.map(Timestamp),
+            stalled_since: process.stalled_since.map(Timestamp),
             tasks: None,
         }
     }
@@ -201,6 +208,8 @@ pub struct TaskView<'a> {
     updated_at: Timestamp,
     finished_at: Option<Timestamp>,
     attempts: Vec<AttemptView<'a>>,
+    heartbeat_timeout: Option<u32>,
+    stalled_since: Option<Timestamp>,
 }
 
 impl<'a> From<&'a Task> for TaskView<'a> {
@@ -218,6 +227,8 @@ impl<'a> From<&'a Task> for TaskView<'a> {
             updated_at: Timestamp(task.updated_at.unwrap_or(task.created_at)),
             finished_at: task.finished_at.map(Timestamp),
             attempts: task.attempts.iter().map(AttemptView::from).collect(),
+            heartbeat_timeout: task.heartbeat_timeout,
+            stalled_since: task.stalled_since.map(Timestamp),
         }
     }
 }
@@ -245,7 +256,18 @@ pub struct HistoryView<'a> {
     error: Option<&'a ErrorInfo>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     attributes: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_timeout: Option<u32>,
+    /// Absent when the event left it alone; `null` when it cleared it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline: Option<Option<Timestamp>>,
+    /// `processmanager` for the events the daemon made; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
 }
+
+/// The `source` of what the daemon made.
+pub const DAEMON_SOURCE: &str = "processmanager";
 
 impl<'a> From<&'a HistoryRecord> for HistoryView<'a> {
     fn from(record: &'a HistoryRecord) -> Self {
@@ -264,12 +286,77 @@ impl<'a> From<&'a HistoryRecord> for HistoryView<'a> {
             progress: event.progress.as_ref().map(ProgressView::from),
             error: event.error.as_ref(),
             attributes: &event.attributes,
+            heartbeat_timeout: event.heartbeat_timeout,
+            deadline: event.deadline.map(|deadline| deadline.map(Timestamp)),
+            source: (record.source == Source::Daemon).then_some(DAEMON_SOURCE),
         }
     }
 }
 
-/// `GET /v1/stats`.
-pub struct StatsView<'a>(pub &'a Counters);
+/// One item of the change feed: the history item, whose process, and the
+/// statuses the event left.
+#[derive(Serialize)]
+pub struct FeedItemView<'a> {
+    process_id: &'a str,
+    process_status: Status,
+    task_status: Option<Status>,
+    #[serde(flatten)]
+    history: HistoryView<'a>,
+}
+
+/// A removed process, as the change feed tells it.
+#[derive(Serialize)]
+pub struct DeletedItemView<'a> {
+    seq: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    process_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_type: Option<&'a str>,
+    occurred_at: Timestamp,
+    received_at: Timestamp,
+    source: &'static str,
+}
+
+/// Writes one feed item as JSON into `out`.
+pub fn write_feed_item(item: &FeedItem, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    match item {
+        FeedItem::Event {
+            process_id,
+            record,
+            process_status,
+            task_status,
+        } => serde_json::to_writer(
+            out,
+            &FeedItemView {
+                process_id,
+                process_status: *process_status,
+                task_status: *task_status,
+                history: HistoryView::from(record.as_ref()),
+            },
+        ),
+        FeedItem::Deleted {
+            seq,
+            process_id,
+            process_type,
+            at,
+        } => serde_json::to_writer(
+            out,
+            &DeletedItemView {
+                seq: *seq,
+                kind: "process.deleted",
+                process_id,
+                process_type: process_type.as_deref(),
+                occurred_at: Timestamp(*at),
+                received_at: Timestamp(*at),
+                source: DAEMON_SOURCE,
+            },
+        ),
+    }
+}
+
+/// `GET /v1/stats`: the counters, and how many processes are stalled.
+pub struct StatsView<'a>(pub &'a Counters, pub u64);
 
 impl Serialize for StatsView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -287,8 +374,9 @@ impl Serialize for StatsView<'_> {
                 map.end()
             }
         }
-        let mut map = serializer.serialize_map(Some(4))?;
+        let mut map = serializer.serialize_map(Some(5))?;
         map.serialize_entry("processes", &ByStatus(self.0))?;
+        map.serialize_entry("stalled", &self.1)?;
         map.serialize_entry("processes_total", &self.0.processes_total())?;
         map.serialize_entry("events_total", &self.0.events_total)?;
         map.serialize_entry("last_seq", &self.0.last_seq)?;

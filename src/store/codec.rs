@@ -8,8 +8,17 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The encoding of every value written by this build.
+/// The encoding of every value whose layout never changed.
 const FORMAT_V1: u8 = 1;
+/// The encoding of an `Evolved` value in its current layout; the same
+/// bytes as format 1, under a byte that says which layout they hold.
+const FORMAT_V2: u8 = 2;
+
+/// A stored type whose layout grew after values of it were written: format
+/// 1 bytes hold a `Self::V1`, and are read into the current layout.
+pub trait Evolved: DeserializeOwned {
+    type V1: DeserializeOwned + Into<Self>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -28,8 +37,18 @@ fn config() -> bincode::config::Configuration {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    encode_as(FORMAT_V1, value)
+}
+
+/// Encodes a value of an `Evolved` type (or its borrowed twin) in its
+/// current layout.
+pub fn encode_evolved<T: Serialize>(value: &T) -> Vec<u8> {
+    encode_as(FORMAT_V2, value)
+}
+
+fn encode_as<T: Serialize>(format: u8, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
-    out.push(FORMAT_V1);
+    out.push(format);
     // Writing into a Vec cannot fail, and every stored type is plain data
     // with no custom serializer that could refuse.
     if let Err(error) = bincode::serde::encode_into_std_write(value, &mut out, config()) {
@@ -43,6 +62,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != FORMAT_V1 {
         return Err(CodecError::UnknownFormat(version));
     }
+    decode_body(body)
+}
+
+/// Decodes a value of an `Evolved` type written in either layout.
+pub fn decode_evolved<T: Evolved>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    match version {
+        FORMAT_V1 => decode_body::<T::V1>(body).map(Into::into),
+        FORMAT_V2 => decode_body(body),
+        other => Err(CodecError::UnknownFormat(other)),
+    }
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(body, config())?;
     if used != body.len() {
         return Err(CodecError::TrailingBytes(body.len() - used));
@@ -80,15 +113,20 @@ mod tests {
             result: StoredResult::Stale,
             received_at: 12,
             event: event.clone(),
+            source: crate::store::schema::Source::Sender,
         };
         let borrowed = HistoryRecordRef {
             seq: 7,
             result: StoredResult::Stale,
             received_at: 12,
             event: &event,
+            source: crate::store::schema::Source::Sender,
         };
-        assert_eq!(encode(&borrowed), encode(&owned));
-        assert_eq!(decode::<HistoryRecord>(&encode(&borrowed)).unwrap(), owned);
+        assert_eq!(encode_evolved(&borrowed), encode_evolved(&owned));
+        assert_eq!(
+            decode_evolved::<HistoryRecord>(&encode_evolved(&borrowed)).unwrap(),
+            owned
+        );
     }
 
     #[test]

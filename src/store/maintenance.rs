@@ -152,15 +152,17 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             Kind::Process if !sub_key.is_empty() => {
                 report.problem(described("a process record with an unknown sub-key"))
             }
-            Kind::Process => match decode_or_corrupt::<Process>("process record", value) {
-                Ok(process) => gathered.process = Some(process),
-                Err(error) => {
-                    report.problem(format!("{}: {error}", described("the process record")))
+            Kind::Process => {
+                match schema::decode_evolved_or_corrupt::<Process>("process record", value) {
+                    Ok(process) => gathered.process = Some(process),
+                    Err(error) => {
+                        report.problem(format!("{}: {error}", described("the process record")))
+                    }
                 }
-            },
+            }
             Kind::Task => match (
                 schema::task_ordinal_from(sub_key),
-                decode_or_corrupt::<Task>("task record", value),
+                schema::decode_evolved_or_corrupt::<Task>("task record", value),
             ) {
                 (Some(task_ordinal), Ok(task)) => gathered.tasks.push((task_ordinal, task)),
                 (_, Err(error)) => {
@@ -187,7 +189,7 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             },
             Kind::History => match (
                 history_seq(key),
-                decode_or_corrupt::<HistoryRecord>("history record", value),
+                schema::decode_evolved_or_corrupt::<HistoryRecord>("history record", value),
             ) {
                 (Some(seq), Ok(record)) => {
                     if record.seq != seq {
@@ -422,7 +424,8 @@ pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, 
             let Some(bytes) = records.get(key.as_slice())? else {
                 continue;
             };
-            let process: Process = decode_or_corrupt("process record", bytes.value())?;
+            let process: Process =
+                schema::decode_evolved_or_corrupt("process record", bytes.value())?;
             if process.finished_at.is_some_and(|finished| finished < cut) {
                 ids.push(process.id);
             }
@@ -433,19 +436,31 @@ pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, 
 
 /// Deletes the given processes with everything that hangs off them, a few
 /// thousand per transaction. Returns how many were deleted.
+///
+/// Nothing of an offline removal enters the change feed: the feed floor
+/// rises to the last seq, so that a consumer resuming from before it is
+/// told (410) to start over rather than miss the removals.
 pub fn delete_processes(db: &Database, ids: &[String]) -> Result<u64, StoreError> {
     let mut deleted = 0;
     for chunk in ids.chunks(5_000) {
         let txn = db.begin_write()?;
         let counters = load_counters(&txn)?;
         let mut batch = WriteBatch::open(&txn, counters)?;
+        let mut removed_here = 0;
         for id in chunk {
-            if batch.delete_process(id)? {
-                deleted += 1;
+            if batch.delete_process(id, None)? {
+                removed_here += 1;
             }
         }
-        batch.finish()?;
+        let counters = batch.finish()?;
+        if removed_here > 0 {
+            txn.open_table(schema::META)?.insert(
+                schema::META_FEED_FLOOR,
+                crate::store::codec::encode(&counters.last_seq).as_slice(),
+            )?;
+        }
         txn.commit()?;
+        deleted += removed_here;
     }
     Ok(deleted)
 }

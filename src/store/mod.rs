@@ -6,6 +6,7 @@ pub mod codec;
 mod framing;
 pub mod grouplog;
 pub mod journal;
+pub mod legacy;
 pub mod maintenance;
 pub mod read;
 pub mod schema;
@@ -180,7 +181,11 @@ pub fn open_writable_with_journal(
         }
     };
     match version {
-        Some(1) => upgrade_from_v1(&txn)?,
+        Some(1) => {
+            upgrade_from_v1(&txn)?;
+            upgrade_from_v2(&txn)?;
+        }
+        Some(2) => upgrade_from_v2(&txn)?,
         Some(found) if found != SCHEMA_VERSION => {
             return Err(StoreError::SchemaMismatch {
                 path: path.to_owned(),
@@ -214,6 +219,9 @@ pub fn open_writable_with_journal(
     txn.open_table(schema::BY_STATUS)?;
     txn.open_table(schema::BY_TYPE)?;
     txn.open_table(schema::BY_CORRELATION)?;
+    txn.open_table(schema::FEED)?;
+    txn.open_table(schema::DUE)?;
+    txn.open_table(schema::BY_STALLED)?;
     txn.commit()?;
     Ok(db)
 }
@@ -240,11 +248,88 @@ fn upgrade_from_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     }
     records.retain(|key, _| !is_event(key))?;
     let mut meta = txn.open_table(META)?;
+    meta.insert(META_SCHEMA_VERSION, codec::encode(&2u32).as_slice())?;
+    tracing::info!(moved, "store upgraded to schema version 2");
+    Ok(())
+}
+
+/// Version 2 had no change feed: build it from the history kept, with
+/// each event's process and task status as the rules decided them, found
+/// by replaying each process's history through the same rules.
+fn upgrade_from_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use crate::domain::{self, Outcome, Process, Task};
+    use schema::{FeedEntry, HistoryRecord, Kind};
+    use std::collections::HashMap;
+    tracing::info!(
+        "upgrading the store to schema version 3: building the change feed from the history kept"
+    );
+    let events = txn.open_table(schema::EVENTS)?;
+    let mut feed = txn.open_table(schema::FEED)?;
+    let mut current: Option<(u64, Process, HashMap<String, Task>)> = None;
+    let mut entries: u64 = 0;
+    for entry in events.iter()? {
+        let (key, value) = entry?;
+        let key = key.value();
+        if key.get(8) != Some(&(Kind::History as u8)) {
+            continue;
+        }
+        let Some(ordinal) = key
+            .get(..8)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(u64::from_be_bytes)
+        else {
+            continue;
+        };
+        let record: HistoryRecord =
+            schema::decode_evolved_or_corrupt("history record", value.value())?;
+        if current.as_ref().is_none_or(|(at, _, _)| *at != ordinal) {
+            let process = Process::new(record.event.process_id.clone(), record.received_at);
+            current = Some((ordinal, process, HashMap::new()));
+        }
+        let Some((_, process, tasks)) = current.as_mut() else {
+            continue;
+        };
+        let event = &record.event;
+        let at = record.occurred_at();
+        let task_status = match event.task_id.as_deref() {
+            None => {
+                domain::apply(process, None, false, event, at);
+                None
+            }
+            Some(task_id) => {
+                let is_new = !tasks.contains_key(task_id);
+                let mut task = tasks
+                    .remove(task_id)
+                    .unwrap_or_else(|| Task::new(task_id.to_owned(), record.received_at));
+                let outcome = domain::apply(process, Some(&mut task), is_new, event, at);
+                let status = (outcome == Outcome::Accepted || !is_new).then_some(task.status);
+                if outcome == Outcome::Accepted || !is_new {
+                    tasks.insert(task_id.to_owned(), task);
+                }
+                status
+            }
+        };
+        feed.insert(
+            record.seq,
+            codec::encode(&FeedEntry::Event {
+                ordinal,
+                kind: event.kind,
+                process_status: process.status,
+                task_status,
+            })
+            .as_slice(),
+        )?;
+        entries += 1;
+        if entries.is_multiple_of(1_000_000) {
+            tracing::info!(entries, "building the change feed");
+        }
+    }
+    let mut meta = txn.open_table(META)?;
     meta.insert(
         META_SCHEMA_VERSION,
         codec::encode(&SCHEMA_VERSION).as_slice(),
     )?;
-    tracing::info!(moved, "store upgraded to schema version {SCHEMA_VERSION}");
+    tracing::info!(entries, "store upgraded to schema version {SCHEMA_VERSION}");
     Ok(())
 }
 
@@ -252,7 +337,23 @@ fn upgrade_from_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
 /// restored or inspected, to this build's schema.
 pub fn upgrade_in_place(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
-    upgrade_from_v1(&txn)?;
+    let version: u32 = {
+        let meta = txn.open_table(META)?;
+        let stored = meta.get(META_SCHEMA_VERSION)?;
+        match stored {
+            Some(bytes) => schema::decode_or_corrupt("schema version", bytes.value())?,
+            None => SCHEMA_VERSION,
+        }
+    };
+    if version < 2 {
+        upgrade_from_v1(&txn)?;
+    }
+    if version < 3 {
+        upgrade_from_v2(&txn)?;
+    }
+    txn.open_table(schema::FEED)?;
+    txn.open_table(schema::DUE)?;
+    txn.open_table(schema::BY_STALLED)?;
     txn.commit()?;
     Ok(())
 }
@@ -343,7 +444,7 @@ pub fn check_schema(path: &Path, db: &impl ReadableDatabase) -> Result<(), Store
             })
         }
     };
-    if found == 1 {
+    if found < SCHEMA_VERSION {
         return Err(StoreError::Outdated {
             path: path.to_owned(),
             found,
@@ -456,7 +557,7 @@ mod tests {
                 .unwrap()
                 .map(|v| v.value().to_vec())
         };
-        let core: Process = codec::decode(&record(&db, &[]).unwrap()).unwrap();
+        let core: Process = codec::decode_evolved(&record(&db, &[]).unwrap()).unwrap();
         assert!(core.attributes.is_empty(), "the process record holds none");
         assert!(record(&db, schema::PROCESS_ATTRIBUTES).is_some());
         let kept = vec![("a".to_string(), "1".to_string()), ("b".into(), "2".into())];
@@ -473,12 +574,12 @@ mod tests {
         let txn = db.begin_write().unwrap();
         {
             let mut records = txn.open_table(RECORDS).unwrap();
-            let mut legacy: Process = codec::decode(&record(&db, &[]).unwrap()).unwrap();
+            let mut legacy: Process = codec::decode_evolved(&record(&db, &[]).unwrap()).unwrap();
             legacy.attributes = kept.iter().cloned().collect();
             records
                 .insert(
                     schema::record_key(0, Kind::Process, &[]).as_slice(),
-                    codec::encode(&legacy).as_slice(),
+                    codec::encode_evolved(&legacy).as_slice(),
                 )
                 .unwrap();
             records
@@ -491,7 +592,7 @@ mod tests {
             &db,
             &[("p", EventType::ProcessProgress, &[("c", "3")], "e3")],
         );
-        let core: Process = codec::decode(&record(&db, &[]).unwrap()).unwrap();
+        let core: Process = codec::decode_evolved(&record(&db, &[]).unwrap()).unwrap();
         assert!(core.attributes.is_empty());
         assert_eq!(attributes_of(&db, "p").len(), 3);
         let report = maintenance::verify(&Snapshot::begin(&db).unwrap()).unwrap();
@@ -595,7 +696,7 @@ mod tests {
                         batch.apply(incoming, 1_795_600_800_000).unwrap();
                     }
                     Step::Delete(id) => {
-                        batch.delete_process(id).unwrap();
+                        batch.delete_process(id, Some(1_795_600_800_000)).unwrap();
                     }
                 }
                 if let Commits::GroupWrittenBackEveryStep = commits {

@@ -8,13 +8,14 @@
 //! the walk began sort above it and are never shown, none is shown twice.
 
 use super::schema::{
-    decode_or_corrupt, history_seq, record_key, record_kind_end, Counters, HistoryRecord, Kind,
-    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, META, META_COUNTERS, PROCESS_IDS,
-    RECORDS,
+    decode_evolved_or_corrupt, decode_or_corrupt, history_seq, record_key, record_kind_end,
+    Counters, FeedEntry, HistoryRecord, Kind, BY_CORRELATION, BY_CREATED, BY_STALLED, BY_STATUS,
+    BY_TYPE, EVENTS, FEED, META, META_COUNTERS, PROCESS_IDS, RECORDS,
 };
 use super::StoreError;
-use crate::domain::{Millis, Process, Status, Task};
+use crate::domain::{EventType, Millis, Process, Status, Task};
 use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ pub struct ListQuery {
     /// Strictly after, strictly before.
     pub created_after: Option<Millis>,
     pub created_before: Option<Millis>,
+    /// Only processes stalled now.
+    pub stalled: bool,
     pub limit: usize,
     pub after: Option<ListPosition>,
 }
@@ -56,6 +59,68 @@ pub struct ListPage {
     /// Where the next page starts, when there may be one.
     pub next: Option<ListPosition>,
 }
+
+/// The filters of `GET /v1/changes`.
+#[derive(Clone, Debug, Default)]
+pub struct FeedQuery {
+    pub after_seq: u64,
+    pub process_id: Option<String>,
+    pub process_type: Option<String>,
+    /// Empty (and `wants_deleted` false): every type.
+    pub types: Vec<EventType>,
+    /// `process.deleted` named among the types.
+    pub wants_deleted: bool,
+    pub limit: usize,
+}
+
+/// One item of the change feed.
+#[derive(Clone, Debug)]
+pub enum FeedItem {
+    Event {
+        process_id: String,
+        record: Box<HistoryRecord>,
+        process_status: Status,
+        task_status: Option<Status>,
+    },
+    Deleted {
+        seq: u64,
+        process_id: String,
+        process_type: Option<String>,
+        at: Millis,
+    },
+}
+
+impl FeedItem {
+    pub fn seq(&self) -> u64 {
+        match self {
+            FeedItem::Event { record, .. } => record.seq,
+            FeedItem::Deleted { seq, .. } => *seq,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FeedItem::Event { record, .. } => record.event.kind.as_str(),
+            FeedItem::Deleted { .. } => "process.deleted",
+        }
+    }
+}
+
+pub enum FeedRead {
+    Page {
+        items: Vec<FeedItem>,
+        /// Where the next read starts: the last seq looked at, which may be
+        /// past the last item when the filters passed over some.
+        next_after_seq: u64,
+    },
+    /// Events after the asked-for seq were removed without a trace.
+    Gone { oldest_seq: u64 },
+}
+
+/// Feed entries one read looks at, at most, whatever its filters: a read
+/// with a rare filter returns fewer items, and a cursor past those it
+/// passed over, rather than walk the whole feed.
+pub const FEED_SCAN_LIMIT: usize = 10_000;
 
 pub struct HistoryPage {
     pub items: Vec<HistoryRecord>,
@@ -261,7 +326,10 @@ impl Snapshot {
             if key.value().get(8) == Some(&(Kind::Process as u8)) {
                 take_process_record(key.value(), value.value(), &mut process)?;
             } else {
-                tasks.push(decode_or_corrupt::<Task>("task record", value.value())?);
+                tasks.push(decode_evolved_or_corrupt::<Task>(
+                    "task record",
+                    value.value(),
+                )?);
             }
         }
         Ok(process.map(|process| (process, tasks)))
@@ -295,7 +363,7 @@ impl Snapshot {
             if history_seq(key.value()).is_none() {
                 continue;
             }
-            items.push(decode_or_corrupt::<HistoryRecord>(
+            items.push(decode_evolved_or_corrupt::<HistoryRecord>(
                 "history record",
                 value.value(),
             )?);
@@ -309,6 +377,163 @@ impl Snapshot {
             items,
             next_after_seq,
         }))
+    }
+
+    /// Processes stalled now.
+    pub fn stalled_count(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        Ok(self.txn.open_table(BY_STALLED)?.len()?)
+    }
+
+    /// One read of the change feed after `query.after_seq`, in seq order.
+    pub fn feed(&self, query: &FeedQuery) -> Result<FeedRead, StoreError> {
+        let meta = self.txn.open_table(META)?;
+        let floor = super::schema::feed_floor(&meta)?;
+        if query.after_seq > 0 && query.after_seq < floor {
+            return Ok(FeedRead::Gone {
+                oldest_seq: floor + 1,
+            });
+        }
+        let feed = self.txn.open_table(FEED)?;
+        let mut items = Vec::new();
+        let mut next_after_seq = query.after_seq;
+        let every_type = query.types.is_empty() && !query.wants_deleted;
+        let wanted = |kind: Option<EventType>| {
+            every_type
+                || match kind {
+                    Some(kind) => query.types.contains(&kind),
+                    None => query.wants_deleted,
+                }
+        };
+        if let Some(process_id) = &query.process_id {
+            // One process: its own history, never the others'.
+            let Some(ordinal) = self.ordinal_of(process_id)? else {
+                return Ok(FeedRead::Page {
+                    items,
+                    next_after_seq,
+                });
+            };
+            let start = record_key(
+                ordinal,
+                Kind::History,
+                &query.after_seq.saturating_add(1).to_be_bytes(),
+            );
+            let end = record_kind_end(ordinal, Kind::History);
+            let mut process = None;
+            for entry in self.events.range(start.as_slice()..end.as_slice())? {
+                if items.len() == query.limit {
+                    break;
+                }
+                let (key, value) = entry?;
+                let Some(seq) = history_seq(key.value()) else {
+                    continue;
+                };
+                next_after_seq = seq;
+                let record: HistoryRecord =
+                    decode_evolved_or_corrupt("history record", value.value())?;
+                if !wanted(Some(record.event.kind)) {
+                    continue;
+                }
+                if query.process_type.is_some() {
+                    if process.is_none() {
+                        process = self.process_at(ordinal)?;
+                    }
+                    let kind = process.as_ref().and_then(|p| p.process_type.as_ref());
+                    if kind != query.process_type.as_ref() {
+                        continue;
+                    }
+                }
+                let (process_status, task_status) = match feed.get(seq)? {
+                    Some(bytes) => match decode_or_corrupt("feed entry", bytes.value())? {
+                        FeedEntry::Event {
+                            process_status,
+                            task_status,
+                            ..
+                        } => (process_status, task_status),
+                        FeedEntry::Deleted { .. } => continue,
+                    },
+                    None => continue,
+                };
+                items.push(FeedItem::Event {
+                    process_id: process_id.clone(),
+                    record: Box::new(record),
+                    process_status,
+                    task_status,
+                });
+            }
+            return Ok(FeedRead::Page {
+                items,
+                next_after_seq,
+            });
+        }
+        let mut types: HashMap<u64, Option<String>> = HashMap::new();
+        for (looked, entry) in feed.range(query.after_seq.saturating_add(1)..)?.enumerate() {
+            if items.len() == query.limit || looked == FEED_SCAN_LIMIT {
+                break;
+            }
+            let (seq, value) = entry?;
+            let seq = seq.value();
+            next_after_seq = seq;
+            match decode_or_corrupt::<FeedEntry>("feed entry", value.value())? {
+                FeedEntry::Event {
+                    ordinal,
+                    kind,
+                    process_status,
+                    task_status,
+                } => {
+                    if !wanted(Some(kind)) {
+                        continue;
+                    }
+                    if let Some(wanted_type) = &query.process_type {
+                        let process_type = match types.get(&ordinal) {
+                            Some(known) => known.clone(),
+                            None => {
+                                let found = self.process_at(ordinal)?.and_then(|p| p.process_type);
+                                types.insert(ordinal, found.clone());
+                                found
+                            }
+                        };
+                        if process_type.as_ref() != Some(wanted_type) {
+                            continue;
+                        }
+                    }
+                    let key = record_key(ordinal, Kind::History, &seq.to_be_bytes());
+                    let Some(bytes) = self.events.get(key.as_slice())? else {
+                        continue;
+                    };
+                    let record: HistoryRecord =
+                        decode_evolved_or_corrupt("history record", bytes.value())?;
+                    items.push(FeedItem::Event {
+                        process_id: record.event.process_id.clone(),
+                        record: Box::new(record),
+                        process_status,
+                        task_status,
+                    });
+                }
+                FeedEntry::Deleted {
+                    process_id,
+                    process_type,
+                    at,
+                } => {
+                    if !wanted(None) {
+                        continue;
+                    }
+                    if query.process_type.is_some() && process_type != query.process_type {
+                        continue;
+                    }
+                    items.push(FeedItem::Deleted {
+                        seq,
+                        process_id,
+                        process_type,
+                        at,
+                    });
+                }
+            }
+        }
+        Ok(FeedRead::Page {
+            items,
+            next_after_seq,
+        })
     }
 
     /// The first and the last process created, for summaries.
@@ -370,7 +595,12 @@ impl Snapshot {
             None => u64::MAX,
         };
 
-        let ordinals: Ordinals<'_> = if let Some(correlation_id) = &query.correlation_id {
+        let ordinals: Ordinals<'_> = if query.stalled {
+            // Few processes are stalled at once: their index drives the walk.
+            let table = self.txn.open_table(BY_STALLED)?;
+            let range = table.range(first..end)?;
+            Box::new(range.rev().map(|entry| Ok(entry?.0.value())))
+        } else if let Some(correlation_id) = &query.correlation_id {
             let table = self.txn.open_table(BY_CORRELATION)?;
             let range =
                 table.range((correlation_id.as_str(), first)..(correlation_id.as_str(), end))?;
@@ -436,7 +666,8 @@ impl Snapshot {
 
 /// The filters not already implied by the index that drove the walk.
 fn matches_filters(process: &Process, query: &ListQuery) -> bool {
-    (query.statuses.is_empty() || query.statuses.contains(&process.status))
+    (!query.stalled || process.stalled_since.is_some())
+        && (query.statuses.is_empty() || query.statuses.contains(&process.status))
         && query
             .process_type
             .as_ref()
@@ -488,7 +719,10 @@ fn take_process_record(
             process.attributes = attributes;
         }
     } else {
-        *process = Some(decode_or_corrupt::<Process>("process record", value)?);
+        *process = Some(decode_evolved_or_corrupt::<Process>(
+            "process record",
+            value,
+        )?);
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// Bump when the layout or a record changes; `open` refuses other versions.
 /// Version 1 kept the events with the records; `open_writable` moves them.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 3 added the change feed, the due table and the stalled index;
+/// `open_writable` builds the feed from the history it finds.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `schema_version`, `counters` and `logged_group`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -38,7 +40,20 @@ pub const BY_TYPE: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("
 /// (correlation_id, ordinal).
 pub const BY_CORRELATION: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_correlation");
 
+/// seq -> `FeedEntry`: the change feed, every stored event (and every
+/// removal) in seq order, written by the commit that writes the event.
+pub const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+/// (due time, ordinal, `Due` code, task ordinal): what the writer must look
+/// at when, oldest first. An entry may be out of date (the process heard
+/// from since, or finished); the writer checks the record when it fires.
+pub const DUE: TableDefinition<(i64, u64, u8, u32), ()> = TableDefinition::new("due");
+/// (ordinal): the processes stalled now.
+pub const BY_STALLED: TableDefinition<u64, ()> = TableDefinition::new("by_stalled");
+
 pub const META_SCHEMA_VERSION: &str = "schema_version";
+/// The last seq removed from the feed without a trace (an offline purge):
+/// a consumer resuming before it may have missed something.
+pub const META_FEED_FLOOR: &str = "feed_floor";
 pub const META_COUNTERS: &str = "counters";
 /// The number of the last write group the store holds, for replaying the
 /// write log (`store::grouplog`).
@@ -144,6 +159,13 @@ impl StoredResult {
     }
 }
 
+/// Who made an event: a sender, or the daemon itself (stalls, deadlines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    Sender,
+    Daemon,
+}
+
 /// One event in a process's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRecord {
@@ -151,6 +173,7 @@ pub struct HistoryRecord {
     pub result: StoredResult,
     pub received_at: Millis,
     pub event: Event,
+    pub source: Source,
 }
 
 /// A `HistoryRecord` borrowing its event, for writing without a copy. The
@@ -161,6 +184,49 @@ pub struct HistoryRecordRef<'a> {
     pub result: StoredResult,
     pub received_at: Millis,
     pub event: &'a Event,
+    pub source: Source,
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FeedEntry {
+    /// A history record, under (ordinal, `Kind::History`, seq) in `EVENTS`,
+    /// with what its process and task were once it was applied.
+    Event {
+        ordinal: u64,
+        kind: crate::domain::EventType,
+        process_status: Status,
+        task_status: Option<Status>,
+    },
+    /// A process removed with its tasks and history.
+    Deleted {
+        process_id: String,
+        process_type: Option<String>,
+        at: Millis,
+    },
+}
+
+/// What a `DUE` entry asks the writer to look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Due {
+    /// The process's deadline.
+    Deadline = 0,
+    /// The process's heartbeat timeout.
+    Heartbeat = 1,
+    /// A task's heartbeat timeout (the key's task ordinal).
+    TaskHeartbeat = 2,
+}
+
+impl Due {
+    pub fn from_code(code: u8) -> Option<Due> {
+        Some(match code {
+            0 => Due::Deadline,
+            1 => Due::Heartbeat,
+            2 => Due::TaskHeartbeat,
+            _ => return None,
+        })
+    }
 }
 
 impl HistoryRecord {
@@ -221,4 +287,25 @@ pub fn decode_or_corrupt<T: serde::de::DeserializeOwned>(
         what: what.to_owned(),
         source,
     })
+}
+
+/// `decode_or_corrupt` for a record whose layout grew (`codec::Evolved`).
+pub fn decode_evolved_or_corrupt<T: codec::Evolved>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, super::StoreError> {
+    codec::decode_evolved(bytes).map_err(|source| super::StoreError::Corrupt {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// The feed floor (`META_FEED_FLOOR`), 0 when nothing was ever dropped.
+pub fn feed_floor(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, super::StoreError> {
+    match meta.get(META_FEED_FLOOR)? {
+        Some(bytes) => decode_or_corrupt("feed floor", bytes.value()),
+        None => Ok(0),
+    }
 }

@@ -13,16 +13,36 @@
 //! the id maps, are written as each event is applied.
 
 use super::schema::{
-    self, decode_or_corrupt, record_key, Counters, DedupRecord, HistoryRecordRef, Kind,
-    StoredResult, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, META, META_COUNTERS,
-    META_LOGGED_GROUP, PROCESS_IDS, RECORDS,
+    self, decode_evolved_or_corrupt, decode_or_corrupt, record_key, Counters, DedupRecord, Due,
+    FeedEntry, HistoryRecordRef, Kind, Source, StoredResult, BY_CORRELATION, BY_CREATED,
+    BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS, FEED, META, META_COUNTERS, META_LOGGED_GROUP,
+    PROCESS_IDS, RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{
-    self, caps, Caps, Event, LimitExceeded, Millis, Outcome, Process, Scope, Status, Task,
+    self, caps, Caps, ErrorInfo, Event, EventType, LimitExceeded, Millis, Outcome, Process, Scope,
+    Status, Task,
 };
 use redb::{ReadableTable, Table, WriteTransaction};
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// A process type's defaults (`[timeouts]` in the config), given to a
+/// process when it first gets that type, for what its events did not set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeTimeouts {
+    pub heartbeat_timeout: Option<u32>,
+    /// From the process's creation, in milliseconds.
+    pub deadline_after_ms: Option<i64>,
+}
+
+/// Defaults by process type. Part of every logged write group, as caps are.
+pub type TimeoutDefaults = BTreeMap<String, TypeTimeouts>;
+
+/// How many due entries one group looks at, at most: a burst of them (a
+/// restart after a long stop) is worked off over several groups, with
+/// ingest in between.
+pub const MAX_DUE_PER_GROUP: usize = 1000;
 
 /// One validated event on its way to the store.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -32,6 +52,28 @@ pub struct IncomingEvent {
     pub fingerprint: [u8; 16],
     /// Server clock when the request arrived.
     pub received_at: Millis,
+}
+
+impl IncomingEvent {
+    /// The event with its fingerprint, received at `received_at`.
+    pub fn new(event: Event, received_at: Millis) -> IncomingEvent {
+        use sha2::{Digest, Sha256};
+        // An event without the fields of version 1.1 hashes as before
+        // them, so that a resend across an upgrade is still a duplicate.
+        let bytes = if event.has_timing() {
+            codec::encode_evolved(&event)
+        } else {
+            codec::encode(&super::legacy::EventV1Ref::from(&event))
+        };
+        let digest = Sha256::digest(bytes);
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&digest[..16]);
+        IncomingEvent {
+            event,
+            fingerprint,
+            received_at,
+        }
+    }
 }
 
 /// What the store did with one event.
@@ -75,6 +117,7 @@ struct IndexedFields {
     status: Status,
     process_type: Option<String>,
     correlation_id: Option<String>,
+    stalled: bool,
 }
 
 impl IndexedFields {
@@ -83,6 +126,7 @@ impl IndexedFields {
             status: process.status,
             process_type: process.process_type.clone(),
             correlation_id: process.correlation_id.clone(),
+            stalled: process.stalled_since.is_some(),
         }
     }
 }
@@ -120,6 +164,9 @@ pub struct WriteBatch<'txn> {
     by_status: Table<'txn, (u8, u64), ()>,
     by_type: Table<'txn, (&'static str, u8, u64), ()>,
     by_correlation: Table<'txn, (&'static str, u64), ()>,
+    by_stalled: Table<'txn, u64, ()>,
+    feed: Table<'txn, u64, &'static [u8]>,
+    due: Table<'txn, (i64, u64, u8, u32), ()>,
     meta: Table<'txn, &'static str, &'static [u8]>,
     /// By ordinal.
     processes: HashMap<u64, CachedProcess>,
@@ -128,6 +175,12 @@ pub struct WriteBatch<'txn> {
     pub counters: Counters,
     /// What one process may keep (`domain::caps`).
     caps: Caps,
+    timeouts: TimeoutDefaults,
+    /// The processes that ended (turned terminal, or were removed) in this
+    /// batch, for whoever waits on them.
+    pub ended: Vec<String>,
+    /// The events the daemon made in this batch, with what became of them.
+    pub made: Vec<(EventType, EventOutcome)>,
 }
 
 /// The number of the last write group the store holds (`store::grouplog`);
@@ -163,11 +216,17 @@ impl<'txn> WriteBatch<'txn> {
             by_status: txn.open_table(BY_STATUS)?,
             by_type: txn.open_table(BY_TYPE)?,
             by_correlation: txn.open_table(BY_CORRELATION)?,
+            by_stalled: txn.open_table(BY_STALLED)?,
+            feed: txn.open_table(FEED)?,
+            due: txn.open_table(DUE)?,
             meta: txn.open_table(META)?,
             processes: HashMap::new(),
             tasks: HashMap::new(),
             counters,
             caps: Caps::UNLIMITED,
+            timeouts: TimeoutDefaults::new(),
+            ended: Vec::new(),
+            made: Vec::new(),
         })
     }
 
@@ -175,6 +234,11 @@ impl<'txn> WriteBatch<'txn> {
     /// past `caps`; until it is called, nothing is capped.
     pub fn set_caps(&mut self, caps: Caps) {
         self.caps = caps;
+    }
+
+    /// The per-type defaults given to processes from now on.
+    pub fn set_timeouts(&mut self, timeouts: TimeoutDefaults) {
+        self.timeouts = timeouts;
     }
 
     /// `finish`, recording too that the store holds write group `number`
@@ -208,7 +272,7 @@ impl<'txn> WriteBatch<'txn> {
             let attributes = std::mem::take(&mut cached.process.attributes);
             self.records.insert(
                 record_key(ordinal, Kind::Process, &[]).as_slice(),
-                codec::encode(&cached.process).as_slice(),
+                codec::encode_evolved(&cached.process).as_slice(),
             )?;
             if cached.attributes == (Attributes::Loaded { changed: true }) {
                 let key = record_key(ordinal, Kind::Process, schema::PROCESS_ATTRIBUTES);
@@ -234,7 +298,7 @@ impl<'txn> WriteBatch<'txn> {
                     &schema::task_ordinal_bytes(task_ordinal),
                 )
                 .as_slice(),
-                codec::encode(&task).as_slice(),
+                codec::encode_evolved(&task).as_slice(),
             )?;
         }
         Ok(())
@@ -266,11 +330,32 @@ impl<'txn> WriteBatch<'txn> {
         Ok(())
     }
 
-    /// Applies one event with the domain rules; `now` is the server clock.
+    fn get_evolved<T: codec::Evolved>(
+        &self,
+        what: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.records.get(key)? {
+            Some(bytes) => decode_evolved_or_corrupt(what, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies one event of a sender with the domain rules; `now` is the
+    /// server clock.
     pub fn apply(
         &mut self,
         incoming: &IncomingEvent,
         now: Millis,
+    ) -> Result<EventOutcome, StoreError> {
+        self.apply_from(incoming, now, Source::Sender)
+    }
+
+    fn apply_from(
+        &mut self,
+        incoming: &IncomingEvent,
+        now: Millis,
+        source: Source,
     ) -> Result<EventOutcome, StoreError> {
         let event = &incoming.event;
         let known_ordinal = self
@@ -298,7 +383,24 @@ impl<'txn> WriteBatch<'txn> {
         }
 
         let (ordinal, mut cached) = match known_ordinal {
-            Some(ordinal) => (ordinal, self.take_process(ordinal)?),
+            Some(ordinal) => {
+                let cached = self.take_process(ordinal)?;
+                // A deadline that passed, not yet acted on (the writer
+                // looks at due entries between groups): it times the
+                // process out before this event is weighed, as it would
+                // have a moment earlier.
+                let overdue = cached.process.deadline.filter(|deadline| *deadline <= now);
+                match overdue {
+                    Some(deadline)
+                        if source == Source::Sender && !cached.process.status.is_terminal() =>
+                    {
+                        self.processes.insert(ordinal, cached);
+                        self.time_out(ordinal, deadline, now)?;
+                        (ordinal, self.take_process(ordinal)?)
+                    }
+                    _ => (ordinal, cached),
+                }
+            }
             None => {
                 let created_at = now.max(self.counters.last_created_at);
                 let process = Process::new(event.process_id.clone(), created_at);
@@ -319,6 +421,8 @@ impl<'txn> WriteBatch<'txn> {
         }
         let process = &mut cached.process;
         let was_terminal = process.status.is_terminal();
+        let had_type = process.process_type.is_some();
+        let deadline_before = process.deadline;
         let at = event.occurred_at.unwrap_or(incoming.received_at);
 
         let over_limit = |batch: &mut Self, cached: CachedProcess, limit| {
@@ -344,16 +448,31 @@ impl<'txn> WriteBatch<'txn> {
                     return over_limit(self, cached, limit);
                 }
                 let outcome = domain::apply(process, Some(&mut task), is_new, event, at);
+                let stored = !matches!(outcome, Outcome::Conflict { .. });
                 let task_status = (outcome == Outcome::Accepted || !is_new).then_some(task.status);
-                if outcome == Outcome::Accepted {
-                    if is_new {
-                        process.task_total += 1;
-                        let map_key = record_key(ordinal, Kind::TaskId, task_id.as_bytes());
-                        self.put_record(
-                            Kind::TaskId,
-                            &map_key,
-                            &schema::task_ordinal_bytes(task_ordinal),
-                        )?;
+                if outcome == Outcome::Accepted && is_new {
+                    process.task_total += 1;
+                    let map_key = record_key(ordinal, Kind::TaskId, task_id.as_bytes());
+                    self.put_record(
+                        Kind::TaskId,
+                        &map_key,
+                        &schema::task_ordinal_bytes(task_ordinal),
+                    )?;
+                }
+                if stored && (outcome == Outcome::Accepted || !is_new) {
+                    if source == Source::Sender {
+                        // Any event for the task is a sign of its life.
+                        task.heard_at = now;
+                        task.stalled_since = None;
+                        if !task.status.is_terminal() && !process.status.is_terminal() {
+                            schedule_heartbeat(
+                                &mut self.due,
+                                (ordinal, Due::TaskHeartbeat, task_ordinal),
+                                task.heartbeat_timeout,
+                                task.heard_at,
+                                &mut task.heartbeat_check,
+                            )?;
+                        }
                     }
                     self.tasks.insert((ordinal, task_ordinal), task);
                 }
@@ -371,6 +490,42 @@ impl<'txn> WriteBatch<'txn> {
             Outcome::Accepted => StoredResult::Accepted,
             Outcome::Stale => StoredResult::Stale,
         };
+        if outcome == Outcome::Accepted && !had_type {
+            if let Some(defaults) = process
+                .process_type
+                .as_ref()
+                .and_then(|kind| self.timeouts.get(kind))
+            {
+                if process.heartbeat_timeout.is_none() {
+                    process.heartbeat_timeout = defaults.heartbeat_timeout;
+                }
+                if process.deadline.is_none() && event.deadline.is_none() {
+                    process.deadline = defaults
+                        .deadline_after_ms
+                        .map(|after| process.created_at.saturating_add(after));
+                }
+            }
+        }
+        if source == Source::Sender {
+            process.heard_at = now;
+            process.stalled_since = None;
+        }
+        if !process.status.is_terminal() {
+            if let Some(deadline) = process
+                .deadline
+                .filter(|_| process.deadline != deadline_before)
+            {
+                self.due
+                    .insert((deadline, ordinal, Due::Deadline as u8, 0), ())?;
+            }
+            schedule_heartbeat(
+                &mut self.due,
+                (ordinal, Due::Heartbeat, 0),
+                process.heartbeat_timeout,
+                process.heard_at,
+                &mut process.heartbeat_check,
+            )?;
+        }
 
         let seq = self.counters.last_seq + 1;
         self.counters.last_seq = seq;
@@ -382,11 +537,23 @@ impl<'txn> WriteBatch<'txn> {
             result,
             received_at: incoming.received_at,
             event,
+            source,
         };
         self.put_record(
             Kind::History,
             &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
-            &codec::encode(&history),
+            &codec::encode_evolved(&history),
+        )?;
+        let process_status = process.status;
+        self.feed.insert(
+            seq,
+            codec::encode(&FeedEntry::Event {
+                ordinal,
+                kind: event.kind,
+                process_status,
+                task_status,
+            })
+            .as_slice(),
         )?;
         if let Some(event_id) = &event.event_id {
             let dedup = DedupRecord {
@@ -406,11 +573,13 @@ impl<'txn> WriteBatch<'txn> {
             self.counters.next_ordinal = ordinal + 1;
             self.counters.last_created_at = process.created_at;
         }
-        let process_status = process.status;
         let finished = (!was_terminal && process_status.is_terminal()).then(|| FinishedProcess {
             process_type: process.process_type.clone(),
             duration_ms: process.duration_ms(),
         });
+        if finished.is_some() {
+            self.ended.push(process.id.clone());
+        }
         cached.changed = true;
         if brings_attributes && outcome == Outcome::Accepted {
             cached.attributes = Attributes::Loaded { changed: true };
@@ -425,6 +594,259 @@ impl<'txn> WriteBatch<'txn> {
         })
     }
 
+    /// Times out the process at `ordinal`, whose deadline passed: the
+    /// daemon's `process.timed_out`, under every rule a sender's is.
+    fn time_out(&mut self, ordinal: u64, deadline: Millis, now: Millis) -> Result<(), StoreError> {
+        let process_id = self.take_process(ordinal).map(|cached| {
+            let id = cached.process.id.clone();
+            self.processes.insert(ordinal, cached);
+            id
+        })?;
+        let mut event = domain::model::bare_event(EventType::ProcessTimedOut, None);
+        event.process_id = process_id;
+        event.occurred_at = Some(deadline);
+        event.error = Some(ErrorInfo {
+            code: "deadline_exceeded".into(),
+            message: format!(
+                "the deadline {} passed before the process finished",
+                crate::http::views::format_millis(deadline)
+            ),
+        });
+        let incoming = IncomingEvent {
+            event,
+            fingerprint: [0; 16],
+            received_at: now,
+        };
+        let outcome = self.apply_from(&incoming, now, Source::Daemon)?;
+        self.made.push((EventType::ProcessTimedOut, outcome));
+        Ok(())
+    }
+
+    /// Records a stall of the process at `ordinal` (or of its task
+    /// `task`): it has been silent since `since` (when its heartbeat
+    /// timeout passed).
+    fn stall(
+        &mut self,
+        ordinal: u64,
+        mut cached: CachedProcess,
+        task: Option<(u32, Task)>,
+        since: Millis,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let process = &mut cached.process;
+        let kind = if task.is_some() {
+            EventType::TaskStalled
+        } else {
+            EventType::ProcessStalled
+        };
+        let mut event = domain::model::bare_event(kind, None);
+        event.process_id = process.id.clone();
+        event.occurred_at = Some(since);
+        let task_status = match task {
+            Some((task_ordinal, mut task)) => {
+                event.task_id = Some(task.id.clone());
+                task.stalled_since = Some(since);
+                let status = task.status;
+                self.tasks.insert((ordinal, task_ordinal), task);
+                Some(status)
+            }
+            None => {
+                process.stalled_since = Some(since);
+                None
+            }
+        };
+        let seq = self.counters.last_seq + 1;
+        self.counters.last_seq = seq;
+        self.counters.events_total += 1;
+        process.event_count += 1;
+        process.last_seq = seq;
+        self.put_record(
+            Kind::History,
+            &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
+            &codec::encode_evolved(&HistoryRecordRef {
+                seq,
+                result: StoredResult::Accepted,
+                received_at: now,
+                event: &event,
+                source: Source::Daemon,
+            }),
+        )?;
+        self.feed.insert(
+            seq,
+            codec::encode(&FeedEntry::Event {
+                ordinal,
+                kind,
+                process_status: process.status,
+                task_status,
+            })
+            .as_slice(),
+        )?;
+        self.made.push((
+            kind,
+            EventOutcome::Stored {
+                result: StoredResult::Accepted,
+                seq,
+                process_status: process.status,
+                task_status,
+                finished: None,
+            },
+        ));
+        cached.changed = true;
+        self.processes.insert(ordinal, cached);
+        Ok(())
+    }
+
+    /// The earliest due entry's time, if any.
+    pub fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(self.due.first()?.map(|(key, _)| key.value().0))
+    }
+
+    /// Looks at the due entries up to `now` (at most `MAX_DUE_PER_GROUP`):
+    /// times out processes past their deadline, records stalls, and moves
+    /// heartbeat checks of processes heard from since to their new due
+    /// time. Returns how many entries it took.
+    pub fn fire_due(&mut self, now: Millis) -> Result<usize, StoreError> {
+        let mut taken = Vec::new();
+        for entry in self.due.range(..=(now, u64::MAX, u8::MAX, u32::MAX))? {
+            if taken.len() == MAX_DUE_PER_GROUP {
+                break;
+            }
+            taken.push(entry?.0.value());
+        }
+        for &key in &taken {
+            self.due.remove(key)?;
+        }
+        for &(due, ordinal, code, task_ordinal) in &taken {
+            // Ordinals are never reused: a removed process's entries find nothing.
+            if !self.process_exists(ordinal)? {
+                continue;
+            }
+            let mut cached = self.take_process(ordinal)?;
+            let process = &mut cached.process;
+            match Due::from_code(code) {
+                Some(Due::Deadline) => {
+                    let live = process.deadline == Some(due) && !process.status.is_terminal();
+                    self.processes.insert(ordinal, cached);
+                    if live {
+                        self.time_out(ordinal, due, now)?;
+                    }
+                }
+                Some(Due::Heartbeat) => {
+                    if process.heartbeat_check != Some(due) {
+                        // Moved to an earlier check since: this one is spent.
+                        self.processes.insert(ordinal, cached);
+                        continue;
+                    }
+                    process.heartbeat_check = None;
+                    cached.changed = true;
+                    let process = &mut cached.process;
+                    let silent_since = match process.heartbeat_timeout {
+                        Some(timeout)
+                            if !process.status.is_terminal() && process.stalled_since.is_none() =>
+                        {
+                            process.heard_at.saturating_add(i64::from(timeout) * 1000)
+                        }
+                        _ => {
+                            self.processes.insert(ordinal, cached);
+                            continue;
+                        }
+                    };
+                    if silent_since > now {
+                        // Heard from since this check was set: check again later.
+                        self.due
+                            .insert((silent_since, ordinal, Due::Heartbeat as u8, 0), ())?;
+                        process.heartbeat_check = Some(silent_since);
+                        self.processes.insert(ordinal, cached);
+                    } else {
+                        self.stall(ordinal, cached, None, silent_since, now)?;
+                    }
+                }
+                Some(Due::TaskHeartbeat) => {
+                    let task = self.task_at(ordinal, task_ordinal, &cached.process)?;
+                    let Some(mut task) = task.filter(|task| task.heartbeat_check == Some(due))
+                    else {
+                        self.processes.insert(ordinal, cached);
+                        continue;
+                    };
+                    task.heartbeat_check = None;
+                    let silent_since = match task.heartbeat_timeout {
+                        Some(timeout)
+                            if !task.status.is_terminal()
+                                && !cached.process.status.is_terminal()
+                                && task.stalled_since.is_none() =>
+                        {
+                            task.heard_at.saturating_add(i64::from(timeout) * 1000)
+                        }
+                        _ => {
+                            self.tasks.insert((ordinal, task_ordinal), task);
+                            self.processes.insert(ordinal, cached);
+                            continue;
+                        }
+                    };
+                    if silent_since > now {
+                        self.due.insert(
+                            (
+                                silent_since,
+                                ordinal,
+                                Due::TaskHeartbeat as u8,
+                                task_ordinal,
+                            ),
+                            (),
+                        )?;
+                        task.heartbeat_check = Some(silent_since);
+                        self.tasks.insert((ordinal, task_ordinal), task);
+                        self.processes.insert(ordinal, cached);
+                    } else {
+                        self.stall(
+                            ordinal,
+                            cached,
+                            Some((task_ordinal, task)),
+                            silent_since,
+                            now,
+                        )?;
+                    }
+                }
+                None => {
+                    self.processes.insert(ordinal, cached);
+                }
+            }
+        }
+        Ok(taken.len())
+    }
+
+    fn process_exists(&self, ordinal: u64) -> Result<bool, StoreError> {
+        Ok(self.processes.contains_key(&ordinal)
+            || self
+                .records
+                .get(record_key(ordinal, Kind::Process, &[]).as_slice())?
+                .is_some())
+    }
+
+    /// A task by its ordinal, as the transaction left it.
+    fn task_at(
+        &self,
+        ordinal: u64,
+        task_ordinal: u32,
+        process: &Process,
+    ) -> Result<Option<Task>, StoreError> {
+        if let Some(task) = self.tasks.get(&(ordinal, task_ordinal)) {
+            return Ok(Some(task.clone()));
+        }
+        let key = record_key(
+            ordinal,
+            Kind::Task,
+            &schema::task_ordinal_bytes(task_ordinal),
+        );
+        self.get_evolved("task record", &key)
+            .map_err(|error| match error {
+                StoreError::Corrupt { source, .. } => StoreError::Corrupt {
+                    what: format!("task record {task_ordinal} of process {}", process.id),
+                    source,
+                },
+                other => other,
+            })
+    }
+
     /// The process at `ordinal` as the transaction left it, taken out of
     /// the cache (put it back when done) or read from the table.
     fn take_process(&mut self, ordinal: u64) -> Result<CachedProcess, StoreError> {
@@ -432,11 +854,7 @@ impl<'txn> WriteBatch<'txn> {
             return Ok(cached);
         }
         let process: Process = self
-            .get_record(
-                "process record",
-                Kind::Process,
-                &record_key(ordinal, Kind::Process, &[]),
-            )?
+            .get_evolved("process record", &record_key(ordinal, Kind::Process, &[]))?
             .ok_or_else(|| StoreError::Corrupt {
                 what: format!("process record of ordinal {ordinal}"),
                 source: codec::CodecError::Empty,
@@ -492,7 +910,7 @@ impl<'txn> WriteBatch<'txn> {
             &schema::task_ordinal_bytes(task_ordinal),
         );
         let task = self
-            .get_record("task record", Kind::Task, &key)?
+            .get_evolved("task record", &key)?
             .ok_or_else(|| StoreError::Corrupt {
                 what: format!("task record {task_id} of process {}", process.id),
                 source: codec::CodecError::Empty,
@@ -539,6 +957,14 @@ impl<'txn> WriteBatch<'txn> {
                     .insert((new.as_str(), after.status.code(), ordinal), ())?;
             }
         }
+        let stalled = after.stalled_since.is_some();
+        if before.stalled != stalled {
+            if stalled {
+                self.by_stalled.insert(ordinal, ())?;
+            } else {
+                self.by_stalled.remove(ordinal)?;
+            }
+        }
         if before.correlation_id != after.correlation_id {
             if let Some(old) = &before.correlation_id {
                 self.by_correlation.remove((old.as_str(), ordinal))?;
@@ -551,14 +977,49 @@ impl<'txn> WriteBatch<'txn> {
     }
 
     /// Removes a process with its tasks, history, idempotency keys and index
-    /// entries. Returns false when there is no such process.
-    pub fn delete_process(&mut self, process_id: &str) -> Result<bool, StoreError> {
+    /// entries. Its events leave the feed; with `announce_at` (the server
+    /// clock) one `process.deleted` entry takes their place, without it the
+    /// caller raises the feed floor (`schema::META_FEED_FLOOR`). Returns
+    /// false when there is no such process.
+    pub fn delete_process(
+        &mut self,
+        process_id: &str,
+        announce_at: Option<Millis>,
+    ) -> Result<bool, StoreError> {
         let Some(ordinal) = self.process_ids.remove(process_id)?.map(|o| o.value()) else {
             return Ok(false);
         };
         // What was changed of it and not yet written goes too.
         let cached = self.take_process(ordinal)?;
         self.tasks.retain(|&(task_of, _), _| task_of != ordinal);
+        let history_start = record_key(ordinal, Kind::History, &[]);
+        let history_end = schema::record_kind_end(ordinal, Kind::History);
+        let mut seqs = Vec::new();
+        for entry in self
+            .events
+            .range(history_start.as_slice()..history_end.as_slice())?
+        {
+            if let Some(seq) = schema::history_seq(entry?.0.value()) {
+                seqs.push(seq);
+            }
+        }
+        for seq in seqs {
+            self.feed.remove(seq)?;
+        }
+        if let Some(at) = announce_at {
+            let seq = self.counters.last_seq + 1;
+            self.counters.last_seq = seq;
+            self.feed.insert(
+                seq,
+                codec::encode(&FeedEntry::Deleted {
+                    process_id: process_id.to_owned(),
+                    process_type: cached.process.process_type.clone(),
+                    at,
+                })
+                .as_slice(),
+            )?;
+        }
+        self.ended.push(process_id.to_owned());
         let (start, end) = schema::process_range(ordinal);
         self.records
             .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
@@ -577,6 +1038,9 @@ impl<'txn> WriteBatch<'txn> {
                 self.by_correlation
                     .remove((correlation_id.as_str(), ordinal))?;
             }
+            if indexed.stalled {
+                self.by_stalled.remove(ordinal)?;
+            }
             self.counters.count_status(indexed.status, -1);
         }
         self.counters.events_total = self
@@ -585,4 +1049,26 @@ impl<'txn> WriteBatch<'txn> {
             .saturating_sub(cached.process.event_count);
         Ok(true)
     }
+}
+
+/// Makes sure a heartbeat check waits in `due` no later than the moment
+/// the timeout passes from `heard_at`. An earlier check already there is
+/// enough: when it fires it moves itself to the moment then due, so that a
+/// process heard from often costs no writes to the due table.
+fn schedule_heartbeat(
+    due: &mut Table<'_, (i64, u64, u8, u32), ()>,
+    (ordinal, what, task_ordinal): (u64, Due, u32),
+    timeout: Option<u32>,
+    heard_at: Millis,
+    check: &mut Option<Millis>,
+) -> Result<(), StoreError> {
+    let Some(timeout) = timeout else {
+        return Ok(());
+    };
+    let at = heard_at.saturating_add(i64::from(timeout) * 1000);
+    if check.is_none_or(|scheduled| at < scheduled) {
+        due.insert((at, ordinal, what as u8, task_ordinal), ())?;
+        *check = Some(at);
+    }
+    Ok(())
 }
