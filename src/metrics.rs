@@ -170,6 +170,8 @@ pub struct Metrics {
     disk_free_bytes: Gauge,
     /// Moved by the streams themselves as they open and close.
     feed_streams: Gauge,
+    /// Requests of `/await` holding on, moved by the requests themselves.
+    await_waiting: Gauge,
     inflight_body_bytes: Gauge,
     /// The process types that have a label of their own, at most
     /// `max_process_types`.
@@ -269,6 +271,12 @@ impl Metrics {
             "Change-feed streams open",
             feed_streams.clone(),
         );
+        let await_waiting = Gauge::default();
+        registry.register(
+            "await_waiting",
+            "Requests of /v1/processes/{id}/await waiting for their process to end",
+            await_waiting.clone(),
+        );
         let rejections = Family::<ReasonLabels, Counter>::default();
         for reason in Rejection::ALL {
             // Every reason from the start, zeros included: an alert on a
@@ -314,6 +322,7 @@ impl Metrics {
             store_bytes,
             disk_free_bytes,
             feed_streams,
+            await_waiting,
             inflight_body_bytes,
             process_types: Mutex::new(HashSet::new()),
             max_process_types,
@@ -367,6 +376,18 @@ impl Metrics {
 
     pub fn feed_stream_closed(&self) {
         self.feed_streams.dec();
+    }
+
+    /// Counts one waiter of `/await` until the guard is dropped.
+    pub fn await_waiting(&self) -> impl Drop + '_ {
+        struct Waiting<'a>(&'a Gauge);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.await_waiting.inc();
+        Waiting(&self.await_waiting)
     }
 
     /// One group of writes committed.

@@ -381,6 +381,7 @@ pub async fn await_process(
     }
     let core = state.core()?;
     let watch = core.live.watch_end(process_id);
+    let _waiting = state.metrics.await_waiting();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let ended = watch.notify().notified();

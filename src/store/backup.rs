@@ -6,7 +6,8 @@
 //! command and the daemon open it as they would any other.
 
 use super::schema::{
-    Counters, BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, META, PROCESS_IDS, RECORDS,
+    Counters, BY_CORRELATION, BY_CREATED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS, FEED, META,
+    PROCESS_IDS, RECORDS,
 };
 use super::{read::Snapshot, StoreError};
 use redb::{
@@ -72,6 +73,9 @@ pub fn write_snapshot(
     copy_table(source, &target, BY_STATUS)?;
     copy_table(source, &target, BY_TYPE)?;
     copy_table(source, &target, BY_CORRELATION)?;
+    copy_table(source, &target, FEED)?;
+    copy_table(source, &target, DUE)?;
+    copy_table(source, &target, BY_STALLED)?;
     // A final durable commit makes every chunk before it durable.
     target.begin_write()?.commit()?;
     target.close()?;

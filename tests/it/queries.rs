@@ -307,7 +307,7 @@ fn stats_count_processes_by_status_and_events() {
     assert_eq!(
         stats,
         json!({"processes": {"pending": 1, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 0, "timed_out": 0},
-               "processes_total": 2, "events_total": 4, "last_seq": 4})
+               "stalled": 0, "processes_total": 2, "events_total": 4, "last_seq": 4})
     );
 }
 

@@ -117,6 +117,82 @@ impl Client {
     pub fn post(&self, event: &Value) -> Reply {
         self.post_raw(&event.to_string(), &[])
     }
+
+    /// A GET with extra headers.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::finish(request.call())
+    }
+}
+
+/// A streamed answer of the change feed (`Accept` as given), read line by
+/// line as it arrives; dropping it closes the connection.
+pub struct FeedStream {
+    pub status: u16,
+    pub lines: Box<dyn BufRead + Send>,
+}
+
+impl FeedStream {
+    pub fn open(addr: SocketAddr, path: &str, accept: &str) -> FeedStream {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let response = agent
+            .get(format!("http://{addr}{path}"))
+            .header("accept", accept)
+            .call()
+            .expect("the daemon answers");
+        let status = response.status().as_u16();
+        FeedStream {
+            status,
+            lines: Box::new(BufReader::new(response.into_body().into_reader())),
+        }
+    }
+
+    /// The next NDJSON item, skipping keepalives; `None` at the end.
+    pub fn next_item(&mut self) -> Option<Value> {
+        loop {
+            let mut line = String::new();
+            if self.lines.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if !line.trim().is_empty() {
+                return Some(serde_json::from_str(&line).expect("an NDJSON item"));
+            }
+        }
+    }
+}
+
+/// The Python of the virtualenv `.ci/test` makes, else python3 on PATH.
+pub fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// A process's resident memory now (`VmRSS`) and its thread count.
+pub fn rss_and_threads(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc status"))
+    };
+    (field("VmRSS:") * 1024, field("Threads:"))
 }
 
 pub struct Daemon {
