@@ -1,11 +1,14 @@
 //! Random interleavings of events (duplicates, reused keys, reorderings,
 //! retries, conflicts) sent through the HTTP API end in the state the
 //! reference model predicts, and every answer is the one it predicts.
-//! `PM_PROPTEST_CASES` sets the number of cases (256 in CI).
+//! Events carry heartbeat timeouts and deadlines too: a deadline already
+//! past times the process out (the daemon's own `process.timed_out`)
+//! before anything later is weighed. `PM_PROPTEST_CASES` sets the number
+//! of cases (256 in CI).
 
 use crate::support::{Client, Daemon};
 use processmanager::domain::model::Model;
-use processmanager::domain::{EventType, Outcome, Scope};
+use processmanager::domain::{EventType, Outcome, Scope, Status};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -21,7 +24,25 @@ struct Step {
     task: u8,
     at: u8,
     action: Action,
+    timing: Timing,
 }
+
+/// The version 1.1 fields an event carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timing {
+    Nothing,
+    /// `heartbeat_timeout`, long enough never to pass during a case.
+    Heartbeat(u32),
+    /// A deadline far ahead (process events only; on a task event, nothing).
+    DeadlineAhead,
+    /// A deadline already past.
+    DeadlinePast,
+    /// `deadline: null`.
+    DeadlineCleared,
+}
+
+const DEADLINE_AHEAD: &str = "2999-01-01T00:00:00.000Z";
+const DEADLINE_PAST: &str = "2001-01-01T00:00:00.000Z";
 
 #[derive(Clone, Debug)]
 enum Action {
@@ -42,19 +63,39 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any::<usize>().prop_map(Action::Resend),
         1 => any::<usize>().prop_map(Action::ReuseKey),
     ];
+    let timing = prop_oneof![
+        6 => Just(Timing::Nothing),
+        1 => (3600u32..3700).prop_map(Timing::Heartbeat),
+        1 => Just(Timing::DeadlineAhead),
+        1 => Just(Timing::DeadlinePast),
+        1 => Just(Timing::DeadlineCleared),
+    ];
     (
         0u8..2,
         prop::sample::select(EventType::ALL.to_vec()),
         0u8..3,
         0u8..4,
         action,
+        timing,
     )
-        .prop_map(|(process, kind, task, at, action)| Step {
-            process,
-            kind,
-            task,
-            at,
-            action,
+        .prop_map(|(process, kind, task, at, action, timing)| {
+            let deadline = matches!(
+                timing,
+                Timing::DeadlineAhead | Timing::DeadlinePast | Timing::DeadlineCleared
+            );
+            Step {
+                process,
+                kind,
+                task,
+                at,
+                action,
+                // Only process events carry a deadline.
+                timing: if deadline && kind.scope() == Scope::Task {
+                    Timing::Nothing
+                } else {
+                    timing
+                },
+            }
         })
 }
 
@@ -69,6 +110,13 @@ fn body_of(case: u64, step: &Step, key: Option<String>) -> Value {
     }
     if let Some(key) = key {
         body["event_id"] = json!(key);
+    }
+    match step.timing {
+        Timing::Nothing => {}
+        Timing::Heartbeat(secs) => body["heartbeat_timeout"] = json!(secs),
+        Timing::DeadlineAhead => body["deadline"] = json!(DEADLINE_AHEAD),
+        Timing::DeadlinePast => body["deadline"] = json!(DEADLINE_PAST),
+        Timing::DeadlineCleared => body["deadline"] = Value::Null,
     }
     body
 }
@@ -195,6 +243,10 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
     let mut kept: HashMap<u8, u64> = HashMap::new();
     // Keys are scoped to their process.
     let mut keys: HashMap<(String, String), Stored> = HashMap::new();
+    // What accepted events set: heartbeat timeouts by process and task,
+    // deadlines by process.
+    let mut heartbeats: HashMap<(u8, Option<String>), u32> = HashMap::new();
+    let mut deadlines: HashMap<u8, Value> = HashMap::new();
     for (index, ((step, body), reply)) in events.iter().zip(&answers).enumerate() {
         let key = body["event_id"].as_str().map(|k| {
             (
@@ -254,6 +306,30 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
         if matches!(expected, Outcome::Accepted | Outcome::Stale) {
             *kept.entry(step.process).or_default() += 1;
         }
+        if expected == Outcome::Accepted {
+            match step.timing {
+                Timing::Heartbeat(secs) => {
+                    heartbeats.insert((step.process, task.clone()), secs);
+                }
+                Timing::DeadlineAhead => {
+                    deadlines.insert(step.process, json!(DEADLINE_AHEAD));
+                }
+                Timing::DeadlineCleared => {
+                    deadlines.insert(step.process, Value::Null);
+                }
+                Timing::DeadlinePast => {
+                    deadlines.insert(step.process, json!(DEADLINE_PAST));
+                    let model = models.get_mut(&step.process).unwrap();
+                    let process = model.process.as_mut().unwrap();
+                    if !process.status.is_terminal() {
+                        // The daemon's process.timed_out, kept in history.
+                        process.status = Status::TimedOut;
+                        *kept.entry(step.process).or_default() += 1;
+                    }
+                }
+                Timing::Nothing => {}
+            }
+        }
         if let (Some(key), Outcome::Accepted | Outcome::Stale) = (key, expected) {
             let result = if expected == Outcome::Accepted {
                 "accepted"
@@ -271,10 +347,25 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
         }
     }
     for (process, model) in &models {
-        let got = client
-            .get(&format!("/v1/processes/prop{case}-{process}"))
-            .json;
         let want = model.process.as_ref().expect("a sent process exists");
+        // A deadline the last event set in the past is acted on just after
+        // its commit: wait for the end the model expects, if any.
+        let path = if want.status.is_terminal() {
+            format!("/v1/processes/prop{case}-{process}/await?wait=30")
+        } else {
+            format!("/v1/processes/prop{case}-{process}")
+        };
+        let got = client.get(&path).json;
+        assert_eq!(
+            got["heartbeat_timeout"],
+            json!(heartbeats.get(&(*process, None))),
+            "process {process}: {got}"
+        );
+        assert_eq!(
+            got["deadline"],
+            deadlines.get(process).cloned().unwrap_or(Value::Null),
+            "process {process}: {got}"
+        );
         assert_eq!(
             got["status"],
             want.status.as_str(),
@@ -291,6 +382,11 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
             let id = task["id"].as_str().unwrap();
             let want = &model.tasks[id];
             assert_eq!(task["status"], want.status.as_str(), "task {id}");
+            assert_eq!(
+                task["heartbeat_timeout"],
+                json!(heartbeats.get(&(*process, Some(id.to_owned())))),
+                "task {id}"
+            );
             assert_eq!(
                 task["attempt"].as_u64(),
                 Some(u64::from(want.attempt)),
