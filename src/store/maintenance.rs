@@ -257,6 +257,7 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             counters.last_seq, totals.max_seq
         ));
     }
+    check_feed(txn, &counters, &mut report)?;
     if let Some(max_ordinal) = totals.max_ordinal {
         if counters.next_ordinal <= max_ordinal {
             report.problem(format!(
@@ -266,6 +267,44 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         }
     }
     Ok(report)
+}
+
+/// Every history record has its feed entry, and every feed entry of an
+/// event its history record.
+fn check_feed(
+    txn: &redb::ReadTransaction,
+    counters: &Counters,
+    report: &mut VerifyReport,
+) -> Result<(), StoreError> {
+    let feed = txn.open_table(schema::FEED)?;
+    let events = txn.open_table(EVENTS)?;
+    let mut pointing = 0u64;
+    for entry in feed.iter()? {
+        let (seq, value) = entry?;
+        let seq = seq.value();
+        if seq > counters.last_seq {
+            report.problem(format!("feed entry {seq} is past the last seq {}", counters.last_seq));
+        }
+        match decode_or_corrupt::<schema::FeedEntry>("feed entry", value.value()) {
+            Ok(schema::FeedEntry::Event { ordinal, .. }) => {
+                let key = schema::record_key(ordinal, Kind::History, &seq.to_be_bytes());
+                if events.get(key.as_slice())?.is_some() {
+                    pointing += 1;
+                } else {
+                    report.problem(format!("feed entry {seq} points at no history record"));
+                }
+            }
+            Ok(schema::FeedEntry::Deleted { .. }) => {}
+            Err(error) => report.problem(format!("feed entry {seq}: {error}")),
+        }
+    }
+    if pointing != report.events {
+        report.problem(format!(
+            "the feed holds {pointing} events of the {} in the histories",
+            report.events
+        ));
+    }
+    Ok(())
 }
 
 fn split_key(key: &[u8]) -> Option<(u64, Kind, &[u8])> {
