@@ -1,0 +1,354 @@
+//! The change feed and heartbeat timeouts, measured against ingest without
+//! them, in one run.
+//!
+//! `cargo bench --bench live`: PM_BENCH_ROUNDS rounds (default 3) of
+//! PM_BENCH_SECS-second phases (default 5). Every ratio compares phases of
+//! the same round on the same machine minutes apart at most.
+//!
+//! - Streams: ingest (single events at 64 connections; batches of 100 at
+//!   16) with 0, 1 and 64 NDJSON streams following the feed live, read by
+//!   threads of this process; and with one stream that stops reading.
+//! - Latency: from the 202 of a single event to its item on an SSE stream,
+//!   while batches load the writer, p50 and p99.
+//! - Heartbeats: 100,000 running processes, with and without a heartbeat
+//!   timeout each, then progress events spread across all of them.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+const SINGLE_CONNECTIONS: usize = 64;
+const BATCH_CONNECTIONS: usize = 16;
+const BATCH: u64 = 100;
+const HEARTBEAT_PROCESSES: u64 = 100_000;
+
+/// The seq of a feed item line, found without parsing the whole item.
+fn seq_of(line: &str) -> Option<u64> {
+    let rest = &line[line.find("\"seq\":")? + 6..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+}
+
+/// Streams that follow the feed from `after_seq`, each read by a thread
+/// that counts the items; they end when dropped.
+struct Followers {
+    stop: Arc<AtomicBool>,
+    items: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Followers {
+    fn start(addr: SocketAddr, count: usize, after_seq: u64) -> Followers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let items = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let threads = (0..count)
+            .map(|_| {
+                let (stop, items, opened) = (stop.clone(), items.clone(), opened.clone());
+                std::thread::spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .timeout_global(None)
+                        .build()
+                        .into();
+                    let response = agent
+                        .get(format!("http://{addr}/v1/changes?after_seq={after_seq}"))
+                        .header("accept", "application/x-ndjson")
+                        .call()
+                        .expect("a stream opens");
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    let mut reader = BufReader::new(response.into_body().into_reader());
+                    let mut line = String::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if line.len() > 1 => {
+                                items.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        while opened.load(Ordering::SeqCst) < count as u64 {
+            std::thread::yield_now();
+        }
+        Followers {
+            stop,
+            items,
+            threads,
+        }
+    }
+
+    /// Stops reading and closes the streams (each thread ends at its next
+    /// item or keepalive; the daemon ends streams at its stop).
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        let items = self.items.load(Ordering::SeqCst);
+        drop(self.threads);
+        items
+    }
+}
+
+fn last_seq(addr: SocketAddr) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let mut response = agent
+        .get(format!("http://{addr}/v1/stats"))
+        .call()
+        .expect("stats");
+    let stats: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().expect("body")).expect("JSON");
+    stats["last_seq"].as_u64().expect("last_seq")
+}
+
+struct StreamRound {
+    /// (single events/s, batched events/s) by streams attached.
+    by_streams: Vec<(&'static str, f64, f64)>,
+    items_read_64: u64,
+}
+
+fn stream_round(secs: Duration) -> StreamRound {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Server::daemon(dir.path());
+    let mut by_streams = Vec::new();
+    let mut items_read_64 = 0;
+    for (label, streams, stalled) in [
+        ("0 streams", 0, false),
+        ("1 stream", 1, false),
+        ("64 streams", 64, false),
+        ("1 stream not reading", 0, true),
+    ] {
+        let from = last_seq(daemon.addr);
+        let followers = Followers::start(daemon.addr, streams, from);
+        // A consumer that sends its request, reads the head, and stops.
+        let stalled = stalled.then(|| {
+            let mut socket = TcpStream::connect(daemon.addr).expect("connect");
+            write!(
+                socket,
+                "GET /v1/changes?after_seq={from} HTTP/1.1\r\nHost: bench\r\nAccept: application/x-ndjson\r\n\r\n"
+            )
+            .expect("request");
+            socket
+        });
+        let single = run_load(daemon.addr, SINGLE_CONNECTIONS, secs, single_event_plan());
+        let batch = run_load(daemon.addr, BATCH_CONNECTIONS, secs, batch_plan(BATCH));
+        let read = followers.finish();
+        if streams == 64 {
+            items_read_64 = read;
+        }
+        drop(stalled);
+        println!(
+            "  {label:<22} single {:>8.0} events/s (p99 {:>5.2} ms)   batches {:>8.0} events/s (p99 {:>6.2} ms)   items read {read}",
+            single.events_per_sec(),
+            single.percentile_ms(0.99),
+            batch.events_per_sec(),
+            batch.percentile_ms(0.99),
+        );
+        by_streams.push((label, single.events_per_sec(), batch.events_per_sec()));
+    }
+    daemon.stop();
+    StreamRound {
+        by_streams,
+        items_read_64,
+    }
+}
+
+/// Milliseconds from each single event's 202 to its item on an SSE
+/// stream (0 when the item came first), while batches load the writer.
+fn latency_round(secs: Duration) -> Vec<f64> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Server::daemon(dir.path());
+    let addr = daemon.addr;
+    let seen: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        let mut socket = TcpStream::connect(addr).expect("connect");
+        write!(
+            socket,
+            "GET /v1/changes?after_seq={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n",
+            last_seq(addr)
+        )
+        .expect("request");
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(socket);
+            let mut line = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(id) = line.strip_prefix("id: ") {
+                    if let Ok(seq) = id.trim().parse::<u64>() {
+                        seen.lock().unwrap().insert(seq, Instant::now());
+                    }
+                }
+            }
+        })
+    };
+    let background = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                run_load(addr, 8, Duration::from_secs(1), batch_plan(BATCH));
+            }
+        })
+    };
+    // One connection posting single events one after another.
+    let acks: Vec<(u64, Instant)> = {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let started = Instant::now();
+        let mut acks = Vec::new();
+        let mut n = 0u64;
+        while started.elapsed() < secs {
+            let body = serde_json::json!({"type": "process.started", "process_id": format!("latency-{n}")});
+            n += 1;
+            let mut response = agent
+                .post(format!("http://{addr}/v1/events"))
+                .header("content-type", "application/json")
+                .send(body.to_string())
+                .expect("posted");
+            let acked = Instant::now();
+            let text = response.body_mut().read_to_string().expect("body");
+            if let Some(seq) = seq_of(&text) {
+                acks.push((seq, acked));
+            }
+        }
+        acks
+    };
+    // Every acknowledged item reaches the stream.
+    let waited = Instant::now();
+    while acks.iter().any(|(seq, _)| !seen.lock().unwrap().contains_key(seq)) {
+        assert!(waited.elapsed() < Duration::from_secs(60), "items never reached the stream");
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::SeqCst);
+    background.join().expect("background load");
+    daemon.stop();
+    let _ = reader.join();
+    let seen = seen.lock().unwrap();
+    acks.iter()
+        .map(|(seq, acked)| {
+            seen[seq].saturating_duration_since(*acked).as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
+/// Progress events spread over `HEARTBEAT_PROCESSES` running processes,
+/// which carry a heartbeat timeout (long enough never to pass) or not.
+fn heartbeat_round(secs: Duration, with_timeouts: bool) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Server::daemon(dir.path());
+    let addr = daemon.addr;
+    // Create them, 1,000 a batch.
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    for batch in 0..HEARTBEAT_PROCESSES / 1000 {
+        let events: Vec<serde_json::Value> = (0..1000)
+            .map(|i| {
+                let mut event = serde_json::json!({"type": "process.started", "process_id": format!("hb-{}", batch * 1000 + i)});
+                if with_timeouts {
+                    event["heartbeat_timeout"] = serde_json::json!(86_400);
+                }
+                event
+            })
+            .collect();
+        agent
+            .post(format!("http://{addr}/v1/events"))
+            .header("content-type", "application/json")
+            .send(serde_json::Value::Array(events).to_string())
+            .expect("created");
+    }
+    // Progress, spread at random across all of them.
+    let spread = |size: u64| -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
+        Arc::new(move |conn, n| {
+            let events: Vec<serde_json::Value> = (0..size)
+                .map(|i| {
+                    let pick = (conn as u64 * 7_919 + n * 104_729 + i * 1_299_709) % HEARTBEAT_PROCESSES;
+                    serde_json::json!({"type": "process.heartbeat", "process_id": format!("hb-{pick}")})
+                })
+                .collect();
+            let body = if size == 1 {
+                events[0].to_string()
+            } else {
+                serde_json::Value::Array(events).to_string()
+            };
+            Planned {
+                method: hyper::Method::POST,
+                path: "/v1/events".into(),
+                body: bytes::Bytes::from(body),
+                events: size,
+            }
+        })
+    };
+    let single = run_load(addr, SINGLE_CONNECTIONS, secs, spread(1));
+    let batch = run_load(addr, BATCH_CONNECTIONS, secs, spread(BATCH));
+    daemon.stop();
+    (single.events_per_sec(), batch.events_per_sec())
+}
+
+fn main() {
+    run_role_if_asked();
+    let secs = phase_secs_or(5);
+    let rounds = env_number("PM_BENCH_ROUNDS", 3).max(1) as usize;
+    println!(
+        "live benchmark on {}; {rounds} rounds, {} s per phase",
+        machine(),
+        secs.as_secs()
+    );
+    let mut stream_rounds = Vec::new();
+    let mut latencies = Vec::new();
+    let mut heartbeats = Vec::new();
+    for round in 1..=rounds {
+        println!("\nround {round}: ingest with streams attached");
+        stream_rounds.push(stream_round(secs));
+        println!("round {round}: 202 to stream latency, under batch load");
+        let round_latencies = latency_round(secs);
+        println!("  {} single events followed", round_latencies.len());
+        latencies.extend(round_latencies);
+        println!("round {round}: {HEARTBEAT_PROCESSES} processes, without and with heartbeat timeouts");
+        let without = heartbeat_round(secs, false);
+        let with = heartbeat_round(secs, true);
+        println!(
+            "  without: single {:>8.0}, batches {:>8.0} events/s;  with: single {:>8.0}, batches {:>8.0} events/s",
+            without.0, without.1, with.0, with.1
+        );
+        heartbeats.push((without, with));
+    }
+
+    println!("\nresults (median of {rounds} rounds, lowest and highest in brackets)");
+    for (index, label) in ["1 stream", "64 streams", "1 stream not reading"].iter().enumerate() {
+        let single = Spread::of(stream_rounds.iter().map(|r| r.by_streams[index + 1].1 / r.by_streams[0].1));
+        let batch = Spread::of(stream_rounds.iter().map(|r| r.by_streams[index + 1].2 / r.by_streams[0].2));
+        println!(
+            "  ingest with {label:<22} / with none: single {}x, batches {}x",
+            single.show(2),
+            batch.show(2)
+        );
+    }
+    println!(
+        "  items read by 64 streams (last round): {}",
+        stream_rounds.last().map_or(0, |r| r.items_read_64)
+    );
+    latencies.sort_by(f64::total_cmp);
+    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "  202 to item on a stream: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
+        at(0.50),
+        at(0.99),
+        at(1.0),
+        latencies.len()
+    );
+    let single = Spread::of(heartbeats.iter().map(|((s, _), (w, _))| w / s));
+    let batch = Spread::of(heartbeats.iter().map(|((_, s), (_, w))| w / s));
+    println!(
+        "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none: single {}x, batches {}x  (target >= 0.99x)",
+        single.show(3),
+        batch.show(3)
+    );
+}
