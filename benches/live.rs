@@ -96,6 +96,20 @@ impl Followers {
     }
 }
 
+/// CPU time a process has used, user and system, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|index| fields.get(*index)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
 fn last_seq(addr: SocketAddr) -> u64 {
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     let mut response = agent
@@ -126,6 +140,7 @@ fn stream_round(secs: Duration) -> StreamRound {
     ] {
         let from = last_seq(daemon.addr);
         let followers = Followers::start(daemon.addr, streams, from);
+        let cpu_before = (cpu_seconds(daemon.pid()), cpu_seconds(std::process::id()));
         // A consumer that sends its request, reads the head, and stops.
         let stalled = stalled.then(|| {
             let mut socket = TcpStream::connect(daemon.addr).expect("connect");
@@ -139,16 +154,22 @@ fn stream_round(secs: Duration) -> StreamRound {
         let single = run_load(daemon.addr, SINGLE_CONNECTIONS, secs, single_event_plan());
         let batch = run_load(daemon.addr, BATCH_CONNECTIONS, secs, batch_plan(BATCH));
         let read = followers.finish();
+        let cpu = (
+            cpu_seconds(daemon.pid()) - cpu_before.0,
+            cpu_seconds(std::process::id()) - cpu_before.1,
+        );
         if streams == 64 {
             items_read_64 = read;
         }
         drop(stalled);
         println!(
-            "  {label:<22} single {:>8.0} events/s (p99 {:>5.2} ms)   batches {:>8.0} events/s (p99 {:>6.2} ms)   items read {read}",
+            "  {label:<22} single {:>8.0} events/s (p99 {:>5.2} ms)   batches {:>8.0} events/s (p99 {:>6.2} ms)   items read {read}   CPU s: daemon {:.1}, load and readers {:.1}",
             single.events_per_sec(),
             single.percentile_ms(0.99),
             batch.events_per_sec(),
             batch.percentile_ms(0.99),
+            cpu.0,
+            cpu.1,
         );
         by_streams.push((label, single.events_per_sec(), batch.events_per_sec()));
     }
