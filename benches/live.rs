@@ -98,7 +98,23 @@ impl Followers {
 
 /// CPU time a process has used, user and system, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time the daemon's writer thread has used, in seconds.
+fn writer_cpu_seconds(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "pm-writer" {
+            return stat_cpu_seconds(&task.path().join("stat").to_string_lossy());
+        }
+    }
+    panic!("the daemon has no pm-writer thread")
+}
+
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // The fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -261,9 +277,19 @@ fn latency_round(secs: Duration) -> Vec<f64> {
         .collect()
 }
 
+/// What a heartbeat round measured: events/s, and the writer's CPU time
+/// per event in microseconds, for single events and for batches.
+#[derive(Clone, Copy)]
+struct HeartbeatRound {
+    single: f64,
+    batch: f64,
+    single_writer_us: f64,
+    batch_writer_us: f64,
+}
+
 /// Progress events spread over `HEARTBEAT_PROCESSES` running processes,
 /// which carry a heartbeat timeout (long enough never to pass) or not.
-fn heartbeat_round(secs: Duration, with_timeouts: bool) -> (f64, f64) {
+fn heartbeat_round(secs: Duration, with_timeouts: bool) -> HeartbeatRound {
     let dir = tempfile::tempdir().expect("temp dir");
     let daemon = Server::daemon(dir.path());
     let addr = daemon.addr;
@@ -307,10 +333,18 @@ fn heartbeat_round(secs: Duration, with_timeouts: bool) -> (f64, f64) {
             }
         })
     };
+    let writer_before = writer_cpu_seconds(daemon.pid());
     let single = run_load(addr, SINGLE_CONNECTIONS, secs, spread(1));
+    let writer_single = writer_cpu_seconds(daemon.pid());
     let batch = run_load(addr, BATCH_CONNECTIONS, secs, spread(BATCH));
+    let writer_batch = writer_cpu_seconds(daemon.pid());
     daemon.stop();
-    (single.events_per_sec(), batch.events_per_sec())
+    HeartbeatRound {
+        single: single.events_per_sec(),
+        batch: batch.events_per_sec(),
+        single_writer_us: (writer_single - writer_before) * 1e6 / single.events.max(1) as f64,
+        batch_writer_us: (writer_batch - writer_single) * 1e6 / batch.events.max(1) as f64,
+    }
 }
 
 fn main() {
@@ -325,25 +359,42 @@ fn main() {
     let mut stream_rounds = Vec::new();
     let mut latencies = Vec::new();
     let mut heartbeats = Vec::new();
+    // PM_BENCH_ONLY=heartbeats skips the stream and latency phases.
+    let only_heartbeats = std::env::var("PM_BENCH_ONLY").as_deref() == Ok("heartbeats");
     for round in 1..=rounds {
-        println!("\nround {round}: ingest with streams attached");
-        stream_rounds.push(stream_round(secs));
-        println!("round {round}: 202 to stream latency, under batch load");
-        let round_latencies = latency_round(secs);
-        println!("  {} single events followed", round_latencies.len());
-        latencies.extend(round_latencies);
+        if !only_heartbeats {
+            println!("\nround {round}: ingest with streams attached");
+            stream_rounds.push(stream_round(secs));
+            println!("round {round}: 202 to stream latency, under batch load");
+            let round_latencies = latency_round(secs);
+            println!("  {} single events followed", round_latencies.len());
+            latencies.extend(round_latencies);
+        }
         println!("round {round}: {HEARTBEAT_PROCESSES} processes, without and with heartbeat timeouts");
-        let without = heartbeat_round(secs, false);
-        let with = heartbeat_round(secs, true);
+        // Which goes first alternates, so that neither always runs on a
+        // machine warmed (or tired) by the other.
+        let (without, with) = if round % 2 == 1 {
+            let without = heartbeat_round(secs, false);
+            (without, heartbeat_round(secs, true))
+        } else {
+            let with = heartbeat_round(secs, true);
+            (heartbeat_round(secs, false), with)
+        };
         println!(
-            "  without: single {:>8.0}, batches {:>8.0} events/s;  with: single {:>8.0}, batches {:>8.0} events/s",
-            without.0, without.1, with.0, with.1
+            "  without: single {:>8.0}, batches {:>8.0} events/s, writer {:.2} / {:.2} us an event;  with: single {:>8.0}, batches {:>8.0} events/s, writer {:.2} / {:.2} us an event",
+            without.single, without.batch, without.single_writer_us, without.batch_writer_us,
+            with.single, with.batch, with.single_writer_us, with.batch_writer_us
         );
         heartbeats.push((without, with));
     }
 
     println!("\nresults (median of {rounds} rounds, lowest and highest in brackets)");
-    for (index, label) in ["1 stream", "64 streams", "1 stream not reading"].iter().enumerate() {
+    let labels = if stream_rounds.is_empty() {
+        &[][..]
+    } else {
+        &["1 stream", "64 streams", "1 stream not reading"][..]
+    };
+    for (index, label) in labels.iter().enumerate() {
         let single = Spread::of(stream_rounds.iter().map(|r| r.by_streams[index + 1].1 / r.by_streams[0].1));
         let batch = Spread::of(stream_rounds.iter().map(|r| r.by_streams[index + 1].2 / r.by_streams[0].2));
         println!(
@@ -352,23 +403,31 @@ fn main() {
             batch.show(2)
         );
     }
+    if let Some(last) = stream_rounds.last() {
+        println!("  items read by 64 streams (last round): {}", last.items_read_64);
+    }
+    if !latencies.is_empty() {
+        latencies.sort_by(f64::total_cmp);
+        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "  202 to item on a stream: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
+            at(0.50),
+            at(0.99),
+            at(1.0),
+            latencies.len()
+        );
+    }
+    let single = Spread::of(heartbeats.iter().map(|(without, with)| with.single / without.single));
+    let batch = Spread::of(heartbeats.iter().map(|(without, with)| with.batch / without.batch));
     println!(
-        "  items read by 64 streams (last round): {}",
-        stream_rounds.last().map_or(0, |r| r.items_read_64)
+        "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none, events/s: single {}x, batches {}x  (target >= 0.99x)",
+        single.show(3),
+        batch.show(3)
     );
-    latencies.sort_by(f64::total_cmp);
-    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    let single = Spread::of(heartbeats.iter().map(|(without, with)| with.single_writer_us / without.single_writer_us));
+    let batch = Spread::of(heartbeats.iter().map(|(without, with)| with.batch_writer_us / without.batch_writer_us));
     println!(
-        "  202 to item on a stream: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
-        at(0.50),
-        at(0.99),
-        at(1.0),
-        latencies.len()
-    );
-    let single = Spread::of(heartbeats.iter().map(|((s, _), (w, _))| w / s));
-    let batch = Spread::of(heartbeats.iter().map(|((_, s), (_, w))| w / s));
-    println!(
-        "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none: single {}x, batches {}x  (target >= 0.99x)",
+        "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none, writer CPU an event: single {}x, batches {}x  (target <= 1.01x)",
         single.show(3),
         batch.show(3)
     );

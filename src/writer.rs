@@ -438,7 +438,8 @@ fn next_look(
 ) -> Option<Instant> {
     let due = next_due?;
     let wait = Duration::from_millis(u64::try_from(due.saturating_sub(now_millis())).unwrap_or(0));
-    let at = Instant::now() + wait;
+    // A moment too far ahead for the clock to name is as good as never.
+    let at = Instant::now().checked_add(wait)?;
     Some(match last_look {
         Some(last) => at.max(last + interval),
         None => at,

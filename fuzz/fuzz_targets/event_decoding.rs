@@ -23,6 +23,13 @@ fn check(event: &Event) {
         assert!((0.0..=100.0).contains(&percent));
     }
     assert!(event.attributes.len() <= 64);
+    assert!(!event.kind.is_daemon_only(), "a sender's event of a daemon-only type");
+    if let Some(secs) = event.heartbeat_timeout {
+        assert!((1..=2_592_000).contains(&secs));
+    }
+    if event.deadline.is_some() {
+        assert_eq!(event.kind.scope(), Scope::Process);
+    }
     let decoded: Event = codec::decode(&codec::encode(event)).expect("a stored event reads back");
     assert_eq!(&decoded, event);
 }
