@@ -31,7 +31,9 @@ const HEARTBEAT_PROCESSES: u64 = 100_000;
 /// The seq of a feed item line, found without parsing the whole item.
 fn seq_of(line: &str) -> Option<u64> {
     let rest = &line[line.find("\"seq\":")? + 6..];
-    rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+        .parse()
+        .ok()
 }
 
 /// Streams that follow the feed from `after_seq`, each read by a thread
@@ -261,8 +263,14 @@ fn latency_round(secs: Duration) -> Vec<f64> {
     };
     // Every acknowledged item reaches the stream.
     let waited = Instant::now();
-    while acks.iter().any(|(seq, _)| !seen.lock().unwrap().contains_key(seq)) {
-        assert!(waited.elapsed() < Duration::from_secs(60), "items never reached the stream");
+    while acks
+        .iter()
+        .any(|(seq, _)| !seen.lock().unwrap().contains_key(seq))
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "items never reached the stream"
+        );
         std::thread::yield_now();
     }
     stop.store(true, Ordering::SeqCst);
@@ -271,9 +279,7 @@ fn latency_round(secs: Duration) -> Vec<f64> {
     let _ = reader.join();
     let seen = seen.lock().unwrap();
     acks.iter()
-        .map(|(seq, acked)| {
-            seen[seq].saturating_duration_since(*acked).as_secs_f64() * 1000.0
-        })
+        .map(|(seq, acked)| seen[seq].saturating_duration_since(*acked).as_secs_f64() * 1000.0)
         .collect()
 }
 
@@ -370,7 +376,9 @@ fn main() {
             println!("  {} single events followed", round_latencies.len());
             latencies.extend(round_latencies);
         }
-        println!("round {round}: {HEARTBEAT_PROCESSES} processes, without and with heartbeat timeouts");
+        println!(
+            "round {round}: {HEARTBEAT_PROCESSES} processes, without and with heartbeat timeouts"
+        );
         // Which goes first alternates, so that neither always runs on a
         // machine warmed (or tired) by the other.
         let (without, with) = if round % 2 == 1 {
@@ -395,8 +403,16 @@ fn main() {
         &["1 stream", "64 streams", "1 stream not reading"][..]
     };
     for (index, label) in labels.iter().enumerate() {
-        let single = Spread::of(stream_rounds.iter().map(|r| r.by_streams[index + 1].1 / r.by_streams[0].1));
-        let batch = Spread::of(stream_rounds.iter().map(|r| r.by_streams[index + 1].2 / r.by_streams[0].2));
+        let single = Spread::of(
+            stream_rounds
+                .iter()
+                .map(|r| r.by_streams[index + 1].1 / r.by_streams[0].1),
+        );
+        let batch = Spread::of(
+            stream_rounds
+                .iter()
+                .map(|r| r.by_streams[index + 1].2 / r.by_streams[0].2),
+        );
         println!(
             "  ingest with {label:<22} / with none: single {}x, batches {}x",
             single.show(2),
@@ -404,7 +420,10 @@ fn main() {
         );
     }
     if let Some(last) = stream_rounds.last() {
-        println!("  items read by 64 streams (last round): {}", last.items_read_64);
+        println!(
+            "  items read by 64 streams (last round): {}",
+            last.items_read_64
+        );
     }
     if !latencies.is_empty() {
         latencies.sort_by(f64::total_cmp);
@@ -417,15 +436,31 @@ fn main() {
             latencies.len()
         );
     }
-    let single = Spread::of(heartbeats.iter().map(|(without, with)| with.single / without.single));
-    let batch = Spread::of(heartbeats.iter().map(|(without, with)| with.batch / without.batch));
+    let single = Spread::of(
+        heartbeats
+            .iter()
+            .map(|(without, with)| with.single / without.single),
+    );
+    let batch = Spread::of(
+        heartbeats
+            .iter()
+            .map(|(without, with)| with.batch / without.batch),
+    );
     println!(
         "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none, events/s: single {}x, batches {}x  (target >= 0.99x)",
         single.show(3),
         batch.show(3)
     );
-    let single = Spread::of(heartbeats.iter().map(|(without, with)| with.single_writer_us / without.single_writer_us));
-    let batch = Spread::of(heartbeats.iter().map(|(without, with)| with.batch_writer_us / without.batch_writer_us));
+    let single = Spread::of(
+        heartbeats
+            .iter()
+            .map(|(without, with)| with.single_writer_us / without.single_writer_us),
+    );
+    let batch = Spread::of(
+        heartbeats
+            .iter()
+            .map(|(without, with)| with.batch_writer_us / without.batch_writer_us),
+    );
     println!(
         "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none, writer CPU an event: single {}x, batches {}x  (target <= 1.01x)",
         single.show(3),

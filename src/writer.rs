@@ -702,6 +702,7 @@ fn apply_work(batch: &mut WriteBatch<'_>, work: &Work, now: Millis) -> Result<An
         Work::Delete(process_id) => Answer::Deleted(batch.delete_process(process_id, Some(now))?),
         Work::Tick => {
             batch.fire_due(now)?;
+            batch.write_back()?;
             Answer::Ticked
         }
     })

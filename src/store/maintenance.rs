@@ -283,7 +283,10 @@ fn check_feed(
         let (seq, value) = entry?;
         let seq = seq.value();
         if seq > counters.last_seq {
-            report.problem(format!("feed entry {seq} is past the last seq {}", counters.last_seq));
+            report.problem(format!(
+                "feed entry {seq} is past the last seq {}",
+                counters.last_seq
+            ));
         }
         match decode_or_corrupt::<schema::FeedEntry>("feed entry", value.value()) {
             Ok(schema::FeedEntry::Event { ordinal, .. }) => {

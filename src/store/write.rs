@@ -932,6 +932,9 @@ impl<'txn> WriteBatch<'txn> {
             self.by_correlation
                 .insert((correlation_id.as_str(), ordinal), ())?;
         }
+        if process.stalled_since.is_some() {
+            self.by_stalled.insert(ordinal, ())?;
+        }
         Ok(())
     }
 

@@ -32,6 +32,21 @@ fn whole_feed(client: &Client, after_seq: u64) -> Vec<Value> {
     }
 }
 
+/// A feed request on a bare connection, whose reader decides when to stop
+/// reading (or to drop it mid-item); `headers` end in CRLF each.
+fn raw_stream(addr: std::net::SocketAddr, accept: &str, headers: &str) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        socket,
+        "GET /v1/changes HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n{headers}\r\n"
+    )
+    .unwrap();
+    socket
+}
+
 fn seqs(items: &[Value]) -> Vec<u64> {
     items
         .iter()
@@ -260,16 +275,11 @@ fn resume_under_load(plan: &[(u8, usize)]) {
             1 => {
                 // SSE by Last-Event-ID; the connection is dropped in the
                 // middle of an event (after its id line) now and then.
-                let mut socket = TcpStream::connect(addr).unwrap();
-                socket
-                    .set_read_timeout(Some(Duration::from_secs(30)))
-                    .unwrap();
-                write!(
-                    socket,
-                    "GET /v1/changes HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: {}\r\n\r\n",
-                    last(&handled)
-                )
-                .unwrap();
+                let socket = raw_stream(
+                    addr,
+                    "text/event-stream",
+                    &format!("Last-Event-ID: {}\r\n", last(&handled)),
+                );
                 let mut reader = BufReader::new(socket);
                 let mut line = String::new();
                 let mut taken = 0;
@@ -413,15 +423,7 @@ fn a_consumer_that_stops_reading_costs_bounded_memory() {
     post_batches(0, 40);
     let (before, _) = rss_and_threads(daemon.pid());
     // A stream that reads a few bytes and then nothing more.
-    let mut socket = TcpStream::connect(addr).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        socket,
-        "GET /v1/changes HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n"
-    )
-    .unwrap();
+    let mut socket = raw_stream(addr, "application/x-ndjson", "");
     let mut first = [0u8; 64];
     socket.read_exact(&mut first).unwrap();
     // 100,000 events (about 250 MB of items as the feed writes them).

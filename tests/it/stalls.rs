@@ -316,3 +316,47 @@ fn bad_timing_fields_and_daemon_only_types_are_refused() {
         "nothing was applied"
     );
 }
+
+#[test]
+fn what_the_daemon_made_before_a_kill_9_is_there_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path());
+    let client = daemon.client();
+    let deadline = rfc3339(OffsetDateTime::now_utc() + time::Duration::milliseconds(500));
+    client.post(&with(
+        event("process.started", "due"),
+        json!({"deadline": deadline}),
+    ));
+    client.post(&with(
+        event("process.started", "mute"),
+        json!({"heartbeat_timeout": 1}),
+    ));
+    let timed_out = next_of(&client, "process.timed_out", 0);
+    let stalled = next_of(&client, "process.stalled", 0);
+    // Acknowledged to nobody, logged like any group: a crash must neither
+    // lose nor repeat them.
+    daemon.kill9();
+    let daemon = Daemon::start_in(dir.path());
+    let client = daemon.client();
+    for (id, item) in [("due", &timed_out), ("mute", &stalled)] {
+        let history = client.get(&format!("/v1/processes/{id}/history")).json;
+        let made: Vec<&Value> = history["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|item| item["source"] == "processmanager")
+            .collect();
+        assert_eq!(made.len(), 1, "{id}: {history}");
+        assert_eq!(
+            (&made[0]["seq"], &made[0]["type"]),
+            (&item["seq"], &item["type"]),
+            "{id}"
+        );
+    }
+    assert_eq!(client.get("/v1/processes/due").json["status"], "timed_out");
+    assert_eq!(client.get("/v1/stats").json["stalled"], 1);
+    assert_eq!(
+        client.get("/v1/processes?stalled=true").json["items"][0]["id"],
+        "mute"
+    );
+}
