@@ -353,6 +353,72 @@ fn heartbeat_round(secs: Duration, with_timeouts: bool) -> HeartbeatRound {
     }
 }
 
+/// The writer's own work, without HTTP or syncs: 100,000 processes in a
+/// store of their own, with or without a heartbeat timeout each, then
+/// groups of 100 `process.heartbeat` events spread over them, applied and
+/// committed (without durability) as the writer does. Returns the seconds
+/// each group took, for `groups` groups.
+fn writer_groups(with_timeouts: bool, groups: usize) -> Vec<f64> {
+    use processmanager::domain::EventType;
+    use processmanager::store::write::{load_counters, IncomingEvent, WriteBatch};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = processmanager::store::open_writable(
+        &processmanager::store::store_path(dir.path()),
+        64 << 20,
+    )
+    .expect("store");
+    let now = processmanager::writer::now_millis();
+    let event = |kind: EventType, process: u64, timeout: bool| {
+        let mut event = processmanager::domain::model::bare_event(kind, None);
+        event.process_id = format!("hb-{process}");
+        if timeout {
+            event.heartbeat_timeout = Some(86_400);
+        }
+        IncomingEvent::new(event, now)
+    };
+    let commit = |events: &[IncomingEvent], durable: bool| {
+        let mut txn = db.begin_write().expect("txn");
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .expect("durability");
+        }
+        let mut batch =
+            WriteBatch::open(&txn, load_counters(&txn).expect("counters")).expect("batch");
+        for incoming in events {
+            batch.apply(incoming, now).expect("applied");
+        }
+        batch.write_back().expect("written back");
+        batch.finish().expect("finished");
+        txn.commit().expect("committed");
+    };
+    for chunk in 0..HEARTBEAT_PROCESSES / 1000 {
+        let events: Vec<IncomingEvent> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|process| event(EventType::ProcessStarted, process, with_timeouts))
+            .collect();
+        commit(&events, true);
+    }
+    let mut pick = 0x9E37_79B9_7F4A_7C15u64;
+    (0..groups)
+        .map(|_| {
+            let events: Vec<IncomingEvent> = (0..BATCH)
+                .map(|_| {
+                    pick ^= pick << 13;
+                    pick ^= pick >> 7;
+                    pick ^= pick << 17;
+                    event(
+                        EventType::ProcessHeartbeat,
+                        pick % HEARTBEAT_PROCESSES,
+                        false,
+                    )
+                })
+                .collect();
+            let started = Instant::now();
+            commit(&events, false);
+            started.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
 fn main() {
     run_role_if_asked();
     let secs = phase_secs_or(5);
@@ -394,6 +460,31 @@ fn main() {
             with.single, with.batch, with.single_writer_us, with.batch_writer_us
         );
         heartbeats.push((without, with));
+    }
+
+    // The same cost, in-process: the writer's work alone, alternating.
+    let pairs = env_number("PM_BENCH_WRITER_PAIRS", 10) as usize;
+    println!("\n{pairs} pairs: the writer's work alone, 2,000 groups of 100 heartbeats over {HEARTBEAT_PROCESSES} processes each");
+    let mut writer_ratios = Vec::new();
+    for pair in 0..pairs {
+        let median = |mut times: Vec<f64>| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        };
+        let (without, with) = if pair % 2 == 0 {
+            let without = median(writer_groups(false, 2000));
+            (without, median(writer_groups(true, 2000)))
+        } else {
+            let with = median(writer_groups(true, 2000));
+            (median(writer_groups(false, 2000)), with)
+        };
+        println!(
+            "  median group: without {:.1} us, with {:.1} us ({:.3}x)",
+            without * 1e6,
+            with * 1e6,
+            with / without
+        );
+        writer_ratios.push(with / without);
     }
 
     println!("\nresults (median of {rounds} rounds, lowest and highest in brackets)");
@@ -465,5 +556,10 @@ fn main() {
         "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none, writer CPU an event: single {}x, batches {}x  (target <= 1.01x)",
         single.show(3),
         batch.show(3)
+    );
+    let writer = Spread::of(writer_ratios);
+    println!(
+        "  {HEARTBEAT_PROCESSES} heartbeat timeouts / none, the writer's work alone, median group time: {}x  (target <= 1.01x)",
+        writer.show(3)
     );
 }

@@ -10,12 +10,15 @@ fn at(text: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(text.as_str().expect("a timestamp"), &Rfc3339).expect("RFC 3339")
 }
 
+/// A moment as the daemon writes it: UTC, exactly three digits of
+/// milliseconds.
 fn rfc3339(moment: OffsetDateTime) -> String {
-    // Milliseconds, as the daemon keeps them.
-    let moment = moment
-        .replace_nanosecond(moment.millisecond() as u32 * 1_000_000)
-        .unwrap();
-    moment.format(&Rfc3339).unwrap()
+    moment
+        .to_offset(time::UtcOffset::UTC)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
+        .unwrap()
 }
 
 /// Waits (by long poll, never by sleeping) for the first feed item of
