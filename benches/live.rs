@@ -364,7 +364,8 @@ fn writer_groups(with_timeouts: bool, groups: usize) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = processmanager::store::open_writable(
         &processmanager::store::store_path(dir.path()),
-        64 << 20,
+        // The daemon's default page cache, unless PM_BENCH_WRITER_CACHE_MIB.
+        env_number("PM_BENCH_WRITER_CACHE_MIB", 64) as usize * 1024 * 1024,
     )
     .expect("store");
     let now = processmanager::writer::now_millis();
