@@ -40,6 +40,21 @@ fn next_of(client: &Client, kind: &str, after_seq: u64) -> Value {
     }
 }
 
+/// Starts a process with a deadline and one with a heartbeat timeout of a
+/// second; returns the deadline as the daemon writes it.
+fn start_two(client: &Client, (with_deadline, at): (&str, OffsetDateTime), silent: &str) -> String {
+    let deadline = rfc3339(at);
+    client.post(&with(
+        event("process.started", with_deadline),
+        json!({"deadline": deadline}),
+    ));
+    client.post(&with(
+        event("process.started", silent),
+        json!({"heartbeat_timeout": 1}),
+    ));
+    deadline
+}
+
 #[test]
 fn a_deadline_fires_within_the_check_interval_and_never_early() {
     let daemon = Daemon::start();
@@ -197,15 +212,7 @@ fn what_came_due_while_the_daemon_was_stopped_is_applied_at_start_as_of_its_mome
     let daemon = Daemon::start_in(dir.path());
     let client = daemon.client();
     let deadline_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
-    let deadline = rfc3339(deadline_at);
-    client.post(&with(
-        event("process.started", "overdue"),
-        json!({"deadline": deadline}),
-    ));
-    client.post(&with(
-        event("process.started", "silent"),
-        json!({"heartbeat_timeout": 1}),
-    ));
+    let deadline = start_two(&client, ("overdue", deadline_at), "silent");
     let (status, _, _) = daemon.terminate();
     assert!(status.success());
     // The condition is the clock itself: wait until both came due.
@@ -325,15 +332,8 @@ fn what_the_daemon_made_before_a_kill_9_is_there_once_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_in(dir.path());
     let client = daemon.client();
-    let deadline = rfc3339(OffsetDateTime::now_utc() + time::Duration::milliseconds(500));
-    client.post(&with(
-        event("process.started", "due"),
-        json!({"deadline": deadline}),
-    ));
-    client.post(&with(
-        event("process.started", "mute"),
-        json!({"heartbeat_timeout": 1}),
-    ));
+    let deadline_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(500);
+    start_two(&client, ("due", deadline_at), "mute");
     let timed_out = next_of(&client, "process.timed_out", 0);
     let stalled = next_of(&client, "process.stalled", 0);
     // Acknowledged to nobody, logged like any group: a crash must neither
