@@ -510,6 +510,11 @@ impl<'txn> WriteBatch<'txn> {
             process.heard_at = now;
             process.stalled_since = None;
         }
+        if process.status.is_terminal() {
+            // Only a running process can be stalled: the daemon's own
+            // time-out ends a stall as a sender's end does.
+            process.stalled_since = None;
+        }
         if !process.status.is_terminal() {
             if let Some(deadline) = process
                 .deadline

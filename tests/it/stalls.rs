@@ -183,6 +183,30 @@ fn a_stall_shows_until_the_next_event_clears_it() {
 }
 
 #[test]
+fn a_stalled_process_that_reaches_its_deadline_is_stalled_no_more() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let deadline = rfc3339(OffsetDateTime::now_utc() + time::Duration::milliseconds(2500));
+    client.post(&with(
+        event("process.started", "lost"),
+        json!({"heartbeat_timeout": 1, "deadline": deadline}),
+    ));
+    // Nothing more from the sender: first a stall, then the deadline.
+    let stall = next_of(&client, "process.stalled", 0);
+    assert_eq!(client.get("/v1/stats").json["stalled"], 1);
+    let ended = next_of(&client, "process.timed_out", stall["seq"].as_u64().unwrap());
+    assert_eq!(ended["process_id"], "lost");
+    let process = client.get("/v1/processes/lost").json;
+    assert_eq!(process["status"], "timed_out");
+    assert_eq!(process["stalled_since"], Value::Null);
+    assert_eq!(client.get("/v1/stats").json["stalled"], 0);
+    assert_eq!(
+        client.get("/v1/processes?stalled=true").json["items"],
+        json!([])
+    );
+}
+
+#[test]
 fn a_task_stalls_on_its_own_timeout() {
     let daemon = Daemon::start();
     let client = daemon.client();
