@@ -67,8 +67,9 @@ impl Live {
         }
     }
 
-    /// Processes with someone waiting on their end, for tests and metrics.
-    pub fn watched(&self) -> usize {
+    /// Processes with someone waiting on their end.
+    #[cfg(test)]
+    fn watched(&self) -> usize {
         self.endings
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -245,7 +245,7 @@ pub struct WriterSettings {
     /// What one process may keep.
     pub caps: Caps,
     /// Heartbeat timeouts and deadlines by process type.
-    pub timeouts: TimeoutDefaults,
+    pub timeouts: Arc<TimeoutDefaults>,
     /// The least time between two looks at what came due.
     pub check_interval: Duration,
 }
@@ -393,7 +393,7 @@ fn replay(
             "replaying a logged group"
         );
         batch.set_caps(group.caps);
-        batch.set_timeouts(group.timeouts);
+        batch.set_timeouts(Arc::new(group.timeouts));
         for work in &group.works {
             apply_work(&mut batch, work, group.now)?;
         }
@@ -633,14 +633,16 @@ fn commit_group(
     batch.set_caps(settings.caps);
     batch.set_timeouts(settings.timeouts.clone());
     let mut answers = Vec::with_capacity(group.len());
-    let mut due_left = false;
     for command in group {
-        let answer = apply_work(&mut batch, &command.work, now)?;
-        due_left |=
-            matches!(command.work, Work::Tick) && batch.next_due()?.is_some_and(|due| due <= now);
-        answers.push(answer);
+        answers.push(apply_work(&mut batch, &command.work, now)?);
     }
     let next_due = batch.next_due()?;
+    // A look at what came due is the group's last work: whatever is due
+    // still is what it had no room for.
+    let ticked = group
+        .last()
+        .is_some_and(|command| matches!(command.work, Work::Tick));
+    let due_left = ticked && next_due.is_some_and(|due| due <= now);
     let ended = std::mem::take(&mut batch.ended);
     let made = std::mem::take(&mut batch.made);
     let number = log.number + 1;

@@ -120,7 +120,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 checkpoint_groups: CHECKPOINT_GROUPS,
                 checkpoint_bytes: CHECKPOINT_BYTES,
                 caps: config.limits,
-                timeouts: config.timeouts.defaults(),
+                timeouts: Arc::new(config.timeouts.defaults()),
                 check_interval: std::time::Duration::from_millis(config.timeouts.check_interval_ms),
             };
             move || {

@@ -272,8 +272,17 @@ impl Counters {
 pub fn logged_group(
     meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<u64, super::StoreError> {
-    match meta.get(META_LOGGED_GROUP)? {
-        Some(bytes) => decode_or_corrupt("logged group number", bytes.value()),
+    meta_number(meta, META_LOGGED_GROUP, "logged group number")
+}
+
+/// A number kept in `META` under `key`, 0 when it was never written.
+fn meta_number(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+    what: &str,
+) -> Result<u64, super::StoreError> {
+    match meta.get(key)? {
+        Some(bytes) => decode_or_corrupt(what, bytes.value()),
         None => Ok(0),
     }
 }
@@ -304,8 +313,5 @@ pub fn decode_evolved_or_corrupt<T: codec::Evolved>(
 pub fn feed_floor(
     meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<u64, super::StoreError> {
-    match meta.get(META_FEED_FLOOR)? {
-        Some(bytes) => decode_or_corrupt("feed floor", bytes.value()),
-        None => Ok(0),
-    }
+    meta_number(meta, META_FEED_FLOOR, "feed floor")
 }

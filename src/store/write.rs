@@ -175,7 +175,7 @@ pub struct WriteBatch<'txn> {
     pub counters: Counters,
     /// What one process may keep (`domain::caps`).
     caps: Caps,
-    timeouts: TimeoutDefaults,
+    timeouts: std::sync::Arc<TimeoutDefaults>,
     /// The processes that ended (turned terminal, or were removed) in this
     /// batch, for whoever waits on them.
     pub ended: Vec<String>,
@@ -224,7 +224,7 @@ impl<'txn> WriteBatch<'txn> {
             tasks: HashMap::new(),
             counters,
             caps: Caps::UNLIMITED,
-            timeouts: TimeoutDefaults::new(),
+            timeouts: Default::default(),
             ended: Vec::new(),
             made: Vec::new(),
         })
@@ -237,7 +237,7 @@ impl<'txn> WriteBatch<'txn> {
     }
 
     /// The per-type defaults given to processes from now on.
-    pub fn set_timeouts(&mut self, timeouts: TimeoutDefaults) {
+    pub fn set_timeouts(&mut self, timeouts: std::sync::Arc<TimeoutDefaults>) {
         self.timeouts = timeouts;
     }
 
@@ -394,8 +394,9 @@ impl<'txn> WriteBatch<'txn> {
                     Some(deadline)
                         if source == Source::Sender && !cached.process.status.is_terminal() =>
                     {
+                        let process_id = cached.process.id.clone();
                         self.processes.insert(ordinal, cached);
-                        self.time_out(ordinal, deadline, now)?;
+                        self.time_out(process_id, deadline, now)?;
                         (ordinal, self.take_process(ordinal)?)
                     }
                     _ => (ordinal, cached),
@@ -532,34 +533,13 @@ impl<'txn> WriteBatch<'txn> {
             )?;
         }
 
-        let seq = self.counters.last_seq + 1;
-        self.counters.last_seq = seq;
-        self.counters.events_total += 1;
-        process.event_count += 1;
-        process.last_seq = seq;
-        let history = HistoryRecordRef {
-            seq,
-            result,
-            received_at: incoming.received_at,
-            event,
-            source,
-        };
-        self.put_record(
-            Kind::History,
-            &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
-            &codec::encode_evolved(&history),
+        let seq = self.append_history(
+            ordinal,
+            process,
+            (event, result, incoming.received_at, source),
+            task_status,
         )?;
         let process_status = process.status;
-        self.feed.insert(
-            seq,
-            codec::encode(&FeedEntry::Event {
-                ordinal,
-                kind: event.kind,
-                process_status,
-                task_status,
-            })
-            .as_slice(),
-        )?;
         if let Some(event_id) = &event.event_id {
             let dedup = DedupRecord {
                 seq,
@@ -599,23 +579,61 @@ impl<'txn> WriteBatch<'txn> {
         })
     }
 
-    /// Times out the process at `ordinal`, whose deadline passed: the
-    /// daemon's `process.timed_out`, under every rule a sender's is.
-    fn time_out(&mut self, ordinal: u64, deadline: Millis, now: Millis) -> Result<(), StoreError> {
-        let process_id = self.take_process(ordinal).map(|cached| {
-            let id = cached.process.id.clone();
-            self.processes.insert(ordinal, cached);
-            id
-        })?;
+    /// Gives `event` the next seq and stores it in the history of the
+    /// process at `ordinal`, and in the feed with the statuses it left.
+    /// Returns its seq.
+    fn append_history(
+        &mut self,
+        ordinal: u64,
+        process: &mut Process,
+        (event, result, received_at, source): (&Event, StoredResult, Millis, Source),
+        task_status: Option<Status>,
+    ) -> Result<u64, StoreError> {
+        let seq = self.counters.last_seq + 1;
+        self.counters.last_seq = seq;
+        self.counters.events_total += 1;
+        process.event_count += 1;
+        process.last_seq = seq;
+        let history = HistoryRecordRef {
+            seq,
+            result,
+            received_at,
+            event,
+            source,
+        };
+        self.put_record(
+            Kind::History,
+            &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
+            &codec::encode_evolved(&history),
+        )?;
+        self.feed.insert(
+            seq,
+            codec::encode(&FeedEntry::Event {
+                ordinal,
+                kind: event.kind,
+                process_status: process.status,
+                task_status,
+            })
+            .as_slice(),
+        )?;
+        Ok(seq)
+    }
+
+    /// Times out `process_id`, whose deadline passed: the daemon's
+    /// `process.timed_out`, under every rule a sender's is. The process
+    /// must be in the cache or the tables, not taken out of them.
+    fn time_out(
+        &mut self,
+        process_id: String,
+        deadline: Millis,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         let mut event = domain::model::bare_event(EventType::ProcessTimedOut, None);
         event.process_id = process_id;
         event.occurred_at = Some(deadline);
         event.error = Some(ErrorInfo {
             code: "deadline_exceeded".into(),
-            message: format!(
-                "the deadline {} passed before the process finished",
-                crate::http::views::format_millis(deadline)
-            ),
+            message: "the process did not finish by its deadline (the event's occurred_at)".into(),
         });
         let incoming = IncomingEvent {
             event,
@@ -660,31 +678,11 @@ impl<'txn> WriteBatch<'txn> {
                 None
             }
         };
-        let seq = self.counters.last_seq + 1;
-        self.counters.last_seq = seq;
-        self.counters.events_total += 1;
-        process.event_count += 1;
-        process.last_seq = seq;
-        self.put_record(
-            Kind::History,
-            &record_key(ordinal, Kind::History, &seq.to_be_bytes()),
-            &codec::encode_evolved(&HistoryRecordRef {
-                seq,
-                result: StoredResult::Accepted,
-                received_at: now,
-                event: &event,
-                source: Source::Daemon,
-            }),
-        )?;
-        self.feed.insert(
-            seq,
-            codec::encode(&FeedEntry::Event {
-                ordinal,
-                kind,
-                process_status: process.status,
-                task_status,
-            })
-            .as_slice(),
+        let seq = self.append_history(
+            ordinal,
+            process,
+            (&event, StoredResult::Accepted, now, Source::Daemon),
+            task_status,
         )?;
         self.made.push((
             kind,
@@ -731,9 +729,10 @@ impl<'txn> WriteBatch<'txn> {
             match Due::from_code(code) {
                 Some(Due::Deadline) => {
                     let live = process.deadline == Some(due) && !process.status.is_terminal();
+                    let process_id = process.id.clone();
                     self.processes.insert(ordinal, cached);
                     if live {
-                        self.time_out(ordinal, due, now)?;
+                        self.time_out(process_id, due, now)?;
                     }
                 }
                 Some(Due::Heartbeat) => {

@@ -579,3 +579,33 @@ fn two_thousand_waiters_hold_no_thread_and_all_wake_at_the_end() {
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     }
 }
+
+#[test]
+fn an_idle_stream_sends_keepalives_in_its_format() {
+    let (daemon, _config) = Daemon::with_config("[feed]\nkeepalive_secs = 1\n");
+    for (accept, keepalive) in [
+        ("text/event-stream", ": keepalive"),
+        ("application/x-ndjson", ""),
+    ] {
+        let mut reader = BufReader::new(raw_stream(daemon.addr, accept, ""));
+        let mut line = String::new();
+        // The head, then the body's chunks: the keepalive comes with no
+        // event to send.
+        let found = loop {
+            line.clear();
+            if reader.read_line(&mut line).expect("the stream goes on") == 0 {
+                break false;
+            }
+            if line.trim_end_matches(['\r', '\n']) == keepalive && keepalive.starts_with(':') {
+                break true;
+            }
+            // NDJSON: a chunk holding nothing but the newline.
+            if keepalive.is_empty() && line == "1\r\n" {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                break line == "\n";
+            }
+        };
+        assert!(found, "no keepalive on an idle {accept} stream");
+    }
+}
