@@ -28,6 +28,28 @@ pub struct Config {
     #[serde(rename = "await")]
     pub await_: AwaitConfig,
     pub timeouts: TimeoutsConfig,
+    pub cloudevents: CloudEventsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudEventsConfig {
+    /// Put before this API's event types in a CloudEvent's `type`, for
+    /// example `com.example.pm.` for `com.example.pm.task.started`. Types
+    /// are accepted with it and without.
+    pub type_prefix: String,
+    /// Origins (`WebHook-Request-Origin`) the validation handshake allows
+    /// to deliver; `*` allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for CloudEventsConfig {
+    fn default() -> Self {
+        CloudEventsConfig {
+            type_prefix: String::new(),
+            allowed_origins: vec!["*".into()],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -240,6 +262,7 @@ impl Default for Config {
             feed: FeedConfig::default(),
             await_: AwaitConfig::default(),
             timeouts: TimeoutsConfig::default(),
+            cloudevents: CloudEventsConfig::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+pub mod cloudevents;
 mod connections;
 mod feed;
 pub mod ingest;
@@ -106,6 +107,7 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Cancelled when shutdown begins: streams and waits end on it.
     pub stopping: tokio_util::sync::CancellationToken,
+    pub cloudevents: crate::config::CloudEventsConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -147,6 +149,7 @@ impl AppState {
                 .as_ref()
                 .map(|url| url.trim_end_matches('/').to_owned()),
             stopping: tokio_util::sync::CancellationToken::new(),
+            cloudevents: config.cloudevents.clone(),
         })
     }
 
@@ -172,6 +175,13 @@ pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// An answer without a body.
+fn empty_response(status: StatusCode) -> Response {
+    let mut response = hyper::Response::new(full_body(Bytes::new()));
+    *response.status_mut() = status;
+    response
 }
 
 /// A JSON answer, ending in a newline as text on a terminal should.
@@ -360,6 +370,35 @@ fn route_label(segments: &[&str]) -> &'static str {
     }
 }
 
+/// The answer to `OPTIONS /v1/events`: the CloudEvents webhook
+/// validation handshake, or a plain `OPTIONS` when it is not one.
+fn handshake(judged: cloudevents::Handshake) -> Response {
+    let allow = |mut response: Response| {
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            HeaderValue::from_static("POST, OPTIONS"),
+        );
+        response
+    };
+    match judged {
+        cloudevents::Handshake::Plain => allow(empty_response(StatusCode::NO_CONTENT)),
+        cloudevents::Handshake::Allowed { origin } => {
+            let mut response = allow(empty_response(StatusCode::OK));
+            let headers = response.headers_mut();
+            if let Ok(origin) = HeaderValue::from_str(&origin) {
+                headers.insert("webhook-allowed-origin", origin);
+            }
+            // No rate is promised beyond what the daemon's own bounds
+            // answer with 429.
+            headers.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+            response
+        }
+        cloudevents::Handshake::Refused { origin } => {
+            ApiError::OriginNotAllowed(origin).into_response()
+        }
+    }
+}
+
 async fn route(
     state: &AppState,
     surface: Surface,
@@ -410,8 +449,17 @@ async fn route(
         (Surface::Probes, _) => Err(ApiError::NotFound(
             "this listener serves /livez, /readyz and /metrics only; the API is on the main listener".into(),
         )),
+        (Surface::Api, ["v1", "events"]) if method == Method::OPTIONS => {
+            // The CloudEvents validation handshake: it grants no access and
+            // reveals nothing, so it needs no token (a sender such as Event
+            // Grid sends none with it).
+            Ok(handshake(cloudevents::Handshake::judge(
+                request.headers(),
+                &state.cloudevents,
+            )))
+        }
         (Surface::Api, ["v1", "events"]) => {
-            only(method, &Method::POST, "POST")?;
+            only(method, &Method::POST, "POST, OPTIONS")?;
             state.auth.require(request.headers(), Role::Ingest)?;
             ingest::post_events(state, request).await
         }

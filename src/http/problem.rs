@@ -50,6 +50,9 @@ pub enum ApiError {
     },
     /// `feed.max_streams` streams are open.
     TooManyStreams,
+    /// The CloudEvents validation handshake from an origin that
+    /// `cloudevents.allowed_origins` does not name.
+    OriginNotAllowed(String),
     /// `/await?require=succeeded` on a process that ended otherwise.
     ProcessUnsuccessful {
         process_id: String,
@@ -191,7 +194,13 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "Unsupported media type",
-                "send the body as application/json",
+                "send the body as application/json, or as a CloudEvent (application/cloudevents+json, application/cloudevents-batch+json, or binary mode with ce-* headers and a JSON body)",
+            ),
+            ApiError::OriginNotAllowed(origin) => problem(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "Origin not allowed",
+                format!("delivery from `{origin}` is not allowed; add it to cloudevents.allowed_origins"),
             ),
             ApiError::PayloadTooLarge(detail) => problem(
                 StatusCode::PAYLOAD_TOO_LARGE,

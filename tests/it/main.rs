@@ -4,6 +4,7 @@
 mod access;
 mod admin;
 mod bounds;
+mod cloudevents;
 mod conformance;
 mod deploy;
 mod ingest;

@@ -2,10 +2,9 @@
 //! slow clients.
 
 use crate::support::{
-    assert_all_present, command, event, run_load, serve_refused, Acknowledged, Daemon,
-    DaemonOptions,
+    assert_all_present, command, event, now_secs, run_load, serve_refused, sign, Acknowledged,
+    Daemon, DaemonOptions,
 };
-use base64::Engine;
 use hmac::Mac;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,25 +144,6 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 #[test]
 fn with_signing_on_an_unsigned_request_learns_only_401() {

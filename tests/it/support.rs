@@ -114,6 +114,32 @@ impl Client {
         Self::finish(request.send(body))
     }
 
+    /// Any request: method, path (with its query), headers and body as
+    /// given, with the client's token when it has one and the request
+    /// none of its own.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Reply {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        let has_auth = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        if let (Some(token), false) = (&self.token, has_auth) {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(body.to_vec()).expect("a well-formed request");
+        Self::finish(self.agent.run(request))
+    }
+
     pub fn post(&self, event: &Value) -> Reply {
         self.post_raw(&event.to_string(), &[])
     }
@@ -609,4 +635,27 @@ pub fn peak_rss_bytes(pid: i32) -> u64 {
         .and_then(|kib| kib.parse().ok())
         .expect("VmHWM");
     kib * 1024
+}
+
+/// A Standard Webhooks signature (`v1,<base64 HMAC-SHA256>`) of `body`.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
