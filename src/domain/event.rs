@@ -196,6 +196,30 @@ impl From<ProgressInput> for Progress {
 /// language (2^53, JavaScript's safe range).
 pub const MAX_WHOLE_NUMBER: u64 = 1 << 53;
 
+/// A JSON object read into `T`, or null. serde would also read a struct
+/// from an array of its fields in order; the API's objects are objects.
+fn object_or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    struct ObjectOnly<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+        type Value = Option<T>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("an object or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_any(ObjectOnly(std::marker::PhantomData))
+}
+
 /// A JSON number whose value is a whole number from 0 to 2^53, written
 /// either way (`4` or `4.0`), or null.
 fn whole_number<'de, D: serde::Deserializer<'de>>(
@@ -248,9 +272,9 @@ pub struct EventInput {
     pub process_type: Option<String>,
     #[serde(default)]
     pub correlation_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub progress: Option<ProgressInput>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub error: Option<ErrorInfo>,
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, String>>,
@@ -562,6 +586,21 @@ mod tests {
 
     fn input(json: &str) -> EventInput {
         serde_json::from_str(json).expect("test input parses")
+    }
+
+    #[test]
+    fn progress_and_error_are_objects_or_null_never_arrays() {
+        let parsed = |json: &str| serde_json::from_str::<EventInput>(json);
+        let event = parsed(r#"{"type":"process.failed","process_id":"p","progress":{"percent":5},"error":null}"#).unwrap();
+        assert_eq!(event.progress.and_then(|p| p.percent), Some(5.0));
+        assert!(event.error.is_none());
+        for json in [
+            r#"{"type":"process.failed","process_id":"p","progress":[null,null]}"#,
+            r#"{"type":"process.failed","process_id":"p","error":["code","message"]}"#,
+            r#"{"type":"process.failed","process_id":"p","progress":"half"}"#,
+        ] {
+            assert!(parsed(json).is_err(), "{json}");
+        }
     }
 
     #[test]

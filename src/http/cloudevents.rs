@@ -90,7 +90,14 @@ pub fn is_json_media(value: &str) -> bool {
     let Some((kind, subtype)) = essence.split_once('/') else {
         return false;
     };
+    let token = |text: &str| {
+        !text.is_empty()
+            && !text
+                .chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    };
     kind.eq_ignore_ascii_case("application")
+        && token(subtype)
         && (subtype.eq_ignore_ascii_case("json")
             || subtype
                 .get(subtype.len().saturating_sub(5)..)
@@ -180,6 +187,12 @@ pub fn decode_structured(
     let data = object.remove("data");
     let mut take = |name: &str| Ok(object.remove(name));
     let attributes = Attributes::read(&mut take, Naming::Structured)?;
+    // What is left are extension attributes (and `dataschema`): kept by no
+    // one, but held to the spec so that a misspelt field is not lost
+    // silently.
+    for (name, value) in &object {
+        check_extension(name, value)?;
+    }
     map_event(attributes, data, Naming::Structured, settings, received_at)
 }
 
@@ -231,6 +244,31 @@ pub fn decode_binary(
     // already found to be JSON.
     let attributes = Attributes::read(&mut take, Naming::Binary)?;
     map_event(attributes, data, Naming::Binary, settings, received_at)
+}
+
+/// An attribute this API does not read: its name must be one the spec
+/// allows (lower-case letters and digits) and its value a string, a
+/// boolean, an integer, or null.
+fn check_extension(name: &str, value: &Value) -> Result<(), ApiError> {
+    let detail = if name.is_empty()
+        || !name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
+    {
+        format!("`{name}` is not a CloudEvents attribute: attribute names are lower-case letters and digits; put the event's fields in `data`")
+    } else {
+        let integral = |number: &serde_json::Number| {
+            number.is_i64() || number.is_u64() || number.as_f64().is_some_and(|n| n.fract() == 0.0)
+        };
+        match value {
+            Value::Null | Value::String(_) => return Ok(()),
+            _ if name == "dataschema" => "`dataschema` must be a URI (a string)".to_owned(),
+            Value::Bool(_) => return Ok(()),
+            Value::Number(number) if integral(number) => return Ok(()),
+            _ => format!("the attribute `{name}` must be a string, a boolean or an integer"),
+        }
+    };
+    Err(ApiError::InvalidEvent(InvalidField::new(name, detail)))
 }
 
 fn syntax_error(error: &serde_json::Error) -> ApiError {
@@ -443,21 +481,32 @@ pub enum Handshake {
     Allowed { origin: String },
     /// Delivery from this origin is not.
     Refused { origin: String },
+    /// `WebHook-Request-Origin` is not a DNS name.
+    Malformed,
 }
 
 impl Handshake {
     pub fn judge(headers: &HeaderMap, settings: &CloudEventsConfig) -> Handshake {
-        let Some(origin) = headers
-            .get("webhook-request-origin")
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).trim().to_owned())
-        else {
+        let Some(origin) = headers.get("webhook-request-origin") else {
             return Handshake::Plain;
         };
+        // A DNS expression such as `eventgrid.azure.net`.
+        let well_formed = (1..=253).contains(&origin.len())
+            && origin
+                .as_bytes()
+                .iter()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-' | b'*'));
+        let Ok(origin) = origin.to_str().map(str::to_owned) else {
+            return Handshake::Malformed;
+        };
+        if !well_formed {
+            return Handshake::Malformed;
+        }
         let allowed = settings
             .allowed_origins
             .iter()
             .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(&origin));
-        if allowed && !origin.is_empty() {
+        if allowed {
             Handshake::Allowed { origin }
         } else {
             Handshake::Refused { origin }
@@ -516,6 +565,27 @@ mod tests {
             let error = decode_structured(json, &settings(""), 0).unwrap_err();
             assert_eq!(field_of(error), field, "{}", String::from_utf8_lossy(json));
         }
+    }
+
+    #[test]
+    fn extension_attributes_are_held_to_the_spec() {
+        let with = |extra: &str| {
+            let json = format!(
+                r#"{{"specversion":"1.0","id":"1","source":"s","type":"process.started","subject":"p",{extra}}}"#
+            );
+            decode_structured(json.as_bytes(), &settings(""), 0)
+        };
+        assert!(with(
+            r#""traceparent":"00-1-2-01","sequence":7,"flag":true,"dataschema":"https://x/y""#
+        )
+        .is_ok());
+        assert_eq!(
+            field_of(with(r#""data_base64":"aGk=""#).unwrap_err()),
+            "data_base64"
+        );
+        assert_eq!(field_of(with(r#""Task_ID":"t""#).unwrap_err()), "Task_ID");
+        assert_eq!(field_of(with(r#""depth":1.5"#).unwrap_err()), "depth");
+        assert_eq!(field_of(with(r#""tags":["a"]"#).unwrap_err()), "tags");
     }
 
     #[test]
@@ -580,6 +650,8 @@ mod tests {
             "application/jsonx",
             "json",
             "application/+jso",
+            "application/a/b+json",
+            "application/a b+json",
         ] {
             assert!(!is_json_media(no), "{no}");
         }
@@ -638,5 +710,10 @@ mod tests {
             Handshake::Refused { .. }
         ));
         assert_eq!(Handshake::judge(&HeaderMap::new(), &only), Handshake::Plain);
+        assert_eq!(Handshake::judge(&request(""), &any), Handshake::Malformed);
+        assert_eq!(
+            Handshake::judge(&request("a b"), &any),
+            Handshake::Malformed
+        );
     }
 }

@@ -396,6 +396,11 @@ fn handshake(judged: cloudevents::Handshake) -> Response {
         cloudevents::Handshake::Refused { origin } => {
             ApiError::OriginNotAllowed(origin).into_response()
         }
+        cloudevents::Handshake::Malformed => ApiError::InvalidHeader {
+            header: "WebHook-Request-Origin",
+            detail: "`WebHook-Request-Origin` must be the DNS name of the sending system, such as eventgrid.azure.net",
+        }
+        .into_response(),
     }
 }
 

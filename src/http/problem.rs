@@ -53,6 +53,11 @@ pub enum ApiError {
     /// The CloudEvents validation handshake from an origin that
     /// `cloudevents.allowed_origins` does not name.
     OriginNotAllowed(String),
+    /// A request header that is not what it must be.
+    InvalidHeader {
+        header: &'static str,
+        detail: &'static str,
+    },
     /// `/await?require=succeeded` on a process that ended otherwise.
     ProcessUnsuccessful {
         process_id: String,
@@ -196,6 +201,16 @@ impl ApiError {
                 "Unsupported media type",
                 "send the body as application/json, or as a CloudEvent (application/cloudevents+json, application/cloudevents-batch+json, or binary mode with ce-* headers and a JSON body)",
             ),
+            ApiError::InvalidHeader { header, detail } => {
+                let mut p = problem(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    "Invalid header",
+                    *detail,
+                );
+                p.body.insert("header".into(), json!(header));
+                p
+            }
             ApiError::OriginNotAllowed(origin) => problem(
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
