@@ -591,7 +591,10 @@ mod tests {
     #[test]
     fn progress_and_error_are_objects_or_null_never_arrays() {
         let parsed = |json: &str| serde_json::from_str::<EventInput>(json);
-        let event = parsed(r#"{"type":"process.failed","process_id":"p","progress":{"percent":5},"error":null}"#).unwrap();
+        let event = parsed(
+            r#"{"type":"process.failed","process_id":"p","progress":{"percent":5},"error":null}"#,
+        )
+        .unwrap();
         assert_eq!(event.progress.and_then(|p| p.percent), Some(5.0));
         assert!(event.error.is_none());
         for json in [

@@ -164,18 +164,23 @@ pub struct Replay {
 
 impl Replay {
     pub fn send(&mut self, kind: EventType, task_id: Option<&str>, at: Millis) -> Outcome {
-        let event = bare_event(kind, task_id);
+        self.send_event(&bare_event(kind, task_id), at)
+    }
+
+    /// Applies an event with whatever fields it carries.
+    pub fn send_event(&mut self, event: &Event, at: Millis) -> Outcome {
+        let task_id = event.task_id.as_deref();
         let process = self
             .process
             .get_or_insert_with(|| Process::new("p".into(), 0));
         let Some(task_id) = task_id else {
-            return apply(process, None, false, &event, at);
+            return apply(process, None, false, event, at);
         };
         match self.tasks.iter().position(|t| t.id == task_id) {
-            Some(index) => apply(process, Some(&mut self.tasks[index]), false, &event, at),
+            Some(index) => apply(process, Some(&mut self.tasks[index]), false, event, at),
             None => {
                 let mut task = Task::new(task_id.into(), 0);
-                let outcome = apply(process, Some(&mut task), true, &event, at);
+                let outcome = apply(process, Some(&mut task), true, event, at);
                 if outcome == Outcome::Accepted {
                     self.tasks.push(task);
                 }

@@ -170,8 +170,9 @@ pub enum Outcome {
 
 /// Applies `event` (happened at `at`) to `process` and, for a task event, to
 /// `task`. `task_is_new` says the task record was made for this event and is
-/// not counted in the process's task counts yet. Records change only when
-/// the outcome is `Accepted`.
+/// not counted in the process's task counts yet. Records change when the
+/// outcome is `Accepted`; a `Stale` event only fills in what they lack
+/// (see `fill_in_process`); a `Conflict` changes nothing.
 pub fn apply(
     process: &mut Process,
     task: Option<&mut Task>,
@@ -184,14 +185,33 @@ pub fn apply(
         return Outcome::Stale;
     }
     let outcome = match (event.kind.scope(), task) {
-        (Scope::Process, _) => apply_to_process(process, event, at),
-        (Scope::Task, Some(task)) => apply_to_task(process, task, task_is_new, event, at),
+        (Scope::Process, _) => {
+            let outcome = apply_to_process(process, event, at);
+            if outcome == Outcome::Stale {
+                fill_in_process(process, event, at);
+            }
+            outcome
+        }
+        (Scope::Task, Some(task)) => {
+            let outcome = apply_to_task(process, task, task_is_new, event, at);
+            // A stale event for a task never seen creates nothing.
+            if outcome == Outcome::Stale && !task_is_new {
+                fill_in_task(task, event, at);
+            }
+            outcome
+        }
         // Validation guarantees a task id on every task event, and the
         // writer always supplies the task: refusing is the safe answer.
         (Scope::Task, None) => Outcome::Conflict {
             current_status: process.status,
         },
     };
+    if outcome == Outcome::Stale {
+        // Given to the process by any event, as when accepted; here only
+        // when it has none yet.
+        fill(&mut process.process_type, &event.process_type);
+        fill(&mut process.correlation_id, &event.correlation_id);
+    }
     if outcome == Outcome::Accepted {
         process.updated_at = process.updated_at.max(at);
         if let Some(process_type) = &event.process_type {
@@ -318,6 +338,57 @@ fn apply_to_task(
         mark_process_running(process, at);
     }
     Outcome::Accepted
+}
+
+/// A stale event (late, or news for something already ended) changes no
+/// status, progress or time the process has. What it alone carried is not
+/// lost, though (webhooks arrive out of order, and Event Grid delivers
+/// without any order): a name and attributes the process does not have
+/// yet are taken from it, and a start earlier than any known moves
+/// `started_at` back to it. So a run whose
+/// end arrived before its start still shows its name and its duration.
+fn fill_in_process(process: &mut Process, event: &Event, at: Millis) {
+    fill(&mut process.name, &event.name);
+    fill_attributes(&mut process.attributes, &event.attributes);
+    let starts = matches!(
+        event.kind,
+        EventType::ProcessStarted | EventType::ProcessProgress | EventType::ProcessHeartbeat
+    );
+    if starts && process.finished_at.is_none_or(|finished| at <= finished) {
+        earliest(&mut process.started_at, at);
+    }
+}
+
+/// `started_at` is the first moment known running: a late event may only
+/// move it earlier.
+fn earliest(field: &mut Option<Millis>, at: Millis) {
+    *field = Some(field.map_or(at, |known| known.min(at)));
+}
+
+/// As `fill_in_process`, for a task: its name, attributes, and its start
+/// (and its only attempt's, when it has had one).
+fn fill_in_task(task: &mut Task, event: &Event, at: Millis) {
+    fill(&mut task.name, &event.name);
+    fill_attributes(&mut task.attributes, &event.attributes);
+    let starts = matches!(event.kind, EventType::TaskStarted | EventType::TaskProgress);
+    if starts && task.finished_at.is_none_or(|finished| at <= finished) {
+        earliest(&mut task.started_at, at);
+        if let [only] = task.attempts.as_mut_slice() {
+            earliest(&mut only.started_at, at);
+        }
+    }
+}
+
+fn fill(field: &mut Option<String>, from: &Option<String>) {
+    if field.is_none() {
+        field.clone_from(from);
+    }
+}
+
+fn fill_attributes(into: &mut BTreeMap<String, String>, from: &BTreeMap<String, String>) {
+    for (key, value) in from {
+        into.entry(key.clone()).or_insert_with(|| value.clone());
+    }
 }
 
 /// Rule 3: `task.started` on a failed task, no older than its failure, is

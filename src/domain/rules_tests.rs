@@ -168,3 +168,93 @@ proptest! {
         }
     }
 }
+
+fn event_with(kind: EventType, task: Option<&str>, fill: impl FnOnce(&mut Event)) -> Event {
+    let mut event = crate::domain::model::bare_event(kind, task);
+    fill(&mut event);
+    event
+}
+
+#[test]
+fn a_late_start_fills_in_what_the_end_did_not_say_and_changes_nothing_else() {
+    let mut h = Replay::default();
+    let end = event_with(ProcessSucceeded, None, |e| {
+        e.attributes.insert("region".into(), "west".into());
+    });
+    assert_eq!(h.send_event(&end, 100), Outcome::Accepted);
+    let start = event_with(ProcessStarted, None, |e| {
+        e.name = Some("Order sync".into());
+        e.process_type = Some("order-sync".into());
+        e.correlation_id = Some("c-1".into());
+        e.progress = Some(Progress {
+            percent: Some(1.0),
+            ..Progress::default()
+        });
+        e.attributes.insert("region".into(), "east".into());
+        e.attributes.insert("tenant".into(), "t1".into());
+    });
+    assert_eq!(h.send_event(&start, 10), Outcome::Stale);
+    let p = h.process.as_ref().unwrap();
+    assert_eq!(p.status, Status::Succeeded);
+    assert_eq!(
+        (p.started_at, p.finished_at, p.duration_ms()),
+        (Some(10), Some(100), Some(90))
+    );
+    assert_eq!(p.name.as_deref(), Some("Order sync"));
+    assert_eq!(p.process_type.as_deref(), Some("order-sync"));
+    assert_eq!(p.correlation_id.as_deref(), Some("c-1"));
+    assert_eq!(p.progress, None, "state the end left stays");
+    assert_eq!(p.last_update_at, None);
+    // What the process had wins over what came late.
+    assert_eq!(p.attributes["region"], "west");
+    assert_eq!(p.attributes["tenant"], "t1");
+    let renamed = event_with(ProcessProgress, None, |e| e.name = Some("Other".into()));
+    assert_eq!(h.send_event(&renamed, 5), Outcome::Stale);
+    let p = h.process.as_ref().unwrap();
+    // An earlier sign of running moves the start back; the name stays.
+    assert_eq!(
+        (p.name.as_deref(), p.started_at),
+        (Some("Order sync"), Some(5))
+    );
+    // A "start" after the end is no start.
+    let mut h = Replay::default();
+    h.send(ProcessFailed, None, 100);
+    h.send(ProcessStarted, None, 200);
+    assert_eq!(h.process.as_ref().unwrap().started_at, None);
+}
+
+#[test]
+fn a_late_task_start_fills_in_its_start_and_name() {
+    let mut h = Replay::default();
+    h.send(ProcessStarted, None, 1);
+    assert_eq!(h.send(TaskSucceeded, Some("t"), 50), Outcome::Accepted);
+    let start = event_with(TaskStarted, Some("t"), |e| e.name = Some("Fetch".into()));
+    assert_eq!(h.send_event(&start, 20), Outcome::Stale);
+    let t = h.task("t").unwrap();
+    assert_eq!(
+        (t.status, t.started_at, t.finished_at),
+        (Status::Succeeded, Some(20), Some(50))
+    );
+    assert_eq!(t.name.as_deref(), Some("Fetch"));
+    assert_eq!(t.attempts[0].started_at, Some(20));
+    // Out of order: progress (30) before the start (20) it followed.
+    let mut h = Replay::default();
+    h.send(ProcessStarted, None, 1);
+    h.send(TaskSucceeded, Some("u"), 50);
+    assert_eq!(h.send(TaskProgress, Some("u"), 30), Outcome::Stale);
+    assert_eq!(h.send(TaskStarted, Some("u"), 20), Outcome::Stale);
+    let u = h.task("u").unwrap();
+    assert_eq!(
+        (u.started_at, u.attempts[0].started_at),
+        (Some(20), Some(20))
+    );
+    // Conflicts change nothing, not even what is missing.
+    let mut h = Replay::default();
+    h.send(ProcessFailed, None, 100);
+    let other_end = event_with(ProcessSucceeded, None, |e| e.name = Some("n".into()));
+    assert!(matches!(
+        h.send_event(&other_end, 10),
+        Outcome::Conflict { .. }
+    ));
+    assert_eq!(h.process.as_ref().unwrap().name, None);
+}

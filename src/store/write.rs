@@ -491,7 +491,9 @@ impl<'txn> WriteBatch<'txn> {
             Outcome::Accepted => StoredResult::Accepted,
             Outcome::Stale => StoredResult::Stale,
         };
-        if outcome == Outcome::Accepted && !had_type {
+        // A type's defaults come with the first event that gives the type,
+        // accepted or (filling in a type the process lacked) stale.
+        if !had_type {
             if let Some(defaults) = process
                 .process_type
                 .as_ref()
@@ -566,7 +568,8 @@ impl<'txn> WriteBatch<'txn> {
             self.ended.push(process.id.clone());
         }
         cached.changed = true;
-        if brings_attributes && outcome == Outcome::Accepted {
+        // A stale event may fill in attributes the process lacked.
+        if brings_attributes {
             cached.attributes = Attributes::Loaded { changed: true };
         }
         self.processes.insert(ordinal, cached);
