@@ -7,6 +7,7 @@ mod bounds;
 mod cloudevents;
 mod conformance;
 mod deploy;
+mod examples;
 mod ingest;
 mod lifecycle;
 mod live;
