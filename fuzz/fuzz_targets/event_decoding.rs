@@ -1,11 +1,14 @@
-//! Arbitrary bytes through the daemon's own body decoding: it must never
-//! panic, and whatever it accepts must satisfy the contract's rules and
-//! survive the store's codec unchanged.
+//! Arbitrary bytes through the daemon's own body decoding (plain events,
+//! and structured and batch CloudEvents): it must never panic, and
+//! whatever it accepts must satisfy the contract's rules and survive the
+//! store's codec unchanged.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use processmanager::domain::{is_valid_event_id, is_valid_id, Event, Scope};
+use processmanager::config::CloudEventsConfig;
+use processmanager::http::cloudevents;
 use processmanager::http::ingest::{decode_body, DecodedBody};
 use processmanager::store::codec;
 
@@ -35,13 +38,25 @@ fn check(event: &Event) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // The first byte chooses whether an Idempotency-Key header came along.
-    let (header, body) = match data.split_first() {
-        Some((flag, rest)) if flag % 2 == 1 => (Some("header-key"), rest),
-        Some((_, rest)) => (None, rest),
-        None => (None, data),
+    // The first byte chooses how the body came: bit 0, whether an
+    // Idempotency-Key header came along (plain events); bits 1-2, as plain
+    // events, a structured CloudEvent, or a CloudEvents batch.
+    let (flags, body) = match data.split_first() {
+        Some((flags, rest)) => (*flags, rest),
+        None => (0, data),
     };
-    match decode_body(body, header, 1000, 1_700_000_000_000) {
+    let header = (flags % 2 == 1).then_some("header-key");
+    let settings = CloudEventsConfig {
+        type_prefix: "com.example.pm.".into(),
+        ..CloudEventsConfig::default()
+    };
+    let at = 1_700_000_000_000;
+    let decoded = match (flags >> 1) % 3 {
+        0 => decode_body(body, header, 1000, at),
+        1 => cloudevents::decode_structured(body, &settings, at).map(DecodedBody::Single),
+        _ => cloudevents::decode_batch(body, 1000, &settings, at).map(DecodedBody::Batch),
+    };
+    match decoded {
         Ok(DecodedBody::Single(incoming)) => check(&incoming.event),
         Ok(DecodedBody::Batch(items)) => {
             for item in items.iter().flatten() {
