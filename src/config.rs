@@ -29,6 +29,45 @@ pub struct Config {
     pub await_: AwaitConfig,
     pub timeouts: TimeoutsConfig,
     pub cloudevents: CloudEventsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long finished processes are kept, by terminal status, as durations
+/// such as "30d" or "12h"; a status not given is kept forever.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub succeeded: Option<String>,
+    pub failed: Option<String>,
+    pub cancelled: Option<String>,
+    pub timed_out: Option<String>,
+}
+
+impl RetentionConfig {
+    /// (status, milliseconds kept) for each status given.
+    pub fn keep(&self) -> Result<Vec<(crate::domain::Status, crate::domain::Millis)>, ConfigError> {
+        use crate::domain::Status;
+        let mut keep = Vec::new();
+        for (status, text) in [
+            (Status::Succeeded, &self.succeeded),
+            (Status::Failed, &self.failed),
+            (Status::Cancelled, &self.cancelled),
+            (Status::TimedOut, &self.timed_out),
+        ] {
+            let Some(text) = text else { continue };
+            let duration = humantime::parse_duration(text.trim())
+                .ok()
+                .and_then(|duration| crate::domain::Millis::try_from(duration.as_millis()).ok())
+                .filter(|&millis| millis > 0)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "retention.{status} is `{text}`; give a duration such as \"30d\", \"12h\" or \"90m\""
+                    ))
+                })?;
+            keep.push((status, duration));
+        }
+        Ok(keep)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +98,25 @@ pub struct FeedConfig {
     pub max_streams: usize,
     /// Seconds between keepalives on a stream with nothing to send.
     pub keepalive_secs: u64,
+    /// How long the feed keeps its items, as a duration such as "7d": a
+    /// consumer away longer starts over (410 `feed_gone`).
+    pub retention: String,
+}
+
+impl FeedConfig {
+    /// `retention` in milliseconds.
+    pub fn keep(&self) -> Result<crate::domain::Millis, ConfigError> {
+        humantime::parse_duration(self.retention.trim())
+            .ok()
+            .and_then(|duration| crate::domain::Millis::try_from(duration.as_millis()).ok())
+            .filter(|&millis| millis > 0)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "feed.retention is `{}`; give a duration such as \"7d\" or \"12h\"",
+                    self.retention
+                ))
+            })
+    }
 }
 
 impl Default for FeedConfig {
@@ -66,6 +124,7 @@ impl Default for FeedConfig {
         FeedConfig {
             max_streams: 256,
             keepalive_secs: 15,
+            retention: "7d".into(),
         }
     }
 }
@@ -263,6 +322,7 @@ impl Default for Config {
             await_: AwaitConfig::default(),
             timeouts: TimeoutsConfig::default(),
             cloudevents: CloudEventsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -535,6 +595,8 @@ impl Config {
                 )));
             }
         }
+        self.retention.keep()?;
+        self.feed.keep()?;
         if let Some(url) = &self.http.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || url.parse::<hyper::Uri>().is_err()

@@ -15,7 +15,7 @@
 //! Shutdown is dropping every `WriterHandle`: the channel disconnects once
 //! drained, the writer commits what it has, and the thread ends.
 
-use crate::domain::{Caps, Millis};
+use crate::domain::{Caps, Millis, Status};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::store::codec;
@@ -24,8 +24,8 @@ use crate::store::legacy::EventV1;
 use crate::store::read::SharedSnapshots;
 use crate::store::schema::Counters;
 use crate::store::write::{
-    load_counters, load_logged_group, set_logged_group, EventOutcome, IncomingEvent,
-    TimeoutDefaults, WriteBatch,
+    load_counters, load_logged_group, set_logged_group, EventOutcome, IncomingEvent, PurgeStep,
+    Purged, TimeoutDefaults, WriteBatch,
 };
 use crate::store::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -61,6 +61,7 @@ pub enum Answer {
     Deleted(bool),
     /// Due entries looked at (stalls, deadlines).
     Ticked,
+    Purged(Purged),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -69,6 +70,8 @@ enum Work {
     Delete(String),
     /// Look at what has come due (`WriteBatch::fire_due`) at the group's clock.
     Tick,
+    /// Remove finished processes: a retention step, or a bulk DELETE's.
+    Purge(PurgeStep),
 }
 
 /// A group as the log keeps it: the requests, and the server clock, caps
@@ -188,6 +191,25 @@ impl Command {
         match &self.work {
             Work::Ingest(events) => events.len().max(1),
             Work::Delete(_) | Work::Tick => 1,
+            Work::Purge(step) => step.limit as usize,
+        }
+    }
+
+    /// The writer's own step of retention: the finished processes kept
+    /// longer than `retention` says, up to `RETENTION_STEP` of them.
+    fn retention_step(retention: &[(Status, Millis)], feed_keep: Millis, now: Millis) -> Command {
+        Command {
+            work: Work::Purge(PurgeStep {
+                cuts: retention
+                    .iter()
+                    .map(|&(status, keep)| (status, now.saturating_sub(keep)))
+                    .collect(),
+                process_type: None,
+                after: None,
+                limit: RETENTION_STEP,
+                trim_feed_before: Some(now.saturating_sub(feed_keep)),
+            }),
+            reply: oneshot::channel().0,
         }
     }
 
@@ -248,7 +270,26 @@ pub struct WriterSettings {
     pub timeouts: Arc<TimeoutDefaults>,
     /// The least time between two looks at what came due.
     pub check_interval: Duration,
+    /// How long finished processes are kept, by terminal status, in
+    /// milliseconds (`[retention]`); a status not named is kept forever.
+    pub retention: Vec<(Status, Millis)>,
+    /// How long the change feed keeps its items, in milliseconds
+    /// (`feed.retention`).
+    pub feed_keep: Millis,
 }
+
+/// Feed entries one retention step drops at most.
+const FEED_TRIM_STEP: usize = 10_000;
+
+/// How often the feed gets a time mark: an eighth of what it keeps, within
+/// 100 ms and a minute, so that it is trimmed at most an eighth late.
+fn mark_every(feed_keep: Millis) -> Millis {
+    (feed_keep / 8).clamp(100, 60_000)
+}
+
+/// Processes one retention step removes at most: small, so that the group
+/// it shares with ingest stays short.
+const RETENTION_STEP: u32 = 256;
 
 /// How long the writer keeps trying to reopen the store after an I/O
 /// error before it exits, so that a supervisor restarts the daemon.
@@ -301,7 +342,7 @@ impl WriterHandle {
         Ok(async move {
             match answer.await {
                 Ok(Ok(Answer::Events(outcomes))) => Ok(outcomes),
-                Ok(Ok(Answer::Deleted(_) | Answer::Ticked)) => Err(WriteFailure::Storage),
+                Ok(Ok(_)) => Err(WriteFailure::Storage),
                 Ok(Err(failure)) => Err(failure),
                 Err(_) => Err(WriteFailure::Stopped),
             }
@@ -317,7 +358,24 @@ impl WriterHandle {
         Ok(async move {
             match answer.await {
                 Ok(Ok(Answer::Deleted(found))) => Ok(found),
-                Ok(Ok(Answer::Events(_) | Answer::Ticked)) => Err(WriteFailure::Storage),
+                Ok(Ok(_)) => Err(WriteFailure::Storage),
+                Ok(Err(failure)) => Err(failure),
+                Err(_) => Err(WriteFailure::Stopped),
+            }
+        })
+    }
+
+    /// Queues one step of a purge; resolves to what it removed and where
+    /// the next step goes on.
+    pub fn submit_purge(
+        &self,
+        step: PurgeStep,
+    ) -> Result<impl std::future::Future<Output = Result<Purged, WriteFailure>>, SubmitError> {
+        let answer = self.send(Work::Purge(step))?;
+        Ok(async move {
+            match answer.await {
+                Ok(Ok(Answer::Purged(purged))) => Ok(purged),
+                Ok(Ok(_)) => Err(WriteFailure::Storage),
                 Ok(Err(failure)) => Err(failure),
                 Err(_) => Err(WriteFailure::Stopped),
             }
@@ -463,9 +521,16 @@ fn run(
             tracing::error!(%error, "cannot read the due table; stalls and deadlines wait for the next write");
             None
         });
+    // The first look finds out what is due for removal (processes under
+    // `[retention]`, and the feed's old items).
+    let mut next_expiry = Some(now_millis());
     let mut last_look: Option<Instant> = None;
     loop {
-        let look_at = next_look(next_due, last_look, settings.check_interval);
+        let earliest = match (next_due, next_expiry) {
+            (Some(due), Some(expiry)) => Some(due.min(expiry)),
+            (due, expiry) => due.or(expiry),
+        };
+        let look_at = next_look(earliest, last_look, settings.check_interval);
         let first = match look_at {
             None => match receiver.recv() {
                 Ok(command) => Some(command),
@@ -494,6 +559,14 @@ fn run(
         }
         if look_at.is_some_and(|at| Instant::now() >= at) {
             group.push(Command::tick());
+            let now = now_millis();
+            if next_expiry.is_some_and(|expiry| expiry <= now) {
+                group.push(Command::retention_step(
+                    &settings.retention,
+                    settings.feed_keep,
+                    now,
+                ));
+            }
             last_look = Some(Instant::now());
         }
         if group.is_empty() {
@@ -529,7 +602,9 @@ fn run(
                 metrics.commit(weight, started.elapsed());
                 counters = committed.counters;
                 next_due = committed.next_due;
-                if committed.due_left {
+                next_expiry = committed.next_expiry;
+                let now = now_millis();
+                if committed.due_left || next_expiry.is_some_and(|expiry| expiry <= now) {
                     // More came due than one group takes: look again at once.
                     last_look = None;
                 }
@@ -617,6 +692,8 @@ struct Committed {
     next_due: Option<Millis>,
     /// A look at what came due took all it may and left some.
     due_left: bool,
+    /// When the next finished process comes due for removal.
+    next_expiry: Option<Millis>,
 }
 
 fn commit_group(
@@ -632,17 +709,25 @@ fn commit_group(
     let mut batch = WriteBatch::open(&txn, counters.clone())?;
     batch.set_caps(settings.caps);
     batch.set_timeouts(settings.timeouts.clone());
+    batch.mark_feed(now, mark_every(settings.feed_keep))?;
     let mut answers = Vec::with_capacity(group.len());
     for command in group {
         answers.push(apply_work(&mut batch, &command.work, now)?);
     }
     let next_due = batch.next_due()?;
-    // A look at what came due is the group's last work: whatever is due
-    // still is what it had no room for.
+    // A look at what came due is among the group's last works: whatever is
+    // due still is what it had no room for.
     let ticked = group
-        .last()
-        .is_some_and(|command| matches!(command.work, Work::Tick));
+        .iter()
+        .any(|command| matches!(command.work, Work::Tick));
     let due_left = ticked && next_due.is_some_and(|due| due <= now);
+    let next_expiry = match (
+        batch.next_expiry(&settings.retention)?,
+        batch.next_feed_trim(settings.feed_keep)?,
+    ) {
+        (Some(process), Some(feed)) => Some(process.min(feed)),
+        (process, feed) => process.or(feed),
+    };
     let ended = std::mem::take(&mut batch.ended);
     let made = std::mem::take(&mut batch.made);
     let number = log.number + 1;
@@ -688,6 +773,7 @@ fn commit_group(
         made,
         next_due,
         due_left,
+        next_expiry,
     })
 }
 
@@ -706,6 +792,14 @@ fn apply_work(batch: &mut WriteBatch<'_>, work: &Work, now: Millis) -> Result<An
             batch.fire_due(now)?;
             batch.write_back()?;
             Answer::Ticked
+        }
+        Work::Purge(step) => {
+            let purged = batch.purge(step, now)?;
+            batch.write_back()?;
+            if let Some(before) = step.trim_feed_before {
+                batch.trim_feed(before, FEED_TRIM_STEP)?;
+            }
+            Answer::Purged(purged)
         }
     })
 }

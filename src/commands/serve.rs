@@ -122,6 +122,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 caps: config.limits,
                 timeouts: Arc::new(config.timeouts.defaults()),
                 check_interval: std::time::Duration::from_millis(config.timeouts.check_interval_ms),
+                retention: config
+                    .retention
+                    .keep()
+                    .map_err(|error| anyhow::anyhow!("{error}"))?,
+                feed_keep: config
+                    .feed
+                    .keep()
+                    .map_err(|error| anyhow::anyhow!("{error}"))?,
             };
             move || {
                 open_store(

@@ -502,3 +502,74 @@ pub async fn delete_process(state: &AppState, process_id: &str) -> Result<Respon
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
 }
+
+/// Processes one step of a bulk purge removes at most: each step is one
+/// write group, shared with whatever ingest is queued.
+const PURGE_STEP: u32 = 1000;
+
+/// `DELETE /v1/processes?finished_before=…&status=…&process_type=…`:
+/// removes the finished processes that match, through the writer, one
+/// step at a time (so ingest goes on meanwhile), each with a
+/// `process.deleted` item in the change feed. Answers once all are gone.
+pub async fn purge(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+    use super::query::{invalid, parse_statuses, parse_time};
+    let mut finished_before = None;
+    let mut statuses = Vec::new();
+    let mut process_type = None;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "finished_before" => finished_before = Some(parse_time(&value, "finished_before")?),
+            "status" => {
+                statuses = parse_statuses(&value)?;
+                if let Some(running) = statuses.iter().find(|status| !status.is_terminal()) {
+                    return Err(invalid(
+                        "status",
+                        format!("`{running}` processes have not finished; only finished processes are removed this way"),
+                    ));
+                }
+            }
+            "process_type" => process_type = Some(value.into_owned()),
+            other => {
+                return Err(invalid(
+                    other,
+                    format!(
+                        "unknown parameter `{other}`; known: finished_before, status, process_type"
+                    ),
+                ))
+            }
+        }
+    }
+    let cut = finished_before.ok_or_else(|| {
+        invalid(
+            "finished_before",
+            "`finished_before` is required: processes that finished before it are removed",
+        )
+    })?;
+    if statuses.is_empty() {
+        statuses = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+    }
+    let writer = &state.core()?.writer;
+    let mut step = crate::store::write::PurgeStep {
+        cuts: statuses.into_iter().map(|status| (status, cut)).collect(),
+        process_type,
+        after: None,
+        limit: PURGE_STEP,
+        trim_feed_before: None,
+    };
+    let mut deleted = 0;
+    loop {
+        let purged = writer.submit_purge(step.clone())?.await?;
+        deleted += purged.deleted;
+        match purged.next {
+            Some(next) => step.after = Some(next),
+            None => break,
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"deleted": deleted}),
+    ))
+}

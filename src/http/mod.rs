@@ -468,11 +468,17 @@ async fn route(
             state.auth.require(request.headers(), Role::Ingest)?;
             ingest::post_events(state, request).await
         }
-        (Surface::Api, ["v1", "processes"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            state.auth.require(request.headers(), Role::Read)?;
-            query::list_processes(state, request.uri().query()).await
-        }
+        (Surface::Api, ["v1", "processes"]) => match *method {
+            Method::GET => {
+                state.auth.require(request.headers(), Role::Read)?;
+                query::list_processes(state, request.uri().query()).await
+            }
+            Method::DELETE => {
+                state.auth.require(request.headers(), Role::Admin)?;
+                ingest::purge(state, request.uri().query()).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, HEAD, DELETE")),
+        },
         (Surface::Api, ["v1", "processes", id]) => match *method {
             Method::GET => {
                 state.auth.require(request.headers(), Role::Read)?;

@@ -57,7 +57,7 @@ pub(super) fn parse_limit(value: &str, parameter: &str) -> Result<usize, ApiErro
         })
 }
 
-fn parse_time(value: &str, parameter: &str) -> Result<i64, ApiError> {
+pub(super) fn parse_time(value: &str, parameter: &str) -> Result<i64, ApiError> {
     parse_timestamp(value).ok_or_else(|| {
         invalid(
             parameter,
@@ -85,6 +85,32 @@ pub fn decode_cursor(text: &str) -> Option<ListPosition> {
     })
 }
 
+/// `status=a,b`: process statuses, each once.
+pub(super) fn parse_statuses(value: &str) -> Result<Vec<Status>, ApiError> {
+    let mut statuses = Vec::new();
+    for part in value.split(',').map(|part| part.trim_matches(' ')) {
+        if part.is_empty() {
+            return Err(invalid(
+                "status",
+                "`status` is a comma-separated list of statuses, none of them empty",
+            ));
+        }
+        let status: Status = part
+            .parse()
+            .map_err(|detail: String| invalid("status", detail))?;
+        if status == Status::Skipped {
+            return Err(invalid(
+                "status",
+                "`skipped` is a task status; processes are never skipped",
+            ));
+        }
+        if !statuses.contains(&status) {
+            statuses.push(status);
+        }
+    }
+    Ok(statuses)
+}
+
 fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
     let mut list = ListQuery {
         limit: DEFAULT_LIST_LIMIT,
@@ -92,20 +118,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
     };
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match name.as_ref() {
-            "status" => {
-                for part in value.split(',').map(|part| part.trim_matches(' ')) {
-                    if part.is_empty() {
-                        return Err(invalid("status", "`status` is a comma-separated list of statuses, none of them empty"));
-                    }
-                    let status: Status = part.parse().map_err(|detail: String| invalid("status", detail))?;
-                    if status == Status::Skipped {
-                        return Err(invalid("status", "`skipped` is a task status; processes are never skipped"));
-                    }
-                    if !list.statuses.contains(&status) {
-                        list.statuses.push(status);
-                    }
-                }
-            }
+            "status" => list.statuses = parse_statuses(&value)?,
             "process_type" => list.process_type = Some(value.into_owned()),
             "correlation_id" => list.correlation_id = Some(value.into_owned()),
             "stalled" => {

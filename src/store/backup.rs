@@ -6,8 +6,8 @@
 //! command and the daemon open it as they would any other.
 
 use super::schema::{
-    Counters, BY_CORRELATION, BY_CREATED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS, FEED, META,
-    PROCESS_IDS, RECORDS,
+    Counters, BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS,
+    FEED, FEED_MARKS, META, PROCESS_IDS, RECORDS,
 };
 use super::{read::Snapshot, StoreError};
 use redb::{
@@ -76,6 +76,8 @@ pub fn write_snapshot(
     copy_table(source, &target, FEED)?;
     copy_table(source, &target, DUE)?;
     copy_table(source, &target, BY_STALLED)?;
+    copy_table(source, &target, BY_FINISHED)?;
+    copy_table(source, &target, FEED_MARKS)?;
     // A final durable commit makes every chunk before it durable.
     target.begin_write()?.commit()?;
     target.close()?;

@@ -8,7 +8,7 @@
 use super::read::Snapshot;
 use super::schema::{
     self, decode_or_corrupt, history_seq, Counters, DedupRecord, HistoryRecord, Kind,
-    BY_CORRELATION, BY_CREATED, BY_STATUS, BY_TYPE, EVENTS, PROCESS_IDS, RECORDS,
+    BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STATUS, BY_TYPE, EVENTS, PROCESS_IDS, RECORDS,
 };
 use super::write::{load_counters, WriteBatch};
 use super::StoreError;
@@ -59,6 +59,7 @@ struct Totals {
     by_status: [u64; 7],
     with_type: u64,
     with_correlation: u64,
+    finished: u64,
     max_seq: u64,
     max_ordinal: Option<u64>,
 }
@@ -83,11 +84,13 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         by_status: txn.open_table(BY_STATUS)?,
         by_type: txn.open_table(BY_TYPE)?,
         by_correlation: txn.open_table(BY_CORRELATION)?,
+        by_finished: txn.open_table(BY_FINISHED)?,
     };
     let mut totals = Totals {
         by_status: [0; 7],
         with_type: 0,
         with_correlation: 0,
+        finished: 0,
         max_seq: 0,
         max_ordinal: None,
     };
@@ -232,6 +235,13 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             totals.with_type
         ));
     }
+    if indexes.by_finished.len()? != totals.finished {
+        report.problem(format!(
+            "the finished index has {} entries for {} finished processes",
+            indexes.by_finished.len()?,
+            totals.finished
+        ));
+    }
     if indexes.by_correlation.len()? != totals.with_correlation {
         report.problem(format!(
             "the correlation index has {} entries for {} processes with a correlation id",
@@ -323,6 +333,7 @@ struct Indexes {
     by_status: ReadOnlyTable<(u8, u64), ()>,
     by_type: ReadOnlyTable<(&'static str, u8, u64), ()>,
     by_correlation: ReadOnlyTable<(&'static str, u64), ()>,
+    by_finished: ReadOnlyTable<(u8, i64, u64), ()>,
 }
 
 impl Indexes {
@@ -341,6 +352,7 @@ impl Indexes {
             by_status,
             by_type,
             by_correlation,
+            by_finished,
         } = self;
         totals.max_ordinal = totals.max_ordinal.max(Some(ordinal));
         report.events += gathered.history_seqs.len() as u64;
@@ -381,6 +393,15 @@ impl Indexes {
             let key = (process_type.as_str(), process.status.code(), ordinal);
             if by_type.get(key)?.is_none() {
                 report.problem(format!("process {id} is missing from the type index"));
+            }
+        }
+        if let (true, Some(finished_at)) = (process.status.is_terminal(), process.finished_at) {
+            totals.finished += 1;
+            if by_finished
+                .get((process.status.code(), finished_at, ordinal))?
+                .is_none()
+            {
+                report.problem(format!("process {id} is missing from the finished index"));
             }
         }
         if let Some(correlation_id) = &process.correlation_id {

@@ -184,8 +184,13 @@ pub fn open_writable_with_journal(
         Some(1) => {
             upgrade_from_v1(&txn)?;
             upgrade_from_v2(&txn)?;
+            upgrade_from_v3(&txn)?;
         }
-        Some(2) => upgrade_from_v2(&txn)?,
+        Some(2) => {
+            upgrade_from_v2(&txn)?;
+            upgrade_from_v3(&txn)?;
+        }
+        Some(3) => upgrade_from_v3(&txn)?,
         Some(found) if found != SCHEMA_VERSION => {
             return Err(StoreError::SchemaMismatch {
                 path: path.to_owned(),
@@ -222,6 +227,8 @@ pub fn open_writable_with_journal(
     txn.open_table(schema::FEED)?;
     txn.open_table(schema::DUE)?;
     txn.open_table(schema::BY_STALLED)?;
+    txn.open_table(schema::BY_FINISHED)?;
+    txn.open_table(schema::FEED_MARKS)?;
     txn.commit()?;
     Ok(db)
 }
@@ -325,11 +332,45 @@ fn upgrade_from_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         }
     }
     let mut meta = txn.open_table(META)?;
+    meta.insert(META_SCHEMA_VERSION, codec::encode(&3u32).as_slice())?;
+    tracing::info!(entries, "store upgraded to schema version 3");
+    Ok(())
+}
+
+/// Version 3 had no finished index: build it from the records of the
+/// terminal processes.
+fn upgrade_from_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use crate::domain::{Process, Status};
+    use schema::Kind;
+    tracing::info!("upgrading the store from schema version 3: indexing finished processes");
+    let by_status = txn.open_table(schema::BY_STATUS)?;
+    let records = txn.open_table(schema::RECORDS)?;
+    let mut by_finished = txn.open_table(schema::BY_FINISHED)?;
+    let mut indexed: u64 = 0;
+    for status in Status::ALL
+        .into_iter()
+        .filter(|status| status.is_terminal())
+    {
+        for entry in by_status.range((status.code(), 0)..=(status.code(), u64::MAX))? {
+            let ordinal = entry?.0.value().1;
+            let key = schema::record_key(ordinal, Kind::Process, &[]);
+            let Some(bytes) = records.get(key.as_slice())? else {
+                continue;
+            };
+            let process: Process =
+                schema::decode_evolved_or_corrupt("process record", bytes.value())?;
+            if let Some(finished_at) = process.finished_at {
+                by_finished.insert((status.code(), finished_at, ordinal), ())?;
+                indexed += 1;
+            }
+        }
+    }
+    let mut meta = txn.open_table(META)?;
     meta.insert(
         META_SCHEMA_VERSION,
         codec::encode(&SCHEMA_VERSION).as_slice(),
     )?;
-    tracing::info!(entries, "store upgraded to schema version {SCHEMA_VERSION}");
+    tracing::info!(indexed, "store upgraded to schema version {SCHEMA_VERSION}");
     Ok(())
 }
 
@@ -351,9 +392,14 @@ pub fn upgrade_in_place(db: &Database) -> Result<(), StoreError> {
     if version < 3 {
         upgrade_from_v2(&txn)?;
     }
+    if version < 4 {
+        upgrade_from_v3(&txn)?;
+    }
     txn.open_table(schema::FEED)?;
     txn.open_table(schema::DUE)?;
     txn.open_table(schema::BY_STALLED)?;
+    txn.open_table(schema::BY_FINISHED)?;
+    txn.open_table(schema::FEED_MARKS)?;
     txn.commit()?;
     Ok(())
 }

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 /// Bump when the layout or a record changes; `open` refuses other versions.
 /// Version 1 kept the events with the records; `open_writable` moves them.
 /// Version 3 added the change feed, the due table and the stalled index;
-/// `open_writable` builds the feed from the history it finds.
-pub const SCHEMA_VERSION: u32 = 3;
+/// `open_writable` builds the feed from the history it finds. Version 4
+/// added the finished index, built from the records at the upgrade, and
+/// the feed's time marks.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// `schema_version`, `counters` and `logged_group`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -49,6 +51,14 @@ pub const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 pub const DUE: TableDefinition<(i64, u64, u8, u32), ()> = TableDefinition::new("due");
 /// (ordinal): the processes stalled now.
 pub const BY_STALLED: TableDefinition<u64, ()> = TableDefinition::new("by_stalled");
+/// (terminal status code, finished_at, ordinal): finished processes,
+/// oldest end first, for retention and purges. A status and `finished_at`
+/// never change once terminal, so an entry is written once.
+pub const BY_FINISHED: TableDefinition<(u8, i64, u64), ()> = TableDefinition::new("by_finished");
+/// seq -> time: feed entries from this seq on were written at or after
+/// this time. One mark every little while, so that the feed can be trimmed
+/// by age (`feed.retention`) without a time in every entry.
+pub const FEED_MARKS: TableDefinition<u64, i64> = TableDefinition::new("feed_marks");
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// The last seq removed from the feed without a trace (an offline purge):

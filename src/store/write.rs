@@ -15,8 +15,8 @@
 use super::schema::{
     self, decode_evolved_or_corrupt, decode_or_corrupt, record_key, Counters, DedupRecord, Due,
     FeedEntry, HistoryRecordRef, Kind, Source, StoredResult, BY_CORRELATION, BY_CREATED,
-    BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS, FEED, META, META_COUNTERS, META_LOGGED_GROUP,
-    PROCESS_IDS, RECORDS,
+    BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS, FEED, FEED_MARKS, META,
+    META_COUNTERS, META_FEED_FLOOR, META_LOGGED_GROUP, PROCESS_IDS, RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{
@@ -165,6 +165,8 @@ pub struct WriteBatch<'txn> {
     by_type: Table<'txn, (&'static str, u8, u64), ()>,
     by_correlation: Table<'txn, (&'static str, u64), ()>,
     by_stalled: Table<'txn, u64, ()>,
+    by_finished: Table<'txn, (u8, i64, u64), ()>,
+    feed_marks: Table<'txn, u64, i64>,
     feed: Table<'txn, u64, &'static [u8]>,
     due: Table<'txn, (i64, u64, u8, u32), ()>,
     meta: Table<'txn, &'static str, &'static [u8]>,
@@ -217,6 +219,8 @@ impl<'txn> WriteBatch<'txn> {
             by_type: txn.open_table(BY_TYPE)?,
             by_correlation: txn.open_table(BY_CORRELATION)?,
             by_stalled: txn.open_table(BY_STALLED)?,
+            by_finished: txn.open_table(BY_FINISHED)?,
+            feed_marks: txn.open_table(FEED_MARKS)?,
             feed: txn.open_table(FEED)?,
             due: txn.open_table(DUE)?,
             meta: txn.open_table(META)?,
@@ -702,6 +706,139 @@ impl<'txn> WriteBatch<'txn> {
         Ok(())
     }
 
+    /// Removes finished processes as `step` says, oldest end first, each
+    /// with a `process.deleted` item in the feed at `now`: at most
+    /// `step.limit` of them, after looking at no more than eight times as
+    /// many entries of the finished index. Returns how many it removed and,
+    /// when it stopped before the end, where the next step goes on.
+    pub fn purge(&mut self, step: &PurgeStep, now: Millis) -> Result<Purged, StoreError> {
+        self.write_back()?;
+        let limit = step.limit.max(1) as usize;
+        let budget = limit.saturating_mul(8);
+        let mut cuts = step.cuts.clone();
+        cuts.sort_by_key(|(status, _)| status.code());
+        let mut doomed = Vec::new();
+        let mut looked = 0;
+        let mut stopped_at = None;
+        'statuses: for (status, cut) in cuts {
+            let code = status.code();
+            let start = match step.after {
+                Some(after) if after.0 > code => continue,
+                Some(after) if after.0 == code => std::ops::Bound::Excluded(after),
+                _ => std::ops::Bound::Included((code, i64::MIN, 0)),
+            };
+            let end = std::ops::Bound::Excluded((code, cut, 0));
+            for entry in self.by_finished.range::<(u8, i64, u64)>((start, end))? {
+                let key = entry?.0.value();
+                looked += 1;
+                let process = self.get_evolved::<Process>(
+                    "process record",
+                    &record_key(key.2, Kind::Process, &[]),
+                )?;
+                if let Some(process) = process.filter(|process| {
+                    step.process_type
+                        .as_ref()
+                        .is_none_or(|wanted| process.process_type.as_ref() == Some(wanted))
+                }) {
+                    doomed.push(process.id);
+                }
+                if doomed.len() == limit || looked == budget {
+                    // Perhaps the last; the next step finds out.
+                    stopped_at = Some(key);
+                    break 'statuses;
+                }
+            }
+        }
+        let mut deleted = 0;
+        for process_id in doomed {
+            if self.delete_process(&process_id, Some(now))? {
+                deleted += 1;
+            }
+        }
+        Ok(Purged {
+            deleted,
+            next: stopped_at,
+        })
+    }
+
+    /// Marks the feed with the time at `now`, unless the last mark is
+    /// younger than `every` milliseconds: what `trim_feed` goes by.
+    pub fn mark_feed(&mut self, now: Millis, every: Millis) -> Result<(), StoreError> {
+        let last = self.feed_marks.last()?.map(|(_, at)| at.value());
+        if last.is_none_or(|at| now.saturating_sub(at) >= every) {
+            self.feed_marks.insert(self.counters.last_seq + 1, now)?;
+        }
+        Ok(())
+    }
+
+    /// Drops feed entries written before `before` (as far as the marks
+    /// tell), at most `limit` of them, and raises the feed floor past them:
+    /// a consumer resuming from before the floor is told (410) to start
+    /// over. Returns whether some are left to drop.
+    pub fn trim_feed(&mut self, before: Millis, limit: usize) -> Result<bool, StoreError> {
+        let mut cut = None;
+        for mark in self.feed_marks.iter()? {
+            let (seq, at) = mark?;
+            if at.value() > before {
+                break;
+            }
+            cut = Some(seq.value());
+        }
+        let Some(cut) = cut else {
+            return Ok(false);
+        };
+        let mut dropped = Vec::new();
+        for entry in self.feed.range(..cut)? {
+            if dropped.len() == limit {
+                break;
+            }
+            dropped.push(entry?.0.value());
+        }
+        for &seq in &dropped {
+            self.feed.remove(seq)?;
+        }
+        let more = dropped.len() == limit;
+        let floor = if more {
+            dropped.last().copied().unwrap_or(0)
+        } else {
+            // Everything before the mark is gone; the marks before it too.
+            self.feed_marks.retain_in(..cut, |_, _| false)?;
+            cut - 1
+        };
+        if floor > schema::feed_floor(&self.meta)? {
+            self.meta
+                .insert(META_FEED_FLOOR, codec::encode(&floor).as_slice())?;
+        }
+        Ok(more)
+    }
+
+    /// When trimming the feed to `keep` milliseconds would next drop
+    /// something: the second mark's time, plus `keep`.
+    pub fn next_feed_trim(&self, keep: Millis) -> Result<Option<Millis>, StoreError> {
+        Ok(match self.feed_marks.iter()?.nth(1) {
+            Some(mark) => Some(mark?.1.value().saturating_add(keep)),
+            None => None,
+        })
+    }
+
+    /// When the first finished process comes due for removal under
+    /// `retention` (how long each terminal status is kept), if any is kept.
+    pub fn next_expiry(&self, retention: &[(Status, i64)]) -> Result<Option<Millis>, StoreError> {
+        let mut next: Option<Millis> = None;
+        for &(status, keep) in retention {
+            let code = status.code();
+            if let Some(entry) = self
+                .by_finished
+                .range((code, i64::MIN, 0)..=(code, i64::MAX, u64::MAX))?
+                .next()
+            {
+                let expires = entry?.0.value().1.saturating_add(keep);
+                next = Some(next.map_or(expires, |known| known.min(expires)));
+            }
+        }
+        Ok(next)
+    }
+
     /// The earliest due entry's time, if any.
     pub fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         Ok(self.due.first()?.map(|(key, _)| key.value().0))
@@ -942,6 +1079,16 @@ impl<'txn> WriteBatch<'txn> {
         if process.stalled_since.is_some() {
             self.by_stalled.insert(ordinal, ())?;
         }
+        self.index_finished(ordinal, process)
+    }
+
+    /// A terminal process's entry in the finished index, written once: its
+    /// status and `finished_at` never change again.
+    fn index_finished(&mut self, ordinal: u64, process: &Process) -> Result<(), StoreError> {
+        if let (true, Some(finished_at)) = (process.status.is_terminal(), process.finished_at) {
+            self.by_finished
+                .insert((process.status.code(), finished_at, ordinal), ())?;
+        }
         Ok(())
     }
 
@@ -956,6 +1103,9 @@ impl<'txn> WriteBatch<'txn> {
             self.by_status.insert((after.status.code(), ordinal), ())?;
             self.counters.count_status(before.status, -1);
             self.counters.count_status(after.status, 1);
+            if !before.status.is_terminal() {
+                self.index_finished(ordinal, after)?;
+            }
         }
         if before.process_type != after.process_type || before.status != after.status {
             if let Some(old) = &before.process_type {
@@ -1051,6 +1201,12 @@ impl<'txn> WriteBatch<'txn> {
             if indexed.stalled {
                 self.by_stalled.remove(ordinal)?;
             }
+            if let (true, Some(finished_at)) =
+                (indexed.status.is_terminal(), cached.process.finished_at)
+            {
+                self.by_finished
+                    .remove((indexed.status.code(), finished_at, ordinal))?;
+            }
             self.counters.count_status(indexed.status, -1);
         }
         self.counters.events_total = self
@@ -1059,6 +1215,31 @@ impl<'txn> WriteBatch<'txn> {
             .saturating_sub(cached.process.event_count);
         Ok(true)
     }
+}
+
+/// One step of removing finished processes: a retention step, or one of a
+/// bulk `DELETE /v1/processes?finished_before=…`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeStep {
+    /// (terminal status, cut): processes of that status finished before
+    /// the cut.
+    pub cuts: Vec<(Status, Millis)>,
+    /// Only processes of this type.
+    pub process_type: Option<String>,
+    /// The entry of the finished index the last step stopped at.
+    pub after: Option<(u8, Millis, u64)>,
+    /// Processes removed in this step at most.
+    pub limit: u32,
+    /// Also drop feed entries written before this time (retention steps).
+    pub trim_feed_before: Option<Millis>,
+}
+
+/// What a purge step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Purged {
+    pub deleted: u64,
+    /// Where the next step goes on; `None` when nothing is left.
+    pub next: Option<(u8, Millis, u64)>,
 }
 
 /// Makes sure a heartbeat check waits in `due` no later than the moment

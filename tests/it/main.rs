@@ -15,6 +15,7 @@ mod operating;
 mod property;
 mod queries;
 mod reliability;
+mod retention;
 mod schemathesis;
 mod soak;
 mod stalls;
