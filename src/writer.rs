@@ -288,8 +288,13 @@ fn mark_every(feed_keep: Millis) -> Millis {
 }
 
 /// Processes one retention step removes at most: small, so that the group
-/// it shares with ingest stays short.
-const RETENTION_STEP: u32 = 256;
+/// it shares with ingest stays short (a few milliseconds).
+const RETENTION_STEP: u32 = 64;
+
+/// Retention takes at most a tenth of the writer's time: after a group
+/// with a step, the next step waits nine times as long as that group took
+/// (a backlog of a million goes in minutes; ingest hardly notices).
+const RETENTION_SHARE_OF_NINE: u32 = 9;
 
 /// How long the writer keeps trying to reopen the store after an I/O
 /// error before it exits, so that a supervisor restarts the daemon.
@@ -525,12 +530,17 @@ fn run(
     // `[retention]`, and the feed's old items).
     let mut next_expiry = Some(now_millis());
     let mut last_look: Option<Instant> = None;
+    let mut retention_not_before: Option<Instant> = None;
     loop {
-        let earliest = match (next_due, next_expiry) {
-            (Some(due), Some(expiry)) => Some(due.min(expiry)),
-            (due, expiry) => due.or(expiry),
+        let due_look = next_look(next_due, last_look, settings.check_interval);
+        // Retention looks when something comes due for removal, and no
+        // sooner than its share of the writer's time allows.
+        let retention_look = next_look(next_expiry, None, Duration::ZERO)
+            .map(|at| retention_not_before.map_or(at, |not_before| at.max(not_before)));
+        let look_at = match (due_look, retention_look) {
+            (Some(due), Some(retention)) => Some(due.min(retention)),
+            (due, retention) => due.or(retention),
         };
-        let look_at = next_look(earliest, last_look, settings.check_interval);
         let first = match look_at {
             None => match receiver.recv() {
                 Ok(command) => Some(command),
@@ -544,6 +554,7 @@ fn run(
         };
         let mut weight = 0;
         let mut group = Vec::new();
+        let mut retained = false;
         if let Some(first) = first {
             weight = first.weight();
             group.push(first);
@@ -560,7 +571,8 @@ fn run(
         if look_at.is_some_and(|at| Instant::now() >= at) {
             group.push(Command::tick());
             let now = now_millis();
-            if next_expiry.is_some_and(|expiry| expiry <= now) {
+            if retention_look.is_some_and(|at| Instant::now() >= at) {
+                retained = true;
                 group.push(Command::retention_step(
                     &settings.retention,
                     settings.feed_keep,
@@ -600,11 +612,14 @@ fn run(
         match result {
             Ok(committed) => {
                 metrics.commit(weight, started.elapsed());
+                if retained {
+                    retention_not_before =
+                        Some(Instant::now() + started.elapsed() * RETENTION_SHARE_OF_NINE);
+                }
                 counters = committed.counters;
                 next_due = committed.next_due;
                 next_expiry = committed.next_expiry;
-                let now = now_millis();
-                if committed.due_left || next_expiry.is_some_and(|expiry| expiry <= now) {
+                if committed.due_left {
                     // More came due than one group takes: look again at once.
                     last_look = None;
                 }

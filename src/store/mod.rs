@@ -645,6 +645,16 @@ mod tests {
         assert!(report.is_sound(), "{:?}", report.problems);
     }
 
+    fn finished_entries(db: &Database) -> Vec<(u8, i64, u64)> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(schema::BY_FINISHED).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value())
+            .collect()
+    }
+
     fn feed_entries(db: &Database) -> Vec<(u64, Vec<u8>)> {
         let txn = db.begin_read().unwrap();
         let feed = txn.open_table(schema::FEED).unwrap();
@@ -659,8 +669,9 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
-        /// A version 2 store has no feed: the upgrade builds it from the
-        /// history, replaying each process's events through the rules, and
+        /// A version 2 store has no feed and no finished index: the upgrade
+        /// builds the feed from the history, replaying each process's
+        /// events through the rules, and the index from the records, and
         /// gets exactly the entries the writer would have written.
         #[test]
         fn the_feed_built_from_a_version_2_history_is_the_one_the_writer_writes(
@@ -684,9 +695,11 @@ mod tests {
             batch.finish().unwrap();
             txn.commit().unwrap();
             let written = feed_entries(&db);
-            // As version 2 left it: no feed, version 2.
+            let finished = finished_entries(&db);
+            // As version 2 left it: no feed, no finished index, version 2.
             let txn = db.begin_write().unwrap();
             txn.open_table(schema::FEED).unwrap().retain(|_, _| false).unwrap();
+            txn.open_table(schema::BY_FINISHED).unwrap().retain(|_, _| false).unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert(META_SCHEMA_VERSION, codec::encode(&2u32).as_slice())
@@ -695,6 +708,8 @@ mod tests {
             drop(db);
             let db = open_writable(&path, 1 << 20).unwrap();
             proptest::prop_assert_eq!(feed_entries(&db), written);
+            // The finished index too, built by the step from version 3.
+            proptest::prop_assert_eq!(finished_entries(&db), finished);
         }
     }
 
