@@ -287,14 +287,14 @@ fn mark_every(feed_keep: Millis) -> Millis {
     (feed_keep / 8).clamp(100, 60_000)
 }
 
-/// Processes one retention step removes at most: small, so that the group
-/// it shares with ingest stays short (a few milliseconds).
-const RETENTION_STEP: u32 = 64;
+/// Processes one retention step removes at most: few, so that the group
+/// it joins grows by a fraction of a millisecond and a request that
+/// shares it hardly waits longer.
+const RETENTION_STEP: u32 = 16;
 
-/// Retention takes at most a tenth of the writer's time: after a group
-/// with a step, the next step waits nine times as long as that group took
-/// (a backlog of a million goes in minutes; ingest hardly notices).
-const RETENTION_SHARE_OF_NINE: u32 = 9;
+/// Retention takes at most a twentieth of the writer's time: after a step,
+/// the next waits nineteen times as long as the step took.
+const RETENTION_PAUSE_FACTOR: u32 = 19;
 
 /// How long the writer keeps trying to reopen the store after an I/O
 /// error before it exits, so that a supervisor restarts the daemon.
@@ -614,7 +614,7 @@ fn run(
                 metrics.commit(weight, started.elapsed());
                 if retained {
                     retention_not_before =
-                        Some(Instant::now() + started.elapsed() * RETENTION_SHARE_OF_NINE);
+                        Some(Instant::now() + committed.retention_time * RETENTION_PAUSE_FACTOR);
                 }
                 counters = committed.counters;
                 next_due = committed.next_due;
@@ -709,6 +709,8 @@ struct Committed {
     due_left: bool,
     /// When the next finished process comes due for removal.
     next_expiry: Option<Millis>,
+    /// How long the group's retention step took.
+    retention_time: Duration,
 }
 
 fn commit_group(
@@ -726,8 +728,13 @@ fn commit_group(
     batch.set_timeouts(settings.timeouts.clone());
     batch.mark_feed(now, mark_every(settings.feed_keep))?;
     let mut answers = Vec::with_capacity(group.len());
+    let mut retention_time = Duration::ZERO;
     for command in group {
+        let started = Instant::now();
         answers.push(apply_work(&mut batch, &command.work, now)?);
+        if matches!(&command.work, Work::Purge(step) if step.trim_feed_before.is_some()) {
+            retention_time += started.elapsed();
+        }
     }
     let next_due = batch.next_due()?;
     // A look at what came due is among the group's last works: whatever is
@@ -789,6 +796,7 @@ fn commit_group(
         next_due,
         due_left,
         next_expiry,
+        retention_time,
     })
 }
 

@@ -46,16 +46,10 @@ fn retention_removes_finished_processes_by_status_with_a_feed_item_each() {
     client.post(&event("process.started", "old-success"));
     client.post(&ended("process.succeeded", "old-success", long_ago));
     // Within theirs, or kept forever (failed has none), or running: kept.
-    client.post(&ended(
-        "process.succeeded",
-        "recent-success",
-        &format!(
-            "{}",
-            time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap()
-        ),
-    ));
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    client.post(&ended("process.succeeded", "recent-success", &now));
     client.post(&ended(
         "process.cancelled",
         "cancelled-yesterday",
@@ -159,7 +153,7 @@ fn a_bulk_delete_removes_the_matching_finished_processes_only() {
         "/v1/processes?finished_before=2026-03-01T00:00:00Z&status=failed&process_type=export",
     );
     assert_eq!(reply.status, 200, "{}", reply.text);
-    let gone = |n: usize| n % 3 == 1 && n % 2 == 0 && n % 5 == 0;
+    let gone = |n: usize| n % 3 == 1 && n.is_multiple_of(2) && n.is_multiple_of(5);
     assert_eq!(reply.json["deleted"], expected(&gone));
     assert_eq!(reply.json.as_object().unwrap().len(), 1);
     for n in [0, 10, 40, 70, 100] {
@@ -168,7 +162,7 @@ fn a_bulk_delete_removes_the_matching_finished_processes_only() {
     }
     // Everything finished before March, in steps of the writer's size.
     let reply = client.delete("/v1/processes?finished_before=2026-03-01T00:00:00Z");
-    let january = |n: usize| n % 2 == 0;
+    let january = |n: usize| n.is_multiple_of(2);
     assert_eq!(reply.json["deleted"], expected(&january) - expected(&gone));
     // Again: nothing left to remove; the running process never is.
     let reply = client.delete("/v1/processes?finished_before=2030-01-01T00:00:00Z");
