@@ -17,9 +17,8 @@
 mod support;
 
 use bytes::Bytes;
-use processmanager::store::write::{IncomingEvent, WriteBatch};
-use processmanager::store::{self, write::load_counters};
-use std::path::{Path, PathBuf};
+use processmanager::store;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
@@ -54,59 +53,9 @@ fn event_of(p: u64, n: u64) -> processmanager::domain::Event {
     input.validate(None).expect("valid event")
 }
 
-/// Builds the store through the writer's own code path, committing in
-/// large transactions; reused across runs of the same schema version.
+/// Builds the store through the writer's own code path (cached).
 fn build_store(processes: u64) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "bench-store-v{}-{processes}",
-        store::schema::SCHEMA_VERSION
-    ));
-    let path = store::store_path(&dir);
-    if dir.join("complete").exists() {
-        return dir;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let started = Instant::now();
-    let db = store::open_writable(&path, 256 << 20).expect("store");
-    let mut p = 0;
-    while p < processes {
-        let txn = db.begin_write().expect("txn");
-        let counters = load_counters(&txn).expect("counters");
-        let mut batch = WriteBatch::open(&txn, counters).expect("batch");
-        let now = processmanager::writer::now_millis();
-        for _ in 0..5_000 {
-            if p == processes {
-                break;
-            }
-            for n in 0..EVENTS_PER_PROCESS {
-                let event = event_of(p, n);
-                let incoming = IncomingEvent {
-                    event,
-                    fingerprint: [0; 16],
-                    received_at: now,
-                };
-                batch.apply(&incoming, now).expect("apply");
-            }
-            p += 1;
-        }
-        batch.finish().expect("finish");
-        txn.commit().expect("commit");
-        if p % 100_000 == 0 {
-            eprintln!(
-                "  built {p} processes in {:.0} s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    db.begin_write()
-        .expect("txn")
-        .commit()
-        .expect("durable commit");
-    drop(db);
-    std::fs::write(dir.join("complete"), b"").expect("marker");
-    eprintln!("  store built in {:.0} s", started.elapsed().as_secs_f64());
-    dir
+    build_cached_store("store", processes, EVENTS_PER_PROCESS, event_of)
 }
 
 /// Random process ids; another `round` draws other ids.

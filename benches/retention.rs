@@ -14,9 +14,8 @@
 
 mod support;
 
-use processmanager::store::write::{IncomingEvent, WriteBatch};
-use processmanager::store::{self, write::load_counters};
-use std::path::{Path, PathBuf};
+use processmanager::store;
+use std::path::Path;
 use std::time::Instant;
 use support::*;
 
@@ -24,73 +23,28 @@ const SINGLE_CONNECTIONS: usize = 64;
 const BATCH_CONNECTIONS: usize = 16;
 const FINISHED_AT: &str = "2026-01-01T00:00:00Z";
 
-/// Builds the store through the writer's own code path; reused across
-/// runs of the same schema version.
-fn build_store(processes: u64) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "bench-retention-v{}-{processes}",
-        store::schema::SCHEMA_VERSION
-    ));
-    if dir.join("complete").exists() {
-        return dir;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let started = Instant::now();
-    let db = store::open_writable(&store::store_path(&dir), 256 << 20).expect("store");
-    let event = |p: u64, n: u64| {
-        let (kind, task) = match n {
-            0 => ("process.started", None),
-            1 => ("task.succeeded", Some("step")),
-            // Cancelled: the load never cancels, so the count of cancelled
-            // processes is what retention has left of these.
-            _ => ("process.cancelled", None),
-        };
-        let process_type = ["import", "export", "report"][(p % 3) as usize];
-        let value = serde_json::json!({
-            "type": kind,
-            "process_id": format!("done-{p}"),
-            "task_id": task,
-            "event_id": format!("done-{p}-{n}"),
-            "process_type": process_type,
-            "occurred_at": FINISHED_AT,
-        });
-        let input: processmanager::domain::EventInput =
-            serde_json::from_value(value).expect("valid event");
-        input.validate(None).expect("valid event")
+/// The n-th event of finished process `p`: it starts, a task succeeds,
+/// and it is cancelled, all on 2026-01-01.
+fn event_of(p: u64, n: u64) -> processmanager::domain::Event {
+    let (kind, task) = match n {
+        0 => ("process.started", None),
+        1 => ("task.succeeded", Some("step")),
+        // Cancelled: the load never cancels, so the count of cancelled
+        // processes is what retention has left of these.
+        _ => ("process.cancelled", None),
     };
-    let mut p = 0;
-    while p < processes {
-        let txn = db.begin_write().expect("txn");
-        let mut batch =
-            WriteBatch::open(&txn, load_counters(&txn).expect("counters")).expect("batch");
-        let now = processmanager::writer::now_millis();
-        for _ in 0..5_000 {
-            if p == processes {
-                break;
-            }
-            for n in 0..3 {
-                let incoming = IncomingEvent {
-                    event: event(p, n),
-                    fingerprint: [0; 16],
-                    received_at: now,
-                };
-                batch.apply(&incoming, now).expect("apply");
-            }
-            p += 1;
-        }
-        batch.finish().expect("finish");
-        txn.commit().expect("commit");
-        if p % 200_000 == 0 {
-            eprintln!(
-                "  built {p} processes in {:.0} s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    drop(db);
-    std::fs::write(dir.join("complete"), b"").expect("marker");
-    dir
+    let process_type = ["import", "export", "report"][(p % 3) as usize];
+    let value = serde_json::json!({
+        "type": kind,
+        "process_id": format!("done-{p}"),
+        "task_id": task,
+        "event_id": format!("done-{p}-{n}"),
+        "process_type": process_type,
+        "occurred_at": FINISHED_AT,
+    });
+    let input: processmanager::domain::EventInput =
+        serde_json::from_value(value).expect("valid event");
+    input.validate(None).expect("valid event")
 }
 
 struct Run {
@@ -130,7 +84,7 @@ fn run(built: &Path, with_retention: bool, secs: std::time::Duration) -> Run {
         },
     )
     .expect("config");
-    // SAFETY of the environment: this benchmark is single-threaded here.
+    // Read by Server::daemon; no other thread runs while it is set.
     std::env::set_var("PM_BENCH_DAEMON_CONFIG", &config);
     let daemon = Server::daemon(dir.path());
     let before = cancelled(daemon.addr);
@@ -158,7 +112,7 @@ fn main() {
         machine(),
         secs.as_secs()
     );
-    let built = build_store(processes);
+    let built = build_cached_store("retention", processes, 3, event_of);
     let mut pairs = Vec::new();
     for round in 1..=rounds {
         let (with, without) = if round % 2 == 1 {

@@ -296,6 +296,9 @@ const RETENTION_STEP: u32 = 16;
 /// the next waits nineteen times as long as the step took.
 const RETENTION_PAUSE_FACTOR: u32 = 19;
 
+/// How long without requests before retention makes a group of its own.
+const RETENTION_QUIET: Duration = Duration::from_millis(50);
+
 /// How long the writer keeps trying to reopen the store after an I/O
 /// error before it exits, so that a supervisor restarts the daemon.
 const REOPEN_GIVE_UP: Duration = Duration::from_secs(30);
@@ -531,12 +534,17 @@ fn run(
     let mut next_expiry = Some(now_millis());
     let mut last_look: Option<Instant> = None;
     let mut retention_not_before: Option<Instant> = None;
+    let mut last_requests: Option<Instant> = None;
     loop {
         let due_look = next_look(next_due, last_look, settings.check_interval);
-        // Retention looks when something comes due for removal, and no
-        // sooner than its share of the writer's time allows.
-        let retention_look = next_look(next_expiry, None, Duration::ZERO)
-            .map(|at| retention_not_before.map_or(at, |not_before| at.max(not_before)));
+        // Retention joins groups that carry requests; it makes a group of
+        // its own (with its own sync, which requests would queue behind)
+        // only once no request has come for `RETENTION_QUIET`. Either way
+        // no sooner than its share of the writer's time allows.
+        let retention_look = next_look(next_expiry, None, Duration::ZERO).map(|at| {
+            let paced = retention_not_before.map_or(at, |not_before| at.max(not_before));
+            last_requests.map_or(paced, |last| paced.max(last + RETENTION_QUIET))
+        });
         let look_at = match (due_look, retention_look) {
             (Some(due), Some(retention)) => Some(due.min(retention)),
             (due, retention) => due.or(retention),
@@ -568,18 +576,25 @@ fn run(
                 Err(_) => break,
             }
         }
-        if look_at.is_some_and(|at| Instant::now() >= at) {
+        let has_requests = !group.is_empty();
+        if due_look.is_some_and(|at| Instant::now() >= at) {
             group.push(Command::tick());
-            let now = now_millis();
-            if retention_look.is_some_and(|at| Instant::now() >= at) {
-                retained = true;
-                group.push(Command::retention_step(
-                    &settings.retention,
-                    settings.feed_keep,
-                    now,
-                ));
-            }
             last_look = Some(Instant::now());
+        }
+        let now = now_millis();
+        let retention_may = next_expiry.is_some_and(|expiry| expiry <= now)
+            && retention_not_before.is_none_or(|at| Instant::now() >= at);
+        if retention_may && (has_requests || retention_look.is_some_and(|at| Instant::now() >= at))
+        {
+            retained = true;
+            group.push(Command::retention_step(
+                &settings.retention,
+                settings.feed_keep,
+                now,
+            ));
+        }
+        if has_requests {
+            last_requests = Some(Instant::now());
         }
         if group.is_empty() {
             continue;

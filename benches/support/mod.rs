@@ -1,4 +1,4 @@
-//! What both benchmarks share: the daemon as a child process, an HTTP
+//! What the benchmarks share: a large store built once and cached, the daemon as a child process, an HTTP
 //! floor server (this same benchmark binary, re-run in another role), a
 //! load client on hyper, and the measurements.
 
@@ -544,4 +544,67 @@ pub fn machine() -> String {
 
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// A store of `processes` processes of `events_per_process` events each
+/// (`event_of(process, n)`), built through the writer's own code path in
+/// transactions of 5,000 processes; kept under the target directory as
+/// `name` and the schema version, and reused while it is there whole.
+pub fn build_cached_store(
+    name: &str,
+    processes: u64,
+    events_per_process: u64,
+    event_of: impl Fn(u64, u64) -> processmanager::domain::Event,
+) -> std::path::PathBuf {
+    use processmanager::store::{
+        self, write::load_counters, write::IncomingEvent, write::WriteBatch,
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "bench-{name}-v{}-{processes}",
+        store::schema::SCHEMA_VERSION
+    ));
+    if dir.join("complete").exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let started = Instant::now();
+    let db = store::open_writable(&store::store_path(&dir), 256 << 20).expect("store");
+    let mut p = 0;
+    while p < processes {
+        let txn = db.begin_write().expect("txn");
+        let counters = load_counters(&txn).expect("counters");
+        let mut batch = WriteBatch::open(&txn, counters).expect("batch");
+        let now = processmanager::writer::now_millis();
+        for _ in 0..5_000 {
+            if p == processes {
+                break;
+            }
+            for n in 0..events_per_process {
+                let incoming = IncomingEvent {
+                    event: event_of(p, n),
+                    fingerprint: [0; 16],
+                    received_at: now,
+                };
+                batch.apply(&incoming, now).expect("apply");
+            }
+            p += 1;
+        }
+        batch.finish().expect("finish");
+        txn.commit().expect("commit");
+        if p % 100_000 == 0 {
+            eprintln!(
+                "  built {p} processes in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    db.begin_write()
+        .expect("txn")
+        .commit()
+        .expect("durable commit");
+    drop(db);
+    std::fs::write(dir.join("complete"), b"").expect("marker");
+    eprintln!("  store built in {:.0} s", started.elapsed().as_secs_f64());
+    dir
 }

@@ -474,22 +474,18 @@ impl Indexes {
     }
 }
 
-/// Process ids of finished processes whose `finished_at` is before `cut`.
+/// Process ids of finished processes whose `finished_at` is before `cut`,
+/// found in the finished index.
 pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, StoreError> {
     let txn = snapshot.transaction();
-    let by_status = txn.open_table(BY_STATUS)?;
+    let by_finished = txn.open_table(BY_FINISHED)?;
     let records = txn.open_table(RECORDS)?;
     let mut ids = Vec::new();
     for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
-        for entry in by_status.range((status.code(), 0)..=(status.code(), u64::MAX))? {
-            let ordinal = entry?.0.value().1;
-            let key = schema::record_key(ordinal, Kind::Process, &[]);
-            let Some(bytes) = records.get(key.as_slice())? else {
-                continue;
-            };
-            let process: Process =
-                schema::decode_evolved_or_corrupt("process record", bytes.value())?;
-            if process.finished_at.is_some_and(|finished| finished < cut) {
+        let code = status.code();
+        for entry in by_finished.range((code, i64::MIN, 0)..(code, cut, 0))? {
+            let ordinal = entry?.0.value().2;
+            if let Some(process) = schema::process_record(&records, ordinal)? {
                 ids.push(process.id);
             }
         }

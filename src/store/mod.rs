@@ -340,8 +340,7 @@ fn upgrade_from_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
 /// Version 3 had no finished index: build it from the records of the
 /// terminal processes.
 fn upgrade_from_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    use crate::domain::{Process, Status};
-    use schema::Kind;
+    use crate::domain::Status;
     tracing::info!("upgrading the store from schema version 3: indexing finished processes");
     let by_status = txn.open_table(schema::BY_STATUS)?;
     let records = txn.open_table(schema::RECORDS)?;
@@ -353,13 +352,9 @@ fn upgrade_from_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     {
         for entry in by_status.range((status.code(), 0)..=(status.code(), u64::MAX))? {
             let ordinal = entry?.0.value().1;
-            let key = schema::record_key(ordinal, Kind::Process, &[]);
-            let Some(bytes) = records.get(key.as_slice())? else {
-                continue;
-            };
-            let process: Process =
-                schema::decode_evolved_or_corrupt("process record", bytes.value())?;
-            if let Some(finished_at) = process.finished_at {
+            let finished_at =
+                schema::process_record(&records, ordinal)?.and_then(|process| process.finished_at);
+            if let Some(finished_at) = finished_at {
                 by_finished.insert((status.code(), finished_at, ordinal), ())?;
                 indexed += 1;
             }

@@ -319,6 +319,18 @@ pub fn decode_evolved_or_corrupt<T: codec::Evolved>(
     })
 }
 
+/// The process record of `ordinal`, if the store holds one.
+pub fn process_record(
+    records: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+    ordinal: u64,
+) -> Result<Option<crate::domain::Process>, super::StoreError> {
+    let key = record_key(ordinal, Kind::Process, &[]);
+    match records.get(key.as_slice())? {
+        Some(bytes) => decode_evolved_or_corrupt("process record", bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// The feed floor (`META_FEED_FLOOR`), 0 when nothing was ever dropped.
 pub fn feed_floor(
     meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,

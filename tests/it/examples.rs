@@ -72,6 +72,18 @@ struct LogicApp {
 }
 
 impl LogicApp {
+    /// A run of a workflow whose parameters point at the daemon at `base`.
+    fn new(base: &str, token: &str, run_name: &str) -> LogicApp {
+        LogicApp {
+            parameters: HashMap::from([
+                ("processManagerUrl".into(), base.to_owned()),
+                ("processManagerToken".into(), token.to_owned()),
+            ]),
+            run_name: run_name.to_owned(),
+            now: OffsetDateTime::now_utc(),
+        }
+    }
+
     fn evaluate(&self, expression: &str) -> String {
         let expression = expression.trim();
         let time = |at: OffsetDateTime| at.format(&Rfc3339).unwrap();
@@ -234,27 +246,11 @@ fn follow(client: &Client, base: &str, location: &str, action: &Request) -> Repl
 
 #[test]
 fn the_logic_apps_example_reports_its_steps_and_waits_for_the_worker() {
-    let listen = free_addr();
-    let base = format!("http://{listen}");
     let token = "logic-apps-ingest";
-    let (config, _file) = config_file(&format!(
-        "[http]\npublic_url = \"{base}\"\n[auth]\ningest_tokens = [\"{token}\"]\n"
-    ));
-    let daemon = Daemon::start_with(
-        DaemonOptions::default()
-            .listen(&listen)
-            .env("PM_CONFIG", &config),
-    );
+    let (daemon, base, _config) = logic_apps_daemon(token);
     let client = daemon.client();
     let workflow = read_json(&example("logic-apps/workflow.json"));
-    let app = LogicApp {
-        parameters: HashMap::from([
-            ("processManagerUrl".into(), base.clone()),
-            ("processManagerToken".into(), token.into()),
-        ]),
-        run_name: "08584512345678901234567890123CU01".into(),
-        now: OffsetDateTime::now_utc(),
-    };
+    let app = LogicApp::new(&base, token, "08584512345678901234567890123CU01");
     let process_id = format!("export-{}", app.run_name);
     let mut pending = None;
     for (name, request) in app.requests(&workflow["definition"]) {
@@ -311,26 +307,10 @@ fn the_readme_logic_apps_workflow_waits_on_the_step_it_started() {
         .find(|block| block.contains("workflowdefinition.json"))
         .expect("the README shows a Logic Apps workflow");
     let workflow: Value = serde_json::from_str(block).expect("the README's workflow is JSON");
-    let listen = free_addr();
-    let base = format!("http://{listen}");
     let token = "readme-token";
-    let (config, _file) = config_file(&format!(
-        "[http]\npublic_url = \"{base}\"\n[auth]\ningest_tokens = [\"{token}\"]\n"
-    ));
-    let daemon = Daemon::start_with(
-        DaemonOptions::default()
-            .listen(&listen)
-            .env("PM_CONFIG", &config),
-    );
+    let (daemon, base, _config) = logic_apps_daemon(token);
     let client = daemon.client();
-    let app = LogicApp {
-        parameters: HashMap::from([
-            ("processManagerUrl".into(), base.clone()),
-            ("processManagerToken".into(), token.into()),
-        ]),
-        run_name: "08584512345678901234567890123CU02".into(),
-        now: OffsetDateTime::now_utc(),
-    };
+    let app = LogicApp::new(&base, token, "08584512345678901234567890123CU02");
     let mut pending = None;
     for (name, request) in app.requests(&workflow["definition"]) {
         let reply = request.send(&client, &base);
@@ -355,6 +335,23 @@ fn the_readme_logic_apps_workflow_waits_on_the_step_it_started() {
     let done = follow(&client, &base, &location, &wait);
     assert_eq!(done.status, 409, "{}", done.text);
     assert_eq!(done.json["code"], "process_unsuccessful");
+}
+
+/// A daemon that knows its own address (`http.public_url`, so that its
+/// `Location` headers are absolute, as a Logic App needs) and takes
+/// `token` for ingest; with that address.
+fn logic_apps_daemon(token: &str) -> (Daemon, String, tempfile::NamedTempFile) {
+    let listen = free_addr();
+    let base = format!("http://{listen}");
+    let (config, file) = config_file(&format!(
+        "[http]\npublic_url = \"{base}\"\n[auth]\ningest_tokens = [\"{token}\"]\n"
+    ));
+    let daemon = Daemon::start_with(
+        DaemonOptions::default()
+            .listen(&listen)
+            .env("PM_CONFIG", &config),
+    );
+    (daemon, base, file)
 }
 
 fn config_file(text: &str) -> (String, tempfile::NamedTempFile) {

@@ -325,5 +325,5 @@ fn probes_answer_and_unknown_routes_are_problems() {
     );
     let wrong_method = client.get("/v1/events");
     assert_eq!(wrong_method.status, 405);
-    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    assert_eq!(wrong_method.header("allow"), Some("POST, OPTIONS"));
 }
