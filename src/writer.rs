@@ -460,6 +460,8 @@ fn replay(
         );
         batch.set_caps(group.caps);
         batch.set_timeouts(Arc::new(group.timeouts));
+        // The feed's time marks are not replayed: they only pace its
+        // trimming, and a mark missing makes a trim later, never wrong.
         for work in &group.works {
             apply_work(&mut batch, work, group.now)?;
         }
