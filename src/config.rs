@@ -55,16 +55,10 @@ impl RetentionConfig {
             (Status::TimedOut, &self.timed_out),
         ] {
             let Some(text) = text else { continue };
-            let duration = humantime::parse_duration(text.trim())
-                .ok()
-                .and_then(|duration| crate::domain::Millis::try_from(duration.as_millis()).ok())
-                .filter(|&millis| millis > 0)
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "retention.{status} is `{text}`; give a duration such as \"30d\", \"12h\" or \"90m\""
-                    ))
-                })?;
-            keep.push((status, duration));
+            keep.push((
+                status,
+                duration_millis(text, &format!("retention.{status}"))?,
+            ));
         }
         Ok(keep)
     }
@@ -106,17 +100,21 @@ pub struct FeedConfig {
 impl FeedConfig {
     /// `retention` in milliseconds.
     pub fn keep(&self) -> Result<crate::domain::Millis, ConfigError> {
-        humantime::parse_duration(self.retention.trim())
-            .ok()
-            .and_then(|duration| crate::domain::Millis::try_from(duration.as_millis()).ok())
-            .filter(|&millis| millis > 0)
-            .ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "feed.retention is `{}`; give a duration such as \"7d\" or \"12h\"",
-                    self.retention
-                ))
-            })
+        duration_millis(&self.retention, "feed.retention")
     }
+}
+
+/// A duration such as "30d", "12h" or "200ms", in milliseconds (more than 0).
+fn duration_millis(text: &str, setting: &str) -> Result<crate::domain::Millis, ConfigError> {
+    humantime::parse_duration(text.trim())
+        .ok()
+        .and_then(|duration| crate::domain::Millis::try_from(duration.as_millis()).ok())
+        .filter(|&millis| millis > 0)
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{setting} is `{text}`; give a duration such as \"30d\", \"12h\" or \"90m\""
+            ))
+        })
 }
 
 impl Default for FeedConfig {
@@ -678,6 +676,34 @@ mod tests {
 
     fn no_env() -> FakeEnvironment {
         FakeEnvironment(HashMap::new())
+    }
+
+    #[test]
+    fn retention_durations_are_read_and_bad_ones_are_named() {
+        let config: Config = toml::from_str(
+            "[retention]\nsucceeded = \"30d\"\nfailed = \"12h\"\n[feed]\nretention = \"200ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.retention.keep().unwrap(),
+            vec![
+                (crate::domain::Status::Succeeded, 30 * 86_400_000),
+                (crate::domain::Status::Failed, 12 * 3_600_000)
+            ]
+        );
+        assert_eq!(config.feed.keep().unwrap(), 200);
+        for (text, setting) in [
+            (
+                "[retention]\ncancelled = \"a month\"\n",
+                "retention.cancelled",
+            ),
+            ("[retention]\ntimed_out = \"0s\"\n", "retention.timed_out"),
+            ("[feed]\nretention = \"\"\n", "feed.retention"),
+        ] {
+            let config: Config = toml::from_str(text).unwrap();
+            let error = config.check().unwrap_err().to_string();
+            assert!(error.starts_with(setting), "{error}");
+        }
     }
 
     #[test]
