@@ -537,6 +537,8 @@ fn run(
     let mut last_look: Option<Instant> = None;
     let mut retention_not_before: Option<Instant> = None;
     let mut last_requests: Option<Instant> = None;
+    // When the feed was last marked with the time (`mark_every`).
+    let mut last_mark: Option<Millis> = None;
     loop {
         let due_look = next_look(next_due, last_look, settings.check_interval);
         // Retention joins groups that carry requests; it makes a group of
@@ -623,9 +625,11 @@ fn run(
             disk_full = false;
         }
         let started = Instant::now();
+        let mark_feed = last_mark
+            .is_none_or(|at| now_millis().saturating_sub(at) >= mark_every(settings.feed_keep));
         let result = snapshots
             .database()
-            .and_then(|db| commit_group(&db, &counters, &group, log, settings));
+            .and_then(|db| commit_group(&db, &counters, &group, log, settings, mark_feed));
         match result {
             Ok(committed) => {
                 metrics.commit(weight, started.elapsed());
@@ -635,7 +639,12 @@ fn run(
                 }
                 counters = committed.counters;
                 next_due = committed.next_due;
-                next_expiry = committed.next_expiry;
+                if let Some(expiry) = committed.next_expiry {
+                    next_expiry = expiry;
+                }
+                if mark_feed {
+                    last_mark = Some(now_millis());
+                }
                 if committed.due_left {
                     // More came due than one group takes: look again at once.
                     last_look = None;
@@ -724,8 +733,9 @@ struct Committed {
     next_due: Option<Millis>,
     /// A look at what came due took all it may and left some.
     due_left: bool,
-    /// When the next finished process comes due for removal.
-    next_expiry: Option<Millis>,
+    /// When the next finished process (or feed item) comes due for
+    /// removal; `None` when the group cannot have changed it.
+    next_expiry: Option<Option<Millis>>,
     /// How long the group's retention step took.
     retention_time: Duration,
 }
@@ -736,6 +746,7 @@ fn commit_group(
     group: &[Command],
     log: &mut Log,
     settings: &WriterSettings,
+    mark_feed: bool,
 ) -> Result<Committed, StoreError> {
     let now = now_millis();
     let mut txn = db.begin_write()?;
@@ -743,7 +754,9 @@ fn commit_group(
     let mut batch = WriteBatch::open(&txn, counters.clone())?;
     batch.set_caps(settings.caps);
     batch.set_timeouts(settings.timeouts.clone());
-    batch.mark_feed(now, mark_every(settings.feed_keep))?;
+    if mark_feed {
+        batch.mark_feed(now)?;
+    }
     let mut answers = Vec::with_capacity(group.len());
     let mut retention_time = Duration::ZERO;
     for command in group {
@@ -760,12 +773,23 @@ fn commit_group(
         .iter()
         .any(|command| matches!(command.work, Work::Tick));
     let due_left = ticked && next_due.is_some_and(|due| due <= now);
-    let next_expiry = match (
-        batch.next_expiry(&settings.retention)?,
-        batch.next_feed_trim(settings.feed_keep)?,
-    ) {
-        (Some(process), Some(feed)) => Some(process.min(feed)),
-        (process, feed) => process.or(feed),
+    // What comes due for removal moves only when processes end or go, or
+    // when the feed is marked or trimmed: not in most groups.
+    let purged = group
+        .iter()
+        .any(|command| matches!(command.work, Work::Purge(_)));
+    let next_expiry = if mark_feed || purged || !batch.ended.is_empty() {
+        Some(
+            match (
+                batch.next_expiry(&settings.retention)?,
+                batch.next_feed_trim(settings.feed_keep)?,
+            ) {
+                (Some(process), Some(feed)) => Some(process.min(feed)),
+                (process, feed) => process.or(feed),
+            },
+        )
+    } else {
+        None
     };
     let ended = std::mem::take(&mut batch.ended);
     let made = std::mem::take(&mut batch.made);

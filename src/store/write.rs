@@ -761,13 +761,10 @@ impl<'txn> WriteBatch<'txn> {
         })
     }
 
-    /// Marks the feed with the time at `now`, unless the last mark is
-    /// younger than `every` milliseconds: what `trim_feed` goes by.
-    pub fn mark_feed(&mut self, now: Millis, every: Millis) -> Result<(), StoreError> {
-        let last = self.feed_marks.last()?.map(|(_, at)| at.value());
-        if last.is_none_or(|at| now.saturating_sub(at) >= every) {
-            self.feed_marks.insert(self.counters.last_seq + 1, now)?;
-        }
+    /// Marks the feed with the time at `now`: entries from the next seq on
+    /// are no older. What `trim_feed` goes by.
+    pub fn mark_feed(&mut self, now: Millis) -> Result<(), StoreError> {
+        self.feed_marks.insert(self.counters.last_seq + 1, now)?;
         Ok(())
     }
 
