@@ -30,7 +30,22 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     pub cloudevents: CloudEventsConfig,
     pub retention: RetentionConfig,
+    pub index: IndexConfig,
 }
+
+/// What the store indexes beyond its fixed indexes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Attribute keys that `GET /v1/processes?attr.KEY=VALUE` can filter
+    /// on. A key added is indexed over the whole store at the next start
+    /// (`/readyz` answers 503 until done); a key removed is dropped.
+    pub attributes: Vec<String>,
+}
+
+/// Attribute keys `index.attributes` may name, at most: each costs an
+/// index entry per process that has it.
+pub const MAX_INDEXED_ATTRIBUTES: usize = 16;
 
 /// How long finished processes are kept, by terminal status, as durations
 /// such as "30d" or "12h"; a status not given is kept forever.
@@ -321,6 +336,7 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             cloudevents: CloudEventsConfig::default(),
             retention: RetentionConfig::default(),
+            index: IndexConfig::default(),
         }
     }
 }
@@ -436,6 +452,7 @@ impl Config {
                 "PM_WEBHOOK_GITHUB_SECRETS",
                 &mut config.webhooks.github_secrets,
             ),
+            ("PM_INDEX_ATTRIBUTES", &mut config.index.attributes),
         ] {
             if let Some(list) = env.var(variable) {
                 *tokens = list
@@ -595,6 +612,26 @@ impl Config {
         }
         self.retention.keep()?;
         self.feed.keep()?;
+        let keys = &self.index.attributes;
+        if keys.len() > MAX_INDEXED_ATTRIBUTES {
+            return Err(ConfigError::Invalid(format!(
+                "index.attributes names {} keys; at most {MAX_INDEXED_ATTRIBUTES} can be indexed",
+                keys.len()
+            )));
+        }
+        for (at, key) in keys.iter().enumerate() {
+            if key.is_empty() || key.len() > crate::domain::MAX_ATTRIBUTE_KEY_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "index.attributes: `{key}` is not an attribute key (1 to {} bytes)",
+                    crate::domain::MAX_ATTRIBUTE_KEY_BYTES
+                )));
+            }
+            if keys[..at].contains(key) {
+                return Err(ConfigError::Invalid(format!(
+                    "index.attributes names `{key}` twice"
+                )));
+            }
+        }
         if let Some(url) = &self.http.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || url.parse::<hyper::Uri>().is_err()

@@ -131,10 +131,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     .keep()
                     .map_err(|error| anyhow::anyhow!("{error}"))?,
             };
+            let indexed_attributes = config.index.attributes.clone();
             move || {
                 open_store(
                     &path,
                     (config.store.cache_mib * 1024 * 1024, journal_bytes),
+                    &indexed_attributes,
                     settings,
                     metrics,
                     &stopping,
@@ -213,6 +215,7 @@ fn write_url_file(data_dir: &Path, address: std::net::SocketAddr) -> std::io::Re
 fn open_store(
     path: &Path,
     sizes: (usize, u64),
+    indexed_attributes: &[String],
     settings: WriterSettings,
     metrics: Arc<Metrics>,
     stopping: &CancellationToken,
@@ -233,6 +236,9 @@ fn open_store(
             Err(error) => return Err(error.into()),
         }
     };
+    // Before the writer, which indexes as the store lists, and before
+    // anyone is served: readyz answers 503 until it is done.
+    crate::store::search::sync_attribute_index(snapshots.database()?.as_ref(), indexed_attributes)?;
     let (writer, thread, live) = writer::spawn(snapshots.clone(), settings, metrics)?;
     Ok(Some((snapshots, writer, thread, live)))
 }

@@ -15,7 +15,7 @@ const MAX_LABEL_BYTES: usize = 200;
 const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
 const MAX_ERROR_BYTES: usize = 4096;
 const MAX_ATTRIBUTES: usize = 64;
-const MAX_ATTRIBUTE_KEY_BYTES: usize = 128;
+pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 128;
 const MAX_ATTRIBUTE_VALUE_BYTES: usize = 4096;
 
 /// Every event type of the contract.

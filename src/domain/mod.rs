@@ -11,7 +11,7 @@ mod status;
 pub use caps::{Caps, LimitExceeded};
 pub use event::{
     is_valid_event_id, is_valid_id, parse_timestamp, ErrorInfo, Event, EventInput, EventType,
-    InvalidField, Progress, Scope, MAX_HEARTBEAT_TIMEOUT_SECS,
+    InvalidField, Progress, Scope, MAX_ATTRIBUTE_KEY_BYTES, MAX_HEARTBEAT_TIMEOUT_SECS,
 };
 pub use rules::{apply, Attempt, Outcome, Process, Task};
 pub use status::{Status, TaskCounts};

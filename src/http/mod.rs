@@ -108,6 +108,8 @@ pub struct AppState {
     /// Cancelled when shutdown begins: streams and waits end on it.
     pub stopping: tokio_util::sync::CancellationToken,
     pub cloudevents: crate::config::CloudEventsConfig,
+    /// `index.attributes`: the keys `attr.KEY` may filter on.
+    pub indexed_attributes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +152,7 @@ impl AppState {
                 .map(|url| url.trim_end_matches('/').to_owned()),
             stopping: tokio_util::sync::CancellationToken::new(),
             cloudevents: config.cloudevents.clone(),
+            indexed_attributes: config.index.attributes.clone(),
         })
     }
 
@@ -365,6 +368,7 @@ fn route_label(segments: &[&str]) -> &'static str {
         ["v1", "changes"] => "/v1/changes",
         ["v1", "admin", "backup"] => "/v1/admin/backup",
         ["v1", "stats"] => "/v1/stats",
+        ["v1", "stats", "durations"] => "/v1/stats/durations",
         ["v1", "openapi.json"] => "/v1/openapi.json",
         _ => "other",
     }
@@ -514,6 +518,11 @@ async fn route(
             only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
             query::stats(state).await
+        }
+        (Surface::Api, ["v1", "stats", "durations"]) => {
+            only(method, &Method::GET, "GET, HEAD")?;
+            state.auth.require(request.headers(), Role::Read)?;
+            query::durations(state, request.uri().query()).await
         }
         (Surface::Api, _) => Err(ApiError::NotFound(format!(
             "there is no resource at /{}",

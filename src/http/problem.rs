@@ -34,6 +34,11 @@ pub enum ApiError {
         parameter: String,
         detail: String,
     },
+    /// `attr.KEY=…` for a key `index.attributes` does not name.
+    AttributeNotIndexed {
+        key: String,
+        indexed: Vec<String>,
+    },
     NotFound(String),
     MethodNotAllowed(&'static str),
     Unauthorized,
@@ -237,6 +242,21 @@ impl ApiError {
                     detail.clone(),
                 );
                 p.body.insert("field".into(), json!(parameter));
+                p
+            }
+            ApiError::AttributeNotIndexed { key, indexed } => {
+                let known = if indexed.is_empty() {
+                    "none is (index.attributes is empty)".to_owned()
+                } else {
+                    format!("indexed: {}", indexed.join(", "))
+                };
+                let mut p = problem(
+                    StatusCode::BAD_REQUEST,
+                    "attribute_not_indexed",
+                    "Attribute not indexed",
+                    format!("attribute `{key}` is not indexed, so it cannot be filtered on; name it in index.attributes ({known})"),
+                );
+                p.body.insert("field".into(), json!(format!("attr.{key}")));
                 p
             }
             ApiError::NotFound(detail) => problem(

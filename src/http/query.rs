@@ -111,16 +111,41 @@ pub(super) fn parse_statuses(value: &str) -> Result<Vec<Status>, ApiError> {
     Ok(statuses)
 }
 
-fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
+fn parse_list_query(query: Option<&str>, indexed: &[String]) -> Result<ListQuery, ApiError> {
     let mut list = ListQuery {
         limit: DEFAULT_LIST_LIMIT,
         ..ListQuery::default()
     };
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if let Some(key) = name.strip_prefix("attr.") {
+            if !indexed.iter().any(|known| known == key) {
+                return Err(ApiError::AttributeNotIndexed {
+                    key: key.to_owned(),
+                    indexed: indexed.to_vec(),
+                });
+            }
+            if list.attributes.iter().any(|(known, _)| known == key) {
+                return Err(invalid(
+                    &name,
+                    format!("`{name}` is given twice; a process has one value per key"),
+                ));
+            }
+            list.attributes.push((key.to_owned(), value.into_owned()));
+            continue;
+        }
         match name.as_ref() {
             "status" => list.statuses = parse_statuses(&value)?,
             "process_type" => list.process_type = Some(value.into_owned()),
             "correlation_id" => list.correlation_id = Some(value.into_owned()),
+            "correlation_id_prefix" => {
+                if value.is_empty() {
+                    return Err(invalid(
+                        "correlation_id_prefix",
+                        "`correlation_id_prefix` must not be empty",
+                    ));
+                }
+                list.correlation_id_prefix = Some(value.into_owned())
+            }
             "stalled" => {
                 list.stalled = match value.as_ref() {
                     "true" => true,
@@ -139,7 +164,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
             other => {
                 return Err(invalid(
                     other,
-                    format!("unknown parameter `{other}`; known: status, process_type, correlation_id, stalled, created_after, created_before, limit, cursor"),
+                    format!("unknown parameter `{other}`; known: status, process_type, correlation_id, correlation_id_prefix, attr.KEY, stalled, created_after, created_before, limit, cursor"),
                 ))
             }
         }
@@ -148,7 +173,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
 }
 
 pub async fn list_processes(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
-    let list = parse_list_query(query)?;
+    let list = parse_list_query(query, &state.indexed_attributes)?;
     blocking(state, move |snapshots| {
         let page = snapshots.get()?.list(&list)?;
         let items: Vec<ProcessView<'_>> = page.items.iter().map(ProcessView::summary).collect();
@@ -210,6 +235,88 @@ pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
         ))
     })
     .await
+}
+
+/// The window `GET /v1/stats/durations` covers when none is given.
+const DEFAULT_DURATIONS_WINDOW_MS: i64 = 24 * 3_600_000;
+
+/// `GET /v1/stats/durations`: counts and duration quantiles of the
+/// processes that ended in a window, from the writer's running summaries
+/// (`store::durations`).
+pub async fn durations(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+    let mut process_type = None;
+    let (mut after, mut before) = (None, None);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "process_type" => process_type = Some(value.into_owned()),
+            "finished_after" => after = Some(parse_time(&value, "finished_after")?),
+            "finished_before" => before = Some(parse_time(&value, "finished_before")?),
+            other => {
+                return Err(invalid(
+                    other,
+                    format!("unknown parameter `{other}`; known: process_type, finished_after, finished_before"),
+                ))
+            }
+        }
+    }
+    let before = before.unwrap_or_else(crate::writer::now_millis);
+    let after = after.unwrap_or(before.saturating_sub(DEFAULT_DURATIONS_WINDOW_MS));
+    if after >= before {
+        return Err(invalid(
+            "finished_after",
+            "`finished_after` must be before `finished_before`",
+        ));
+    }
+    blocking(state, move |snapshots| {
+        let summaries = snapshots
+            .get()?
+            .durations(process_type.as_deref(), (after, before))?;
+        let (from, to) = crate::store::durations::to_minutes(after, before);
+        let window = json!({
+            "finished_after": super::views::format_millis(from),
+            "finished_before": super::views::format_millis(to),
+        });
+        let mut body = match &process_type {
+            Some(kind) => DurationsView(summaries.get(kind)).to_json(),
+            None => json!({"process_types": summaries
+                .iter()
+                .map(|(kind, summary)| (kind.clone(), DurationsView(Some(summary)).to_json()))
+                .collect::<serde_json::Map<_, _>>()}),
+        };
+        if let (Some(body), serde_json::Value::Object(window)) = (body.as_object_mut(), window) {
+            body.extend(window);
+        }
+        Ok(json_response(StatusCode::OK, &body))
+    })
+    .await
+}
+
+/// One summary as the API shows it; `None` for one with no process.
+struct DurationsView<'a>(Option<&'a crate::store::durations::Summary>);
+
+impl DurationsView<'_> {
+    fn to_json(&self) -> serde_json::Value {
+        use crate::store::durations::TERMINAL;
+        let counts = self.0.map_or([0; 4], |summary| summary.counts);
+        let by_status: serde_json::Map<String, serde_json::Value> = TERMINAL
+            .iter()
+            .zip(counts)
+            .map(|(status, count)| (status.as_str().to_owned(), json!(count)))
+            .collect();
+        let quantiles = self.0.filter(|s| s.sketch.count() > 0).map(|summary| {
+            json!({
+                "p50": summary.quantile(0.5),
+                "p90": summary.quantile(0.9),
+                "p99": summary.quantile(0.99),
+                "max": summary.quantile(1.0),
+            })
+        });
+        json!({
+            "count": counts.iter().sum::<u64>(),
+            "by_status": by_status,
+            "duration_ms": quantiles,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! command and the daemon open it as they would any other.
 
 use super::schema::{
+    self,
     Counters, BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS,
     FEED, FEED_MARKS, META, PROCESS_IDS, RECORDS,
 };
@@ -78,6 +79,9 @@ pub fn write_snapshot(
     copy_table(source, &target, BY_STALLED)?;
     copy_table(source, &target, BY_FINISHED)?;
     copy_table(source, &target, FEED_MARKS)?;
+    copy_table(source, &target, schema::BY_CORRELATION_PREFIX)?;
+    copy_table(source, &target, schema::BY_ATTRIBUTE)?;
+    copy_table(source, &target, schema::DURATIONS)?;
     // A final durable commit makes every chunk before it durable.
     target.begin_write()?.commit()?;
     target.close()?;

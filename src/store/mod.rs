@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod durations;
 mod framing;
 pub mod grouplog;
 pub mod journal;
@@ -10,6 +11,7 @@ pub mod legacy;
 pub mod maintenance;
 pub mod read;
 pub mod schema;
+pub mod search;
 pub mod sizing;
 pub mod write;
 
@@ -181,16 +183,7 @@ pub fn open_writable_with_journal(
         }
     };
     match version {
-        Some(1) => {
-            upgrade_from_v1(&txn)?;
-            upgrade_from_v2(&txn)?;
-            upgrade_from_v3(&txn)?;
-        }
-        Some(2) => {
-            upgrade_from_v2(&txn)?;
-            upgrade_from_v3(&txn)?;
-        }
-        Some(3) => upgrade_from_v3(&txn)?,
+        Some(found @ 1..=4) => upgrade(&txn, found)?,
         Some(found) if found != SCHEMA_VERSION => {
             return Err(StoreError::SchemaMismatch {
                 path: path.to_owned(),
@@ -227,10 +220,53 @@ pub fn open_writable_with_journal(
     txn.open_table(schema::FEED)?;
     txn.open_table(schema::DUE)?;
     txn.open_table(schema::BY_STALLED)?;
-    txn.open_table(schema::BY_FINISHED)?;
-    txn.open_table(schema::FEED_MARKS)?;
+    create_later_tables(&txn)?;
     txn.commit()?;
     Ok(db)
+}
+
+/// Opens (creating them when missing) the tables added since version 3.
+fn create_later_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(schema::FEED)?;
+    txn.open_table(schema::DUE)?;
+    txn.open_table(schema::BY_STALLED)?;
+    txn.open_table(schema::BY_FINISHED)?;
+    txn.open_table(schema::FEED_MARKS)?;
+    txn.open_table(schema::BY_CORRELATION_PREFIX)?;
+    txn.open_table(schema::BY_ATTRIBUTE)?;
+    txn.open_table(schema::DURATIONS)?;
+    Ok(())
+}
+
+/// Upgrades a store of schema `version` to this build's, in `txn`.
+fn upgrade(txn: &redb::WriteTransaction, version: u32) -> Result<(), StoreError> {
+    if version < 2 {
+        upgrade_from_v1(txn)?;
+    }
+    if version < 3 {
+        upgrade_from_v2(txn)?;
+    }
+    if version < 4 {
+        upgrade_from_v3(txn)?;
+    }
+    if version < 5 {
+        upgrade_from_v4(txn)?;
+    }
+    txn.open_table(META)?.insert(
+        META_SCHEMA_VERSION,
+        codec::encode(&SCHEMA_VERSION).as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Version 5: the correlation prefix index and the duration summaries,
+/// built from the correlation and finished indexes.
+fn upgrade_from_v4(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tracing::info!("upgrading the store from schema version 4: indexing correlation prefixes and summing durations");
+    let prefixed = search::build_correlation_prefixes(txn)?;
+    let counted = durations::build(txn)?;
+    tracing::info!(prefixed, counted, "store upgraded to schema version 5");
+    Ok(())
 }
 
 /// Version 1 kept idempotency keys and history in `records`: move them to
@@ -360,12 +396,7 @@ fn upgrade_from_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
             }
         }
     }
-    let mut meta = txn.open_table(META)?;
-    meta.insert(
-        META_SCHEMA_VERSION,
-        codec::encode(&SCHEMA_VERSION).as_slice(),
-    )?;
-    tracing::info!(indexed, "store upgraded to schema version {SCHEMA_VERSION}");
+    tracing::info!(indexed, "finished processes indexed (schema version 4)");
     Ok(())
 }
 
@@ -381,20 +412,10 @@ pub fn upgrade_in_place(db: &Database) -> Result<(), StoreError> {
             None => SCHEMA_VERSION,
         }
     };
-    if version < 2 {
-        upgrade_from_v1(&txn)?;
+    if version < SCHEMA_VERSION {
+        upgrade(&txn, version)?;
     }
-    if version < 3 {
-        upgrade_from_v2(&txn)?;
-    }
-    if version < 4 {
-        upgrade_from_v3(&txn)?;
-    }
-    txn.open_table(schema::FEED)?;
-    txn.open_table(schema::DUE)?;
-    txn.open_table(schema::BY_STALLED)?;
-    txn.open_table(schema::BY_FINISHED)?;
-    txn.open_table(schema::FEED_MARKS)?;
+    create_later_tables(&txn)?;
     txn.commit()?;
     Ok(())
 }
@@ -650,6 +671,49 @@ mod tests {
             .collect()
     }
 
+    fn prefix_entries(db: &Database) -> Vec<(String, u64, String)> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(schema::BY_CORRELATION_PREFIX).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (key, rest) = entry.unwrap();
+                let (prefix, ordinal) = key.value();
+                (prefix.to_owned(), ordinal, rest.value().to_owned())
+            })
+            .collect()
+    }
+
+    /// Each summary as (type, resolution, start, counts, durations kept,
+    /// median, max): what a query reads of it.
+    #[allow(clippy::type_complexity)]
+    fn duration_entries(db: &Database) -> Vec<(String, u8, i64, [u64; 4], usize, u64, u64)> {
+        let snapshot = Snapshot::begin(db).unwrap();
+        let txn = snapshot.transaction();
+        let table = txn.open_table(schema::DURATIONS).unwrap();
+        let mut out = Vec::new();
+        for entry in table.iter().unwrap() {
+            let (key, _) = entry.unwrap();
+            let (kind, resolution, start) = key.value();
+            let width = [60_000, 3_600_000, 86_400_000][usize::from(resolution)];
+            let summaries = snapshot
+                .durations(Some(kind), (start, start + width))
+                .unwrap();
+            let summary = &summaries[kind];
+            out.push((
+                kind.to_owned(),
+                resolution,
+                start,
+                summary.counts,
+                summary.sketch.count(),
+                summary.quantile(0.5).map_or(0, f64::to_bits),
+                summary.quantile(1.0).map_or(0, f64::to_bits),
+            ));
+        }
+        out
+    }
+
     fn feed_entries(db: &Database) -> Vec<(u64, Vec<u8>)> {
         let txn = db.begin_read().unwrap();
         let feed = txn.open_table(schema::FEED).unwrap();
@@ -685,16 +749,24 @@ mod tests {
                 let task = (kind.scope() == crate::domain::Scope::Task).then_some(task_id.as_str());
                 let mut incoming = event(&format!("p{process}"), *kind, task, &format!("e{index}"));
                 incoming.event.occurred_at = Some(1_795_600_800_000 + at * 1000);
+                if task.is_none() && *at > 0 {
+                    incoming.event.correlation_id = Some(format!("order-ü{at}-{process}"));
+                    incoming.event.process_type = Some(format!("type{}", at % 2));
+                }
                 batch.apply(&incoming, 1_795_600_800_000).unwrap();
             }
             batch.finish().unwrap();
             txn.commit().unwrap();
             let written = feed_entries(&db);
             let finished = finished_entries(&db);
+            let prefixes = prefix_entries(&db);
+            let durations = duration_entries(&db);
             // As version 2 left it: no feed, no finished index, version 2.
             let txn = db.begin_write().unwrap();
             txn.open_table(schema::FEED).unwrap().retain(|_, _| false).unwrap();
             txn.open_table(schema::BY_FINISHED).unwrap().retain(|_, _| false).unwrap();
+            txn.open_table(schema::BY_CORRELATION_PREFIX).unwrap().retain(|_, _| false).unwrap();
+            txn.open_table(schema::DURATIONS).unwrap().retain(|_, _| false).unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert(META_SCHEMA_VERSION, codec::encode(&2u32).as_slice())
@@ -703,8 +775,11 @@ mod tests {
             drop(db);
             let db = open_writable(&path, 1 << 20).unwrap();
             proptest::prop_assert_eq!(feed_entries(&db), written);
-            // The finished index too, built by the step from version 3.
+            // The finished index too, built by the step from version 3, and
+            // the prefixes and durations, built by the step from version 4.
             proptest::prop_assert_eq!(finished_entries(&db), finished);
+            proptest::prop_assert_eq!(prefix_entries(&db), prefixes);
+            proptest::prop_assert_eq!(duration_entries(&db), durations);
         }
     }
 

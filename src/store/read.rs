@@ -9,8 +9,9 @@
 
 use super::schema::{
     decode_evolved_or_corrupt, decode_or_corrupt, history_seq, record_key, record_kind_end,
-    Counters, FeedEntry, HistoryRecord, Kind, BY_CORRELATION, BY_CREATED, BY_STALLED, BY_STATUS,
-    BY_TYPE, EVENTS, FEED, META, META_COUNTERS, PROCESS_IDS, RECORDS,
+    Counters, FeedEntry, HistoryRecord, Kind, BY_ATTRIBUTE, BY_CORRELATION,
+    BY_CORRELATION_PREFIX, BY_CREATED, BY_STALLED, BY_STATUS, BY_TYPE, DURATIONS, EVENTS, FEED,
+    META, META_COUNTERS, PROCESS_IDS, RECORDS,
 };
 use super::StoreError;
 use crate::domain::{EventType, Millis, Process, Status, Task};
@@ -45,6 +46,11 @@ pub struct ListQuery {
     pub statuses: Vec<Status>,
     pub process_type: Option<String>,
     pub correlation_id: Option<String>,
+    /// Correlation ids starting with this (not empty).
+    pub correlation_id_prefix: Option<String>,
+    /// (key, value): attributes the process has, all of them; keys the
+    /// attribute index holds (`index.attributes`) only.
+    pub attributes: Vec<(String, String)>,
     /// Strictly after, strictly before.
     pub created_after: Option<Millis>,
     pub created_before: Option<Millis>,
@@ -379,6 +385,17 @@ impl Snapshot {
         }))
     }
 
+    /// How long the processes that ended in `[from, to)` took, by type
+    /// (`store::durations`).
+    pub fn durations(
+        &self,
+        process_type: Option<&str>,
+        window: (Millis, Millis),
+    ) -> Result<std::collections::BTreeMap<String, super::durations::Summary>, StoreError> {
+        let table = self.txn.open_table(DURATIONS)?;
+        super::durations::summarize(&table, process_type, window)
+    }
+
     /// Processes stalled now.
     pub fn stalled_count(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
@@ -605,6 +622,26 @@ impl Snapshot {
             let range =
                 table.range((correlation_id.as_str(), first)..(correlation_id.as_str(), end))?;
             Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+        } else if let Some((key, value)) = query.attributes.first() {
+            let table = self.txn.open_table(BY_ATTRIBUTE)?;
+            let (key, value) = (key.as_str(), value.as_str());
+            let range = table.range((key, value, first)..(key, value, end))?;
+            Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)))
+        } else if let Some(wanted) = &query.correlation_id_prefix {
+            // The longest indexed prefix the wanted one covers; the rest of
+            // each id is in the entry, so an id that does not match costs
+            // no record read.
+            let table = self.txn.open_table(BY_CORRELATION_PREFIX)?;
+            let prefix = super::schema::prefix_to_walk(wanted);
+            let rest = &wanted[prefix.len()..];
+            let range = table.range((prefix, first)..(prefix, end))?;
+            Box::new(range.rev().filter_map(move |entry| match entry {
+                Ok((key, value)) => value
+                    .value()
+                    .starts_with(rest)
+                    .then(|| Ok(key.value().1)),
+                Err(error) => Some(Err(error.into())),
+            }))
         } else if let Some(process_type) = &query.process_type {
             let table = self.txn.open_table(BY_TYPE)?;
             let statuses = if query.statuses.is_empty() {
@@ -676,6 +713,16 @@ fn matches_filters(process: &Process, query: &ListQuery) -> bool {
             .correlation_id
             .as_ref()
             .is_none_or(|wanted| process.correlation_id.as_ref() == Some(wanted))
+        && query.correlation_id_prefix.as_ref().is_none_or(|wanted| {
+            process
+                .correlation_id
+                .as_ref()
+                .is_some_and(|id| id.starts_with(wanted.as_str()))
+        })
+        && query
+            .attributes
+            .iter()
+            .all(|(key, value)| process.attributes.get(key) == Some(value))
 }
 
 /// Merges several descending ordinal streams into one, for a filter on

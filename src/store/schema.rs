@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 /// Version 3 added the change feed, the due table and the stalled index;
 /// `open_writable` builds the feed from the history it finds. Version 4
 /// added the finished index, built from the records at the upgrade, and
-/// the feed's time marks.
-pub const SCHEMA_VERSION: u32 = 4;
+/// the feed's time marks. Version 5 added the duration summaries and the
+/// correlation prefix index, built from the finished and correlation
+/// indexes at the upgrade, and the attribute index, built at each start
+/// for the keys the configuration names (`store::search`).
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// `schema_version`, `counters` and `logged_group`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -60,7 +63,27 @@ pub const BY_FINISHED: TableDefinition<(u8, i64, u64), ()> = TableDefinition::ne
 /// by age (`feed.retention`) without a time in every entry.
 pub const FEED_MARKS: TableDefinition<u64, i64> = TableDefinition::new("feed_marks");
 
+/// (prefix, ordinal) -> the rest of the correlation id: each process with a
+/// correlation id has an entry for every prefix of 1, 2, 4, 8, 16 and 32
+/// bytes (up to the end of the character they end in) the id is long
+/// enough for. A
+/// `correlation_id_prefix` query walks the longest of these its prefix
+/// covers, newest first, and checks the rest against the entry's value,
+/// without reading a record it does not return (`correlation_prefixes`).
+pub const BY_CORRELATION_PREFIX: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("by_correlation_prefix");
+/// (attribute key, value, ordinal): for the keys named in
+/// `index.attributes` only; `META_INDEXED_ATTRIBUTES` lists them.
+pub const BY_ATTRIBUTE: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("by_attribute");
+/// (process type, resolution, bucket start) -> `store::durations::Summary`:
+/// how long the processes of a type that ended in that bucket took. An
+/// untyped process counts under the empty type.
+pub const DURATIONS: TableDefinition<(&str, u8, i64), &[u8]> = TableDefinition::new("durations");
+
 pub const META_SCHEMA_VERSION: &str = "schema_version";
+/// The attribute keys `BY_ATTRIBUTE` holds entries for, sorted.
+pub const META_INDEXED_ATTRIBUTES: &str = "indexed_attributes";
 /// The last seq removed from the feed without a trace (an offline purge):
 /// a consumer resuming before it may have missed something.
 pub const META_FEED_FLOOR: &str = "feed_floor";
@@ -336,4 +359,80 @@ pub fn feed_floor(
     meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<u64, super::StoreError> {
     meta_number(meta, META_FEED_FLOOR, "feed floor")
+}
+
+/// The attribute keys the attribute index holds (`META_INDEXED_ATTRIBUTES`),
+/// none when it was never written.
+pub fn indexed_attributes(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<String>, super::StoreError> {
+    match meta.get(META_INDEXED_ATTRIBUTES)? {
+        Some(bytes) => decode_or_corrupt("indexed attribute keys", bytes.value()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The prefix lengths, in bytes, that `BY_CORRELATION_PREFIX` holds.
+const PREFIX_LENGTHS: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
+/// `text` cut after `length` bytes, or after the character those end in.
+fn cut(text: &str, length: usize) -> &str {
+    let mut end = length.min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    &text[..end]
+}
+
+/// The `BY_CORRELATION_PREFIX` entries of a correlation id: each prefix
+/// with the rest of the id. The same prefix may come twice (a cut at a
+/// character boundary); the second is the same entry.
+pub fn correlation_prefixes(correlation_id: &str) -> impl Iterator<Item = (&str, &str)> {
+    PREFIX_LENGTHS
+        .into_iter()
+        .take_while(move |length| *length <= correlation_id.len())
+        .map(move |length| {
+            let prefix = cut(correlation_id, length);
+            (prefix, &correlation_id[prefix.len()..])
+        })
+        .filter(|(prefix, _)| !prefix.is_empty())
+}
+
+/// The `BY_CORRELATION_PREFIX` prefix that a query for ids starting with
+/// `wanted` (not empty) walks: the longest indexed one it covers. Every id
+/// starting with `wanted` has an entry under it.
+pub fn prefix_to_walk(wanted: &str) -> &str {
+    let length = PREFIX_LENGTHS
+        .into_iter()
+        .rev()
+        .find(|length| *length <= wanted.len())
+        .unwrap_or(1);
+    cut(wanted, length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_id_with_a_prefix_has_an_entry_where_the_query_walks() {
+        let ids = ["a", "ab", "order-1234", "order-123456789", "€", "x€y", "tenant-42/order-7"];
+        for id in ids {
+            let entries: Vec<_> = correlation_prefixes(id).collect();
+            for (prefix, rest) in &entries {
+                assert_eq!(format!("{prefix}{rest}"), id);
+            }
+            for end in (1..=id.len()).filter(|end| id.is_char_boundary(*end)) {
+                let wanted = &id[..end];
+                let walked = prefix_to_walk(wanted);
+                assert!(wanted.starts_with(walked), "{wanted} walks {walked}");
+                assert!(
+                    entries.iter().any(|(prefix, _)| *prefix == walked),
+                    "{id} has no entry under {walked}, which {wanted} walks"
+                );
+            }
+        }
+        assert_eq!(prefix_to_walk("order-1234"), "order-12");
+        assert_eq!(correlation_prefixes("€").count(), 2);
+    }
 }

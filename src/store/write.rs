@@ -14,9 +14,10 @@
 
 use super::schema::{
     self, decode_evolved_or_corrupt, decode_or_corrupt, record_key, Counters, DedupRecord, Due,
-    FeedEntry, HistoryRecordRef, Kind, Source, StoredResult, BY_CORRELATION, BY_CREATED,
-    BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS, FEED, FEED_MARKS, META,
-    META_COUNTERS, META_FEED_FLOOR, META_LOGGED_GROUP, PROCESS_IDS, RECORDS,
+    FeedEntry, HistoryRecordRef, Kind, Source, StoredResult, BY_ATTRIBUTE, BY_CORRELATION,
+    BY_CORRELATION_PREFIX, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE,
+    DURATIONS, EVENTS, FEED, FEED_MARKS, META, META_COUNTERS, META_FEED_FLOOR,
+    META_LOGGED_GROUP, PROCESS_IDS, RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{
@@ -137,6 +138,9 @@ struct CachedProcess {
     /// What its index entries in the tables were made from; `None` for a
     /// process created since the last write-back, which has none yet.
     indexed: Option<IndexedFields>,
+    /// Its values of the indexed attribute keys as the attribute index
+    /// holds them, once its attributes are loaded.
+    indexed_attributes: Vec<(String, String)>,
     /// Changed since it was read: `write_back` writes it.
     changed: bool,
     /// Whether `process.attributes` holds its attributes yet.
@@ -164,6 +168,13 @@ pub struct WriteBatch<'txn> {
     by_status: Table<'txn, (u8, u64), ()>,
     by_type: Table<'txn, (&'static str, u8, u64), ()>,
     by_correlation: Table<'txn, (&'static str, u64), ()>,
+    by_correlation_prefix: Table<'txn, (&'static str, u64), &'static str>,
+    by_attribute: Table<'txn, (&'static str, &'static str, u64), ()>,
+    /// The keys `by_attribute` holds, as the store lists them.
+    attribute_keys: Vec<String>,
+    durations: Table<'txn, (&'static str, u8, i64), &'static [u8]>,
+    /// Duration summaries changed in this transaction.
+    pending_durations: super::durations::Pending,
     by_stalled: Table<'txn, u64, ()>,
     by_finished: Table<'txn, (u8, i64, u64), ()>,
     feed_marks: Table<'txn, u64, i64>,
@@ -210,7 +221,14 @@ pub fn load_counters(txn: &WriteTransaction) -> Result<Counters, StoreError> {
 
 impl<'txn> WriteBatch<'txn> {
     pub fn open(txn: &'txn WriteTransaction, counters: Counters) -> Result<Self, StoreError> {
+        let meta = txn.open_table(META)?;
         Ok(WriteBatch {
+            attribute_keys: schema::indexed_attributes(&meta)?,
+            meta,
+            by_correlation_prefix: txn.open_table(BY_CORRELATION_PREFIX)?,
+            by_attribute: txn.open_table(BY_ATTRIBUTE)?,
+            durations: txn.open_table(DURATIONS)?,
+            pending_durations: Default::default(),
             process_ids: txn.open_table(PROCESS_IDS)?,
             records: txn.open_table(RECORDS)?,
             events: txn.open_table(EVENTS)?,
@@ -223,7 +241,6 @@ impl<'txn> WriteBatch<'txn> {
             feed_marks: txn.open_table(FEED_MARKS)?,
             feed: txn.open_table(FEED)?,
             due: txn.open_table(DUE)?,
-            meta: txn.open_table(META)?,
             processes: HashMap::new(),
             tasks: HashMap::new(),
             counters,
@@ -257,6 +274,7 @@ impl<'txn> WriteBatch<'txn> {
     /// counters; call once, before committing.
     pub fn finish(mut self) -> Result<Counters, StoreError> {
         self.write_back()?;
+        self.pending_durations.write(&mut self.durations)?;
         self.meta
             .insert(META_COUNTERS, codec::encode(&self.counters).as_slice())?;
         Ok(self.counters)
@@ -272,13 +290,26 @@ impl<'txn> WriteBatch<'txn> {
         processes.extend(self.processes.drain().filter(|(_, cached)| cached.changed));
         processes.sort_unstable_by_key(|&(ordinal, _)| ordinal);
         for (ordinal, mut cached) in processes {
+            let attributes_changed = cached.attributes == (Attributes::Loaded { changed: true });
+            if attributes_changed && !self.attribute_keys.is_empty() {
+                let now = indexed_values(&self.attribute_keys, &cached.process.attributes);
+                let before = std::mem::replace(&mut cached.indexed_attributes, now);
+                for (key, value) in before.iter().filter(|e| !cached.indexed_attributes.contains(e)) {
+                    self.by_attribute
+                        .remove((key.as_str(), value.as_str(), ordinal))?;
+                }
+                for (key, value) in cached.indexed_attributes.iter().filter(|e| !before.contains(e)) {
+                    self.by_attribute
+                        .insert((key.as_str(), value.as_str(), ordinal), ())?;
+                }
+            }
             // The attributes go to their own record, and only when changed.
             let attributes = std::mem::take(&mut cached.process.attributes);
             self.records.insert(
                 record_key(ordinal, Kind::Process, &[]).as_slice(),
                 codec::encode_evolved(&cached.process).as_slice(),
             )?;
-            if cached.attributes == (Attributes::Loaded { changed: true }) {
+            if attributes_changed {
                 let key = record_key(ordinal, Kind::Process, schema::PROCESS_ATTRIBUTES);
                 if attributes.is_empty() {
                     self.records.remove(key.as_slice())?;
@@ -412,6 +443,7 @@ impl<'txn> WriteBatch<'txn> {
                 let cached = CachedProcess {
                     process,
                     indexed: None,
+                    indexed_attributes: Vec::new(),
                     changed: false,
                     attributes: Attributes::Loaded { changed: false },
                 };
@@ -1008,6 +1040,7 @@ impl<'txn> WriteBatch<'txn> {
             Attributes::Loaded { changed: true }
         };
         Ok(CachedProcess {
+            indexed_attributes: indexed_values(&self.attribute_keys, &process.attributes),
             indexed: Some(IndexedFields::of(&process)),
             process,
             changed: false,
@@ -1023,6 +1056,8 @@ impl<'txn> WriteBatch<'txn> {
                 cached.process.attributes = attributes;
             }
             cached.attributes = Attributes::Loaded { changed: false };
+            cached.indexed_attributes =
+                indexed_values(&self.attribute_keys, &cached.process.attributes);
         }
         Ok(())
     }
@@ -1072,11 +1107,40 @@ impl<'txn> WriteBatch<'txn> {
         if let Some(correlation_id) = &process.correlation_id {
             self.by_correlation
                 .insert((correlation_id.as_str(), ordinal), ())?;
+            self.index_correlation_prefixes(ordinal, correlation_id)?;
         }
         if process.stalled_since.is_some() {
             self.by_stalled.insert(ordinal, ())?;
         }
+        for key in &self.attribute_keys {
+            if let Some(value) = process.attributes.get(key) {
+                self.by_attribute
+                    .insert((key.as_str(), value.as_str(), ordinal), ())?;
+            }
+        }
         self.index_finished(ordinal, process)
+    }
+
+    fn index_correlation_prefixes(
+        &mut self,
+        ordinal: u64,
+        correlation_id: &str,
+    ) -> Result<(), StoreError> {
+        for (prefix, rest) in schema::correlation_prefixes(correlation_id) {
+            self.by_correlation_prefix.insert((prefix, ordinal), rest)?;
+        }
+        Ok(())
+    }
+
+    fn unindex_correlation_prefixes(
+        &mut self,
+        ordinal: u64,
+        correlation_id: &str,
+    ) -> Result<(), StoreError> {
+        for (prefix, _) in schema::correlation_prefixes(correlation_id) {
+            self.by_correlation_prefix.remove((prefix, ordinal))?;
+        }
+        Ok(())
     }
 
     /// A terminal process's entry in the finished index, written once: its
@@ -1085,6 +1149,11 @@ impl<'txn> WriteBatch<'txn> {
         if let (true, Some(finished_at)) = (process.status.is_terminal(), process.finished_at) {
             self.by_finished
                 .insert((process.status.code(), finished_at, ordinal), ())?;
+            self.pending_durations.add(
+                &self.durations,
+                process.process_type.as_deref(),
+                (process.status, finished_at, process.duration_ms()),
+            )?;
         }
         Ok(())
     }
@@ -1125,9 +1194,11 @@ impl<'txn> WriteBatch<'txn> {
         if before.correlation_id != after.correlation_id {
             if let Some(old) = &before.correlation_id {
                 self.by_correlation.remove((old.as_str(), ordinal))?;
+                self.unindex_correlation_prefixes(ordinal, old)?;
             }
             if let Some(new) = &after.correlation_id {
                 self.by_correlation.insert((new.as_str(), ordinal), ())?;
+                self.index_correlation_prefixes(ordinal, new)?;
             }
         }
         Ok(())
@@ -1147,7 +1218,11 @@ impl<'txn> WriteBatch<'txn> {
             return Ok(false);
         };
         // What was changed of it and not yet written goes too.
-        let cached = self.take_process(ordinal)?;
+        let mut cached = self.take_process(ordinal)?;
+        if !self.attribute_keys.is_empty() && cached.indexed.is_some() {
+            // Its entries in the attribute index are made of them.
+            self.load_attributes(ordinal, &mut cached)?;
+        }
         self.tasks.retain(|&(task_of, _), _| task_of != ordinal);
         let history_start = record_key(ordinal, Kind::History, &[]);
         let history_end = schema::record_kind_end(ordinal, Kind::History);
@@ -1194,6 +1269,11 @@ impl<'txn> WriteBatch<'txn> {
             if let Some(correlation_id) = &indexed.correlation_id {
                 self.by_correlation
                     .remove((correlation_id.as_str(), ordinal))?;
+                self.unindex_correlation_prefixes(ordinal, correlation_id)?;
+            }
+            for (key, value) in &cached.indexed_attributes {
+                self.by_attribute
+                    .remove((key.as_str(), value.as_str(), ordinal))?;
             }
             if indexed.stalled {
                 self.by_stalled.remove(ordinal)?;
@@ -1212,6 +1292,16 @@ impl<'txn> WriteBatch<'txn> {
             .saturating_sub(cached.process.event_count);
         Ok(true)
     }
+}
+
+/// The values of `keys` among `attributes`, in the order of `keys`.
+pub(crate) fn indexed_values(
+    keys: &[String],
+    attributes: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    keys.iter()
+        .filter_map(|key| Some((key.clone(), attributes.get(key)?.clone())))
+        .collect()
 }
 
 /// One step of removing finished processes: a retention step, or one of a

@@ -531,7 +531,7 @@ fn inspect_prints_tables_for_people_and_json_for_scripts() {
     assert_eq!(summary_json["processes_total"], 2);
     assert_eq!(summary_json["processes"]["running"], 1);
     assert_eq!(summary_json["newest"]["id"], "run-2");
-    assert_eq!(summary_json["schema_version"], 4);
+    assert_eq!(summary_json["schema_version"], 5);
 
     let process_json = json_of(&run(&[
         "inspect",

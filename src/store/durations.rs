@@ -1,0 +1,325 @@
+//! Running summaries of how long processes took, for
+//! `GET /v1/stats/durations`: answered from a few records, never by
+//! reading the processes.
+//!
+//! When a process ends, the writer adds its duration to three summaries of
+//! its type: those of the minute, the hour and the day (UTC) it ended in.
+//! Each summary counts the processes by terminal status and keeps a
+//! DDSketch of their durations (relative error 1%, so a quantile is within
+//! 1% of the exact value). A window is answered by merging the fewest
+//! summaries that tile it: whole days in its middle, hours and minutes at
+//! its edges, so at most about 170 records however long it is. A window's
+//! ends are taken to the minute (the start down, the end up).
+//!
+//! A summary counts what ended; removing a process later (retention, a
+//! purge) leaves the summaries as they were, which is what a record of
+//! "what ran in that hour" should say. A stale event that moves the start
+//! of an ended process earlier is not counted again.
+
+use super::codec;
+use super::schema::{decode_or_corrupt, DURATIONS};
+use super::StoreError;
+use crate::domain::{Millis, Status};
+use redb::{ReadableTable, Table};
+use serde::{Deserialize, Serialize};
+use sketches_ddsketch::{Config, DDSketch};
+use std::collections::{BTreeMap, HashMap};
+
+/// A bucket's width, in milliseconds, by its code in the `DURATIONS` key.
+const WIDTHS: [Millis; 3] = [60_000, 3_600_000, 86_400_000];
+
+/// The terminal statuses, in the order of `Summary::counts`.
+pub const TERMINAL: [Status; 4] = [
+    Status::Succeeded,
+    Status::Failed,
+    Status::Cancelled,
+    Status::TimedOut,
+];
+
+/// The processes of one type that ended in one bucket (or a window).
+#[derive(Clone)]
+pub struct Summary {
+    /// By status, in the order of `TERMINAL`.
+    pub counts: [u64; 4],
+    /// The durations of those that ran (a process cancelled before it
+    /// started has none), in milliseconds.
+    pub sketch: DDSketch,
+}
+
+/// How a summary is stored: the counts, and the sketch in the DDSketch
+/// binary format shared by its implementations (`sketches-ddsketch`'s
+/// `encoding`), which does not change with the crate's internals.
+#[derive(Serialize, Deserialize)]
+struct StoredSummary {
+    counts: [u64; 4],
+    sketch: Vec<u8>,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary {
+            counts: [0; 4],
+            sketch: DDSketch::new(Config::defaults()),
+        }
+    }
+}
+
+impl Summary {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn add(&mut self, status: Status, duration_ms: Option<i64>) {
+        if let Some(slot) = TERMINAL.iter().position(|terminal| *terminal == status) {
+            self.counts[slot] += 1;
+        }
+        if let Some(duration) = duration_ms {
+            self.sketch.add(duration.max(0) as f64);
+        }
+    }
+
+    pub fn merge(&mut self, other: &Summary) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+        // Every sketch has the default configuration, which merging needs.
+        if let Err(error) = self.sketch.merge(&other.sketch) {
+            unreachable!("duration sketches of one configuration did not merge: {error}");
+        }
+    }
+
+    /// The duration at quantile `q` (0 to 1), if any process ran.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.sketch.quantile(q).ok().flatten()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        codec::encode(&StoredSummary {
+            counts: self.counts,
+            sketch: sketches_ddsketch::encoding::encode_to_java_bytes(&self.sketch),
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Summary, StoreError> {
+        let stored: StoredSummary = decode_or_corrupt("duration summary", bytes)?;
+        let sketch =
+            sketches_ddsketch::encoding::decode_from_java_bytes(&stored.sketch).map_err(|error| {
+                StoreError::Corrupt {
+                    what: format!("duration sketch ({error})"),
+                    source: codec::CodecError::Empty,
+                }
+            })?;
+        Ok(Summary {
+            counts: stored.counts,
+            sketch,
+        })
+    }
+}
+
+/// The summaries a write transaction changed, written once at its end.
+#[derive(Default)]
+pub struct Pending {
+    changed: HashMap<(String, u8, Millis), Summary>,
+}
+
+impl Pending {
+    /// Counts a process of `process_type` that ended at `finished_at`.
+    pub fn add(
+        &mut self,
+        table: &Table<'_, (&'static str, u8, i64), &'static [u8]>,
+        process_type: Option<&str>,
+        (status, finished_at, duration_ms): (Status, Millis, Option<i64>),
+    ) -> Result<(), StoreError> {
+        let process_type = process_type.unwrap_or_default();
+        for (resolution, width) in WIDTHS.iter().enumerate() {
+            let key = (
+                process_type.to_owned(),
+                resolution as u8,
+                finished_at.div_euclid(*width) * width,
+            );
+            let summary = match self.changed.entry(key) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let (kind, resolution, start) = entry.key();
+                    let stored = table.get((kind.as_str(), *resolution, *start))?;
+                    let summary = match stored {
+                        Some(bytes) => Summary::decode(bytes.value())?,
+                        None => Summary::default(),
+                    };
+                    entry.insert(summary)
+                }
+            };
+            summary.add(status, duration_ms);
+        }
+        Ok(())
+    }
+
+    /// Writes the changed summaries.
+    pub fn write(
+        &mut self,
+        table: &mut Table<'_, (&'static str, u8, i64), &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        for ((kind, resolution, start), summary) in self.changed.drain() {
+            table.insert((kind.as_str(), resolution, start), summary.encode().as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the summaries from the finished processes, for a store from
+/// before they existed. Returns how many processes were counted.
+pub fn build(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let by_finished = txn.open_table(super::schema::BY_FINISHED)?;
+    let records = txn.open_table(super::schema::RECORDS)?;
+    let mut table = txn.open_table(DURATIONS)?;
+    let mut pending = Pending::default();
+    let mut counted = 0u64;
+    for entry in by_finished.iter()? {
+        let (key, _) = entry?;
+        let (_, finished_at, ordinal) = key.value();
+        let Some(process) = super::schema::process_record(&records, ordinal)? else {
+            continue;
+        };
+        pending.add(
+            &table,
+            process.process_type.as_deref(),
+            (process.status, finished_at, process.duration_ms()),
+        )?;
+        counted += 1;
+        // Bounded memory on a big store: the summaries go to the table as
+        // they fill, and are read back when touched again.
+        if counted % 50_000 == 0 {
+            pending.write(&mut table)?;
+        }
+    }
+    pending.write(&mut table)?;
+    Ok(counted)
+}
+
+/// The runs of whole buckets that tile `[from, to)` (both on a minute),
+/// as (resolution, first start, end): minutes up to the first hour, hours
+/// up to the first day, days, then hours and minutes to the end.
+fn tiles(from: Millis, to: Millis) -> Vec<(u8, Millis, Millis)> {
+    let mut runs = Vec::new();
+    let mut at = from;
+    for resolution in 0..2 {
+        let next = round_up(at, WIDTHS[resolution + 1]);
+        if next > to {
+            break;
+        }
+        runs.push((resolution as u8, at, next));
+        at = next;
+    }
+    for resolution in (0..3).rev() {
+        let end = to.div_euclid(WIDTHS[resolution]) * WIDTHS[resolution];
+        if end > at {
+            runs.push((resolution as u8, at, end));
+            at = end;
+        }
+    }
+    runs.retain(|(_, start, end)| end > start);
+    runs
+}
+
+fn round_up(at: Millis, width: Millis) -> Millis {
+    at.div_euclid(width).saturating_add(i64::from(at.rem_euclid(width) != 0)) * width
+}
+
+/// The window a query asks for, to the minute: its start down, its end up.
+pub fn to_minutes(from: Millis, to: Millis) -> (Millis, Millis) {
+    let width = WIDTHS[0];
+    (from.div_euclid(width) * width, round_up(to, width))
+}
+
+/// The summary of each process type (only `process_type`, when given)
+/// over the processes that ended in `[from, to)`, taken to the minute.
+/// An untyped process counts under the empty type. Types with none are
+/// left out.
+pub fn summarize(
+    table: &impl ReadableTable<(&'static str, u8, i64), &'static [u8]>,
+    process_type: Option<&str>,
+    (from, to): (Millis, Millis),
+) -> Result<BTreeMap<String, Summary>, StoreError> {
+    let (from, to) = to_minutes(from, to);
+    let runs = if from < to { tiles(from, to) } else { Vec::new() };
+    let mut out = BTreeMap::new();
+    let mut summarize_type = |kind: &str| -> Result<(), StoreError> {
+        let mut total: Option<Summary> = None;
+        for (resolution, start, end) in &runs {
+            for entry in table.range((kind, *resolution, *start)..(kind, *resolution, *end))? {
+                let summary = Summary::decode(entry?.1.value())?;
+                match total.as_mut() {
+                    Some(total) => total.merge(&summary),
+                    None => total = Some(summary),
+                }
+            }
+        }
+        if let Some(total) = total.filter(|total| total.count() > 0) {
+            out.insert(kind.to_owned(), total);
+        }
+        Ok(())
+    };
+    match process_type {
+        Some(kind) => summarize_type(kind)?,
+        None => {
+            // Hop from one type to the next: one seek per type.
+            let mut next = table.range::<(&str, u8, i64)>(..)?.next().transpose()?;
+            while let Some((key, _)) = next {
+                let kind = key.value().0.to_owned();
+                summarize_type(&kind)?;
+                next = table
+                    .range((kind.as_str(), u8::MAX, i64::MAX)..)?
+                    .find(|entry| entry.as_ref().map_or(true, |(key, _)| key.value().0 != kind))
+                    .transpose()?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_the_window_exactly_once() {
+        let day = WIDTHS[2];
+        let windows = [
+            (0, 60_000),
+            (60_000 * 7, 60_000 * 59),
+            (60_000 * 7, 3_600_000 * 5 + 60_000 * 3),
+            (60_000 * 7, day * 3 + 3_600_000 * 5 + 60_000 * 3),
+            (day, day * 2),
+            (-day - 60_000, day + 3_600_000),
+        ];
+        for (from, to) in windows {
+            let runs = tiles(from, to);
+            let mut at = from;
+            for (resolution, start, end) in &runs {
+                let width = WIDTHS[usize::from(*resolution)];
+                assert_eq!(*start, at, "{runs:?}");
+                assert_eq!(start.rem_euclid(width), 0, "{runs:?}");
+                assert_eq!(end.rem_euclid(width), 0, "{runs:?}");
+                at = *end;
+            }
+            assert_eq!(at, to, "{runs:?}");
+            assert!(runs.len() <= 5);
+        }
+    }
+
+    #[test]
+    fn a_summary_survives_its_encoding_and_merges_after_it() {
+        let mut summary = Summary::default();
+        for duration in [5, 50, 500, 5_000] {
+            summary.add(Status::Succeeded, Some(duration));
+        }
+        summary.add(Status::Cancelled, None);
+        let mut read = Summary::decode(&summary.encode()).unwrap();
+        assert_eq!(read.counts, [4, 0, 1, 0]);
+        read.merge(&summary);
+        assert_eq!(read.count(), 10);
+        assert_eq!(read.sketch.count(), 8);
+        let p50 = read.quantile(0.5).unwrap();
+        assert!((p50 - 50.0).abs() <= 0.5, "{p50}");
+    }
+}
