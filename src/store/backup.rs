@@ -6,9 +6,8 @@
 //! command and the daemon open it as they would any other.
 
 use super::schema::{
-    self,
-    Counters, BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, EVENTS,
-    FEED, FEED_MARKS, META, PROCESS_IDS, RECORDS,
+    self, Counters, BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE,
+    EVENTS, FEED, FEED_MARKS, META, PROCESS_IDS, RECORDS,
 };
 use super::{read::Snapshot, StoreError};
 use redb::{

@@ -102,13 +102,12 @@ impl Summary {
 
     fn decode(bytes: &[u8]) -> Result<Summary, StoreError> {
         let stored: StoredSummary = decode_or_corrupt("duration summary", bytes)?;
-        let sketch =
-            sketches_ddsketch::encoding::decode_from_java_bytes(&stored.sketch).map_err(|error| {
-                StoreError::Corrupt {
-                    what: format!("duration sketch ({error})"),
-                    source: codec::CodecError::Empty,
-                }
-            })?;
+        let sketch = sketches_ddsketch::encoding::decode_from_java_bytes(&stored.sketch).map_err(
+            |error| StoreError::Corrupt {
+                what: format!("duration sketch ({error})"),
+                source: codec::CodecError::Empty,
+            },
+        )?;
         Ok(Summary {
             counts: stored.counts,
             sketch,
@@ -160,7 +159,10 @@ impl Pending {
         table: &mut Table<'_, (&'static str, u8, i64), &'static [u8]>,
     ) -> Result<(), StoreError> {
         for ((kind, resolution, start), summary) in self.changed.drain() {
-            table.insert((kind.as_str(), resolution, start), summary.encode().as_slice())?;
+            table.insert(
+                (kind.as_str(), resolution, start),
+                summary.encode().as_slice(),
+            )?;
         }
         Ok(())
     }
@@ -222,7 +224,9 @@ fn tiles(from: Millis, to: Millis) -> Vec<(u8, Millis, Millis)> {
 }
 
 fn round_up(at: Millis, width: Millis) -> Millis {
-    at.div_euclid(width).saturating_add(i64::from(at.rem_euclid(width) != 0)) * width
+    at.div_euclid(width)
+        .saturating_add(i64::from(at.rem_euclid(width) != 0))
+        * width
 }
 
 /// The window a query asks for, to the minute: its start down, its end up.
@@ -241,7 +245,11 @@ pub fn summarize(
     (from, to): (Millis, Millis),
 ) -> Result<BTreeMap<String, Summary>, StoreError> {
     let (from, to) = to_minutes(from, to);
-    let runs = if from < to { tiles(from, to) } else { Vec::new() };
+    let runs = if from < to {
+        tiles(from, to)
+    } else {
+        Vec::new()
+    };
     let mut out = BTreeMap::new();
     let mut summarize_type = |kind: &str| -> Result<(), StoreError> {
         let mut total: Option<Summary> = None;
@@ -269,7 +277,11 @@ pub fn summarize(
                 summarize_type(&kind)?;
                 next = table
                     .range((kind.as_str(), u8::MAX, i64::MAX)..)?
-                    .find(|entry| entry.as_ref().map_or(true, |(key, _)| key.value().0 != kind))
+                    .find(|entry| {
+                        entry
+                            .as_ref()
+                            .map_or(true, |(key, _)| key.value().0 != kind)
+                    })
                     .transpose()?;
             }
         }

@@ -48,6 +48,8 @@ struct Gathered {
     process: Option<Process>,
     /// Its attributes have a record of their own.
     has_attributes_record: bool,
+    /// The attributes that record holds.
+    attributes: BTreeMap<String, String>,
     tasks: Vec<(u32, Task)>,
     task_ids: Vec<(String, u32)>,
     history_seqs: HashSet<u64>,
@@ -59,6 +61,8 @@ struct Totals {
     by_status: [u64; 7],
     with_type: u64,
     with_correlation: u64,
+    prefix_entries: u64,
+    attribute_entries: u64,
     finished: u64,
     max_seq: u64,
     max_ordinal: Option<u64>,
@@ -85,11 +89,16 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         by_type: txn.open_table(BY_TYPE)?,
         by_correlation: txn.open_table(BY_CORRELATION)?,
         by_finished: txn.open_table(BY_FINISHED)?,
+        by_correlation_prefix: txn.open_table(schema::BY_CORRELATION_PREFIX)?,
+        by_attribute: txn.open_table(schema::BY_ATTRIBUTE)?,
+        attribute_keys: schema::indexed_attributes(&txn.open_table(schema::META)?)?,
     };
     let mut totals = Totals {
         by_status: [0; 7],
         with_type: 0,
         with_correlation: 0,
+        prefix_entries: 0,
+        attribute_entries: 0,
         finished: 0,
         max_seq: 0,
         max_ordinal: None,
@@ -146,7 +155,10 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
                     Ok(attributes) if attributes.is_empty() => {
                         report.problem(described("an empty attributes record"))
                     }
-                    Ok(_) => gathered.has_attributes_record = true,
+                    Ok(attributes) => {
+                        gathered.has_attributes_record = true;
+                        gathered.attributes = attributes;
+                    }
                     Err(error) => {
                         report.problem(format!("{}: {error}", described("the attributes record")))
                     }
@@ -242,6 +254,20 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             totals.finished
         ));
     }
+    if indexes.by_correlation_prefix.len()? != totals.prefix_entries {
+        report.problem(format!(
+            "the correlation prefix index has {} entries where the correlation ids make {}",
+            indexes.by_correlation_prefix.len()?,
+            totals.prefix_entries
+        ));
+    }
+    if indexes.by_attribute.len()? != totals.attribute_entries {
+        report.problem(format!(
+            "the attribute index has {} entries where the indexed attributes make {}",
+            indexes.by_attribute.len()?,
+            totals.attribute_entries
+        ));
+    }
     if indexes.by_correlation.len()? != totals.with_correlation {
         report.problem(format!(
             "the correlation index has {} entries for {} processes with a correlation id",
@@ -334,6 +360,9 @@ struct Indexes {
     by_type: ReadOnlyTable<(&'static str, u8, u64), ()>,
     by_correlation: ReadOnlyTable<(&'static str, u64), ()>,
     by_finished: ReadOnlyTable<(u8, i64, u64), ()>,
+    by_correlation_prefix: ReadOnlyTable<(&'static str, u64), &'static str>,
+    by_attribute: ReadOnlyTable<(&'static str, &'static str, u64), ()>,
+    attribute_keys: Vec<String>,
 }
 
 impl Indexes {
@@ -353,6 +382,9 @@ impl Indexes {
             by_type,
             by_correlation,
             by_finished,
+            by_correlation_prefix,
+            by_attribute,
+            attribute_keys,
         } = self;
         totals.max_ordinal = totals.max_ordinal.max(Some(ordinal));
         report.events += gathered.history_seqs.len() as u64;
@@ -412,6 +444,36 @@ impl Indexes {
             {
                 report.problem(format!(
                     "process {id} is missing from the correlation index"
+                ));
+            }
+            let prefixes: BTreeMap<&str, &str> =
+                schema::correlation_prefixes(correlation_id).collect();
+            totals.prefix_entries += prefixes.len() as u64;
+            for (prefix, rest) in prefixes {
+                if by_correlation_prefix
+                    .get((prefix, ordinal))?
+                    .map(|v| v.value().to_owned())
+                    != Some(rest.to_owned())
+                {
+                    report.problem(format!(
+                        "process {id} is missing from the correlation prefix index under `{prefix}`"
+                    ));
+                }
+            }
+        }
+        let attributes = if gathered.has_attributes_record {
+            &gathered.attributes
+        } else {
+            &process.attributes
+        };
+        for (key, value) in super::write::indexed_values(attribute_keys, attributes) {
+            totals.attribute_entries += 1;
+            if by_attribute
+                .get((key.as_str(), value.as_str(), ordinal))?
+                .is_none()
+            {
+                report.problem(format!(
+                    "process {id} is missing from the attribute index under {key}={value}"
                 ));
             }
         }

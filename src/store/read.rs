@@ -9,9 +9,9 @@
 
 use super::schema::{
     decode_evolved_or_corrupt, decode_or_corrupt, history_seq, record_key, record_kind_end,
-    Counters, FeedEntry, HistoryRecord, Kind, BY_ATTRIBUTE, BY_CORRELATION,
-    BY_CORRELATION_PREFIX, BY_CREATED, BY_STALLED, BY_STATUS, BY_TYPE, DURATIONS, EVENTS, FEED,
-    META, META_COUNTERS, PROCESS_IDS, RECORDS,
+    Counters, FeedEntry, HistoryRecord, Kind, BY_ATTRIBUTE, BY_CORRELATION, BY_CORRELATION_PREFIX,
+    BY_CREATED, BY_STALLED, BY_STATUS, BY_TYPE, DURATIONS, EVENTS, FEED, META, META_COUNTERS,
+    PROCESS_IDS, RECORDS,
 };
 use super::StoreError;
 use crate::domain::{EventType, Millis, Process, Status, Task};
@@ -636,10 +636,7 @@ impl Snapshot {
             let rest = &wanted[prefix.len()..];
             let range = table.range((prefix, first)..(prefix, end))?;
             Box::new(range.rev().filter_map(move |entry| match entry {
-                Ok((key, value)) => value
-                    .value()
-                    .starts_with(rest)
-                    .then(|| Ok(key.value().1)),
+                Ok((key, value)) => value.value().starts_with(rest).then(|| Ok(key.value().1)),
                 Err(error) => Some(Err(error.into())),
             }))
         } else if let Some(process_type) = &query.process_type {

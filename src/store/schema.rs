@@ -416,7 +416,15 @@ mod tests {
 
     #[test]
     fn every_id_with_a_prefix_has_an_entry_where_the_query_walks() {
-        let ids = ["a", "ab", "order-1234", "order-123456789", "€", "x€y", "tenant-42/order-7"];
+        let ids = [
+            "a",
+            "ab",
+            "order-1234",
+            "order-123456789",
+            "€",
+            "x€y",
+            "tenant-42/order-7",
+        ];
         for id in ids {
             let entries: Vec<_> = correlation_prefixes(id).collect();
             for (prefix, rest) in &entries {

@@ -10,8 +10,8 @@
 //! built and removes those no longer wanted.
 
 use super::schema::{
-    self, decode_or_corrupt, Kind, BY_ATTRIBUTE, BY_CORRELATION, BY_CORRELATION_PREFIX,
-    BY_CREATED, META, META_INDEXED_ATTRIBUTES, RECORDS,
+    self, decode_or_corrupt, Kind, BY_ATTRIBUTE, BY_CORRELATION, BY_CORRELATION_PREFIX, BY_CREATED,
+    META, META_INDEXED_ATTRIBUTES, RECORDS,
 };
 use super::{codec, StoreError};
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -35,9 +35,11 @@ pub fn sync_attribute_index(db: &Database, wanted: &[String]) -> Result<u64, Sto
         let meta = txn.open_table(META)?;
         let listed: BTreeSet<String> = schema::indexed_attributes(&meta)?.into_iter().collect();
         let building: BTreeSet<String> = match meta.get(META_ATTRIBUTE_INDEX_BUILDING)? {
-            Some(bytes) => decode_or_corrupt::<Vec<String>>("attribute keys being indexed", bytes.value())?
-                .into_iter()
-                .collect(),
+            Some(bytes) => {
+                decode_or_corrupt::<Vec<String>>("attribute keys being indexed", bytes.value())?
+                    .into_iter()
+                    .collect()
+            }
             None => BTreeSet::new(),
         };
         (listed, building)
@@ -159,7 +161,11 @@ fn add_keys(db: &Database, keys: &[String]) -> Result<u64, StoreError> {
             None => break,
         }
         if logged.elapsed() >= std::time::Duration::from_secs(2) {
-            tracing::info!(read, total, "indexing attributes: {read} of {total} processes");
+            tracing::info!(
+                read,
+                total,
+                "indexing attributes: {read} of {total} processes"
+            );
             logged = std::time::Instant::now();
         }
     }

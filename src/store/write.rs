@@ -15,9 +15,9 @@
 use super::schema::{
     self, decode_evolved_or_corrupt, decode_or_corrupt, record_key, Counters, DedupRecord, Due,
     FeedEntry, HistoryRecordRef, Kind, Source, StoredResult, BY_ATTRIBUTE, BY_CORRELATION,
-    BY_CORRELATION_PREFIX, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE,
-    DURATIONS, EVENTS, FEED, FEED_MARKS, META, META_COUNTERS, META_FEED_FLOOR,
-    META_LOGGED_GROUP, PROCESS_IDS, RECORDS,
+    BY_CORRELATION_PREFIX, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, DURATIONS,
+    EVENTS, FEED, FEED_MARKS, META, META_COUNTERS, META_FEED_FLOOR, META_LOGGED_GROUP, PROCESS_IDS,
+    RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{
@@ -294,11 +294,18 @@ impl<'txn> WriteBatch<'txn> {
             if attributes_changed && !self.attribute_keys.is_empty() {
                 let now = indexed_values(&self.attribute_keys, &cached.process.attributes);
                 let before = std::mem::replace(&mut cached.indexed_attributes, now);
-                for (key, value) in before.iter().filter(|e| !cached.indexed_attributes.contains(e)) {
+                for (key, value) in before
+                    .iter()
+                    .filter(|e| !cached.indexed_attributes.contains(e))
+                {
                     self.by_attribute
                         .remove((key.as_str(), value.as_str(), ordinal))?;
                 }
-                for (key, value) in cached.indexed_attributes.iter().filter(|e| !before.contains(e)) {
+                for (key, value) in cached
+                    .indexed_attributes
+                    .iter()
+                    .filter(|e| !before.contains(e))
+                {
                     self.by_attribute
                         .insert((key.as_str(), value.as_str(), ordinal), ())?;
                 }

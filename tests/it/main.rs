@@ -17,6 +17,7 @@ mod queries;
 mod reliability;
 mod retention;
 mod schemathesis;
+mod search;
 mod soak;
 mod stalls;
 mod support;
