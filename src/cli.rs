@@ -192,12 +192,48 @@ pub enum InspectWhat {
         #[arg(long = "type", value_name = "T")]
         process_type: Option<String>,
 
+        /// Only correlation ids starting with this
+        #[arg(long, value_name = "PREFIX")]
+        correlation_prefix: Option<String>,
+
+        /// Only processes with this attribute (repeat for several); the key
+        /// must be one the store indexes (index.attributes)
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+
+        /// Only processes stalled now
+        #[arg(long)]
+        stalled: bool,
+
         /// How many at most
         #[arg(long, default_value_t = 50, value_name = "N")]
         limit: usize,
     },
+    /// How long processes took: counts by status and duration percentiles
+    /// per process type, for those that ended in a window
+    Durations {
+        /// Only this process type
+        #[arg(long = "type", value_name = "T")]
+        process_type: Option<String>,
+
+        /// Window start: an age such as 24h or 7d, or an RFC 3339 time
+        #[arg(long, default_value = "24h", value_name = "AGE|TIME")]
+        since: String,
+
+        /// Window end: an age or a time [default: now]
+        #[arg(long, value_name = "AGE|TIME")]
+        until: Option<String>,
+    },
     /// Full integrity check; exit status 0 when sound, 1 when not
     Verify,
+}
+
+/// `KEY=VALUE`, for `inspect list --attr`.
+fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 impl Cli {

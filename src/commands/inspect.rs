@@ -8,7 +8,7 @@ use crate::store::backup::{self, CheckedCopy};
 use crate::store::read::{ListQuery, Snapshot};
 use crate::store::schema::SCHEMA_VERSION;
 use crate::store::{self, maintenance, StoreError};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use redb::ReadOnlyDatabase;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -81,8 +81,31 @@ pub fn run(args: &InspectArgs, data_dir: &Path, admin_token: Option<&str>) -> an
         Some(InspectWhat::List {
             status,
             process_type,
+            correlation_prefix,
+            attributes,
+            stalled,
             limit,
-        }) => list(&source, status, process_type.clone(), *limit, args.json),
+        }) => {
+            let query = ListQuery {
+                process_type: process_type.clone(),
+                correlation_id_prefix: correlation_prefix.clone().filter(|p| !p.is_empty()),
+                attributes: attributes.clone(),
+                stalled: *stalled,
+                limit: *limit,
+                ..ListQuery::default()
+            };
+            list(&source, status, query, args.json)
+        }
+        Some(InspectWhat::Durations {
+            process_type,
+            since,
+            until,
+        }) => durations(
+            &source,
+            process_type.as_deref(),
+            (since, until.as_deref()),
+            args.json,
+        ),
         Some(InspectWhat::Verify) => verify(&source, args.json),
     }
 }
@@ -218,27 +241,32 @@ fn process(source: &Source, id: &str, as_json: bool) -> anyhow::Result<()> {
 fn list(
     source: &Source,
     statuses: &[String],
-    process_type: Option<String>,
-    limit: usize,
+    mut query: ListQuery,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let statuses = statuses
+    query.statuses = statuses
         .iter()
         .map(|s| {
             s.parse::<Status>()
                 .map_err(|detail| anyhow::anyhow!("--status: {detail}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if limit == 0 {
+    if query.limit == 0 {
         bail!("--limit must be at least 1");
     }
-    let query = ListQuery {
-        statuses,
-        process_type,
-        limit,
-        ..ListQuery::default()
-    };
-    let page = source.snapshot()?.list(&query)?;
+    let snapshot = source.snapshot()?;
+    let indexed = snapshot.indexed_attributes()?;
+    if let Some((key, _)) = query
+        .attributes
+        .iter()
+        .find(|(key, _)| !indexed.contains(key))
+    {
+        bail!(
+            "--attr {key}: the store does not index `{key}` (it indexes: {}); name it in index.attributes and restart the daemon",
+            if indexed.is_empty() { "none".to_owned() } else { indexed.join(", ") }
+        );
+    }
+    let page = snapshot.list(&query)?;
     if as_json {
         let items: Vec<ProcessView<'_>> = page.items.iter().map(ProcessView::summary).collect();
         return output::json(&json!({"items": items}));
@@ -261,6 +289,88 @@ fn list(
     output::table(
         &[
             "ID", "STATUS", "TYPE", "CREATED", "UPDATED", "EVENTS", "TASKS",
+        ],
+        &rows,
+    )
+}
+
+fn durations(
+    source: &Source,
+    process_type: Option<&str>,
+    (since, until): (&str, Option<&str>),
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let now = crate::writer::now_millis();
+    let from = super::compact::parse_cut(since, now).context("--since")?;
+    let to = match until {
+        Some(until) => super::compact::parse_cut(until, now).context("--until")?,
+        None => now,
+    };
+    if from >= to {
+        bail!("--since must be before --until");
+    }
+    let summaries = source.snapshot()?.durations(process_type, (from, to))?;
+    let (from, to) = crate::store::durations::to_minutes(from, to);
+    let quantile = |summary: &crate::store::durations::Summary, q: f64| summary.quantile(q);
+    if as_json {
+        let types: serde_json::Map<String, Value> = summaries
+            .iter()
+            .map(|(kind, summary)| {
+                let mut by_status = serde_json::Map::new();
+                for (status, count) in crate::store::durations::TERMINAL.iter().zip(summary.counts) {
+                    by_status.insert(status.as_str().into(), json!(count));
+                }
+                let quantiles = (summary.sketch.count() > 0).then(|| {
+                    json!({"p50": quantile(summary, 0.5), "p90": quantile(summary, 0.9), "p99": quantile(summary, 0.99), "max": quantile(summary, 1.0)})
+                });
+                (kind.clone(), json!({"count": summary.count(), "by_status": by_status, "duration_ms": quantiles}))
+            })
+            .collect();
+        return output::json(&json!({
+            "finished_after": format_millis(from),
+            "finished_before": format_millis(to),
+            "process_types": types,
+        }));
+    }
+    println!(
+        "ended from {} to {}",
+        format_millis(from),
+        format_millis(to)
+    );
+    let shown = |value: Option<f64>| match value {
+        Some(ms) => output::duration_ms(ms),
+        None => "-".into(),
+    };
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .map(|(kind, summary)| {
+            let mut row = vec![
+                if kind.is_empty() {
+                    "(untyped)".into()
+                } else {
+                    kind.clone()
+                },
+                summary.count().to_string(),
+            ];
+            row.extend(summary.counts.iter().map(u64::to_string));
+            for q in [0.5, 0.9, 0.99, 1.0] {
+                row.push(shown(quantile(summary, q)));
+            }
+            row
+        })
+        .collect();
+    output::table(
+        &[
+            "TYPE",
+            "ENDED",
+            "SUCCEEDED",
+            "FAILED",
+            "CANCELLED",
+            "TIMED OUT",
+            "P50",
+            "P90",
+            "P99",
+            "MAX",
         ],
         &rows,
     )

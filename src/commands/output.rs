@@ -49,6 +49,12 @@ pub fn bytes(count: u64) -> String {
     }
 }
 
+/// A duration in milliseconds, for people: `1m 30s 250ms`.
+pub fn duration_ms(millis: f64) -> String {
+    let millis = millis.max(0.0).round() as u64;
+    humantime::format_duration(std::time::Duration::from_millis(millis)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -73,7 +73,14 @@ fn parse_wait(value: &str) -> Result<Duration, ApiError> {
 }
 
 fn parse_seq(value: &str, parameter: &str) -> Result<u64, ApiError> {
-    value.trim().parse().map_err(|_| {
+    // Digits only: `u64::from_str` would take a leading `+` too.
+    let digits = value.trim_matches(' ');
+    let parsed = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    };
+    parsed.ok_or_else(|| {
         invalid(
             parameter,
             format!("`{parameter}` must be a sequence number (a whole number from 0)"),

@@ -190,7 +190,7 @@ pub fn build(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
         counted += 1;
         // Bounded memory on a big store: the summaries go to the table as
         // they fill, and are read back when touched again.
-        if counted % 50_000 == 0 {
+        if counted.is_multiple_of(50_000) {
             pending.write(&mut table)?;
         }
     }

@@ -396,6 +396,11 @@ impl Snapshot {
         super::durations::summarize(&table, process_type, window)
     }
 
+    /// The attribute keys the attribute index holds.
+    pub fn indexed_attributes(&self) -> Result<Vec<String>, StoreError> {
+        super::schema::indexed_attributes(&self.txn.open_table(META)?)
+    }
+
     /// Processes stalled now.
     pub fn stalled_count(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;

@@ -478,6 +478,10 @@ fn a_resume_point_older_than_an_offline_purge_is_410_with_the_oldest_seq() {
     assert_eq!(stream.status, 410);
     let by_id = client.get_with("/v1/changes", &[("last-event-id", "5")]);
     assert_eq!(by_id.status, 410);
+    // A sequence number is digits, and nothing else.
+    let signed = client.get_with("/v1/changes", &[("last-event-id", "+7")]);
+    assert_eq!(signed.status, 400, "{}", signed.text);
+    assert_eq!(client.get("/v1/changes?after_seq=%2B7").status, 400);
     // From the start, or from the purge on, the feed is whole.
     let all = whole_feed(&client, 0);
     assert_eq!(seqs(&all), vec![6]);

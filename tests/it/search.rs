@@ -291,6 +291,32 @@ fn a_key_added_to_the_index_is_indexed_at_start_and_a_key_removed_is_dropped() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+    // `inspect list` filters the same way.
+    let inspect = |args: &[&str]| {
+        crate::support::command()
+            .arg("inspect")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = inspect(&["list", "--attr", "team=team1", "--limit", "100", "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), found.len());
+    let listed = inspect(&["list", "--correlation-prefix", "none-such", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&listed.stdout).unwrap()["items"],
+        json!([])
+    );
+    let refused = inspect(&["list", "--attr", "colour=red"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not index `colour`"));
 }
 
 /// The exact quantile as DDSketch ranks it: the value at rank
@@ -388,6 +414,28 @@ fn duration_percentiles_are_within_one_percent_of_the_exact_values() {
     );
     let one = client.get(&format!("/v1/stats/durations?process_type=etl&{window}"));
     assert_eq!(types["etl"]["duration_ms"], one.json["duration_ms"]);
+    // `inspect durations` reads the same summaries.
+    let inspected = crate::support::command()
+        .arg("inspect")
+        .arg("--data-dir")
+        .arg(&daemon.data_dir)
+        .args([
+            "durations",
+            "--since",
+            &millis_text(base - 60_000),
+            "--until",
+            &millis_text(base + 3 * 86_400_000),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(inspected["process_types"], reply.json["process_types"]);
 
     // A window is taken to the minute, and holds only what ended in it.
     let first_hour = format!(
