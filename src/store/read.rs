@@ -677,8 +677,14 @@ impl Snapshot {
 
         let mut items = Vec::with_capacity(query.limit.min(1024));
         let mut next = None;
+        let checks = IndexChecks::open(&self.txn, query)?;
         for ordinal in ordinals {
             let ordinal = ordinal?;
+            // A candidate the indexes already rule out costs a few lookups,
+            // not a record read.
+            if !checks.may_match(ordinal, query)? {
+                continue;
+            }
             let Some(process) = self.process_at(ordinal)? else {
                 continue;
             };
@@ -700,6 +706,56 @@ impl Snapshot {
             items: items.into_iter().map(|(_, process)| process).collect(),
             next,
         })
+    }
+}
+
+/// The status and attribute filters, checked against their indexes by
+/// point lookups before a candidate's record is read.
+struct IndexChecks {
+    by_status: Option<ReadOnlyTable<(u8, u64), ()>>,
+    by_attribute: Option<ReadOnlyTable<(&'static str, &'static str, u64), ()>>,
+}
+
+impl IndexChecks {
+    fn open(txn: &ReadTransaction, query: &ListQuery) -> Result<IndexChecks, StoreError> {
+        Ok(IndexChecks {
+            by_status: if query.statuses.is_empty() {
+                None
+            } else {
+                Some(txn.open_table(BY_STATUS)?)
+            },
+            by_attribute: if query.attributes.is_empty() {
+                None
+            } else {
+                Some(txn.open_table(BY_ATTRIBUTE)?)
+            },
+        })
+    }
+
+    fn may_match(&self, ordinal: u64, query: &ListQuery) -> Result<bool, StoreError> {
+        if let Some(by_status) = &self.by_status {
+            let mut any = false;
+            for status in &query.statuses {
+                if by_status.get((status.code(), ordinal))?.is_some() {
+                    any = true;
+                    break;
+                }
+            }
+            if !any {
+                return Ok(false);
+            }
+        }
+        if let Some(by_attribute) = &self.by_attribute {
+            for (key, value) in &query.attributes {
+                if by_attribute
+                    .get((key.as_str(), value.as_str(), ordinal))?
+                    .is_none()
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 }
 
