@@ -217,9 +217,6 @@ pub fn open_writable_with_journal(
     txn.open_table(schema::BY_STATUS)?;
     txn.open_table(schema::BY_TYPE)?;
     txn.open_table(schema::BY_CORRELATION)?;
-    txn.open_table(schema::FEED)?;
-    txn.open_table(schema::DUE)?;
-    txn.open_table(schema::BY_STALLED)?;
     create_later_tables(&txn)?;
     txn.commit()?;
     Ok(db)
