@@ -1119,12 +1119,8 @@ impl<'txn> WriteBatch<'txn> {
         if process.stalled_since.is_some() {
             self.by_stalled.insert(ordinal, ())?;
         }
-        for key in &self.attribute_keys {
-            if let Some(value) = process.attributes.get(key) {
-                self.by_attribute
-                    .insert((key.as_str(), value.as_str(), ordinal), ())?;
-            }
-        }
+        // Its attribute entries were written by `write_back`, which holds
+        // its attributes apart from the record by now.
         self.index_finished(ordinal, process)
     }
 
