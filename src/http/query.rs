@@ -261,17 +261,20 @@ pub async fn durations(state: &AppState, query: Option<&str>) -> Result<Response
     }
     let before = before.unwrap_or_else(crate::writer::now_millis);
     let after = after.unwrap_or(before.saturating_sub(DEFAULT_DURATIONS_WINDOW_MS));
-    if after >= before {
-        return Err(invalid(
-            "finished_after",
-            "`finished_after` must be before `finished_before`",
-        ));
-    }
     blocking(state, move |snapshots| {
-        let summaries = snapshots
-            .get()?
-            .durations(process_type.as_deref(), (after, before))?;
-        let (from, to) = crate::store::durations::to_minutes(after, before);
+        // A window that ends before it starts holds nothing: an empty
+        // answer, as for any window in which nothing ended.
+        let (summaries, (from, to)) = if after < before {
+            let summaries = snapshots
+                .get()?
+                .durations(process_type.as_deref(), (after, before))?;
+            (
+                summaries,
+                crate::store::durations::to_minutes(after, before),
+            )
+        } else {
+            (Default::default(), (after, before))
+        };
         let window = json!({
             "finished_after": super::views::format_millis(from),
             "finished_before": super::views::format_millis(to),
