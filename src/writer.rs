@@ -278,6 +278,14 @@ pub struct WriterSettings {
     pub feed_keep: Millis,
 }
 
+/// The earlier of two moments, either of which may not come.
+fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Feed entries one retention step drops at most.
 const FEED_TRIM_STEP: usize = 10_000;
 
@@ -549,10 +557,7 @@ fn run(
             let paced = retention_not_before.map_or(at, |not_before| at.max(not_before));
             last_requests.map_or(paced, |last| paced.max(last + RETENTION_QUIET))
         });
-        let look_at = match (due_look, retention_look) {
-            (Some(due), Some(retention)) => Some(due.min(retention)),
-            (due, retention) => due.or(retention),
-        };
+        let look_at = earliest(due_look, retention_look);
         let first = match look_at {
             None => match receiver.recv() {
                 Ok(command) => Some(command),
@@ -779,15 +784,10 @@ fn commit_group(
         .iter()
         .any(|command| matches!(command.work, Work::Purge(_)));
     let next_expiry = if mark_feed || purged || !batch.ended.is_empty() {
-        Some(
-            match (
-                batch.next_expiry(&settings.retention)?,
-                batch.next_feed_trim(settings.feed_keep)?,
-            ) {
-                (Some(process), Some(feed)) => Some(process.min(feed)),
-                (process, feed) => process.or(feed),
-            },
-        )
+        Some(earliest(
+            batch.next_expiry(&settings.retention)?,
+            batch.next_feed_trim(settings.feed_keep)?,
+        ))
     } else {
         None
     };

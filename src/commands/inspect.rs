@@ -310,27 +310,13 @@ fn durations(
         bail!("--since must be before --until");
     }
     let summaries = source.snapshot()?.durations(process_type, (from, to))?;
-    let (from, to) = crate::store::durations::to_minutes(from, to);
-    let quantile = |summary: &crate::store::durations::Summary, q: f64| summary.quantile(q);
+    let (from, to) = crate::store::durations::window(from, to);
     if as_json {
-        let types: serde_json::Map<String, Value> = summaries
-            .iter()
-            .map(|(kind, summary)| {
-                let mut by_status = serde_json::Map::new();
-                for (status, count) in crate::store::durations::TERMINAL.iter().zip(summary.counts) {
-                    by_status.insert(status.as_str().into(), json!(count));
-                }
-                let quantiles = (summary.sketch.count() > 0).then(|| {
-                    json!({"p50": quantile(summary, 0.5), "p90": quantile(summary, 0.9), "p99": quantile(summary, 0.99), "max": quantile(summary, 1.0)})
-                });
-                (kind.clone(), json!({"count": summary.count(), "by_status": by_status, "duration_ms": quantiles}))
-            })
-            .collect();
-        return output::json(&json!({
-            "finished_after": format_millis(from),
-            "finished_before": format_millis(to),
-            "process_types": types,
-        }));
+        return output::json(&crate::http::views::durations_json(
+            &summaries,
+            process_type,
+            (from, to),
+        ));
     }
     println!(
         "ended from {} to {}",
@@ -354,7 +340,7 @@ fn durations(
             ];
             row.extend(summary.counts.iter().map(u64::to_string));
             for q in [0.5, 0.9, 0.99, 1.0] {
-                row.push(shown(quantile(summary, q)));
+                row.push(shown(summary.quantile(q)));
             }
             row
         })

@@ -29,6 +29,14 @@ impl Status {
         Status::Skipped,
     ];
 
+    /// The statuses a process ends in (`Skipped` is only a task's).
+    pub const PROCESS_ENDS: [Status; 4] = [
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::TimedOut,
+    ];
+
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Pending | Status::Running)
     }

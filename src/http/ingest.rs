@@ -546,10 +546,7 @@ pub async fn purge(state: &AppState, query: Option<&str>) -> Result<Response, Ap
         )
     })?;
     if statuses.is_empty() {
-        statuses = Status::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal())
-            .collect();
+        statuses = Status::PROCESS_ENDS.to_vec();
     }
     let writer = &state.core()?.writer;
     let mut step = crate::store::write::PurgeStep {

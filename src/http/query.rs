@@ -262,64 +262,16 @@ pub async fn durations(state: &AppState, query: Option<&str>) -> Result<Response
     let before = before.unwrap_or_else(crate::writer::now_millis);
     let after = after.unwrap_or(before.saturating_sub(DEFAULT_DURATIONS_WINDOW_MS));
     blocking(state, move |snapshots| {
-        // A window that ends before it starts holds nothing: an empty
-        // answer, as for any window in which nothing ended.
-        let (summaries, (from, to)) = if after < before {
-            let summaries = snapshots
-                .get()?
-                .durations(process_type.as_deref(), (after, before))?;
-            (
-                summaries,
-                crate::store::durations::to_minutes(after, before),
-            )
-        } else {
-            (Default::default(), (after, before))
-        };
-        let window = json!({
-            "finished_after": super::views::format_millis(from),
-            "finished_before": super::views::format_millis(to),
-        });
-        let mut body = match &process_type {
-            Some(kind) => DurationsView(summaries.get(kind)).to_json(),
-            None => json!({"process_types": summaries
-                .iter()
-                .map(|(kind, summary)| (kind.clone(), DurationsView(Some(summary)).to_json()))
-                .collect::<serde_json::Map<_, _>>()}),
-        };
-        if let (Some(body), serde_json::Value::Object(window)) = (body.as_object_mut(), window) {
-            body.extend(window);
-        }
-        Ok(json_response(StatusCode::OK, &body))
+        let summaries = snapshots
+            .get()?
+            .durations(process_type.as_deref(), (after, before))?;
+        let window = crate::store::durations::window(after, before);
+        Ok(json_response(
+            StatusCode::OK,
+            &super::views::durations_json(&summaries, process_type.as_deref(), window),
+        ))
     })
     .await
-}
-
-/// One summary as the API shows it; `None` for one with no process.
-struct DurationsView<'a>(Option<&'a crate::store::durations::Summary>);
-
-impl DurationsView<'_> {
-    fn to_json(&self) -> serde_json::Value {
-        use crate::store::durations::TERMINAL;
-        let counts = self.0.map_or([0; 4], |summary| summary.counts);
-        let by_status: serde_json::Map<String, serde_json::Value> = TERMINAL
-            .iter()
-            .zip(counts)
-            .map(|(status, count)| (status.as_str().to_owned(), json!(count)))
-            .collect();
-        let quantiles = self.0.filter(|s| s.sketch.count() > 0).map(|summary| {
-            json!({
-                "p50": summary.quantile(0.5),
-                "p90": summary.quantile(0.9),
-                "p99": summary.quantile(0.99),
-                "max": summary.quantile(1.0),
-            })
-        });
-        json!({
-            "count": counts.iter().sum::<u64>(),
-            "by_status": by_status,
-            "duration_ms": quantiles,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The JSON shapes of the API, borrowed from the stored records.
 
 use crate::domain::{Attempt, ErrorInfo, Millis, Process, Progress, Status, Task, TaskCounts};
+use crate::store::durations::{Summary, TERMINAL};
 use crate::store::read::FeedItem;
 use crate::store::schema::{Counters, HistoryRecord, Source};
 use serde::ser::{SerializeMap, Serializer};
@@ -316,6 +317,50 @@ pub struct DeletedItemView<'a> {
     occurred_at: Timestamp,
     received_at: Timestamp,
     source: &'static str,
+}
+
+/// The answer of `GET /v1/stats/durations` (and `inspect durations`): the
+/// summary of `process_type`, or of every type, with the window covered.
+pub fn durations_json(
+    summaries: &BTreeMap<String, Summary>,
+    process_type: Option<&str>,
+    (from, to): (Millis, Millis),
+) -> serde_json::Value {
+    let mut body = match process_type {
+        Some(kind) => summary_json(summaries.get(kind)),
+        None => serde_json::json!({"process_types": summaries
+            .iter()
+            .map(|(kind, summary)| (kind.clone(), summary_json(Some(summary))))
+            .collect::<serde_json::Map<_, _>>()}),
+    };
+    body["finished_after"] = format_millis(from).into();
+    body["finished_before"] = format_millis(to).into();
+    body
+}
+
+/// One summary; `None` for a type with no process in the window.
+fn summary_json(summary: Option<&Summary>) -> serde_json::Value {
+    let counts = summary.map_or([0; 4], |summary| summary.counts);
+    let by_status: serde_json::Map<String, serde_json::Value> = TERMINAL
+        .iter()
+        .zip(counts)
+        .map(|(status, count)| (status.as_str().to_owned(), count.into()))
+        .collect();
+    let quantiles = summary
+        .filter(|summary| summary.sketch.count() > 0)
+        .map(|summary| {
+            serde_json::json!({
+                "p50": summary.quantile(0.5),
+                "p90": summary.quantile(0.9),
+                "p99": summary.quantile(0.99),
+                "max": summary.quantile(1.0),
+            })
+        });
+    serde_json::json!({
+        "count": counts.iter().sum::<u64>(),
+        "by_status": by_status,
+        "duration_ms": quantiles,
+    })
 }
 
 /// Writes one feed item as JSON into `out`.

@@ -28,13 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 /// A bucket's width, in milliseconds, by its code in the `DURATIONS` key.
 const WIDTHS: [Millis; 3] = [60_000, 3_600_000, 86_400_000];
 
-/// The terminal statuses, in the order of `Summary::counts`.
-pub const TERMINAL: [Status; 4] = [
-    Status::Succeeded,
-    Status::Failed,
-    Status::Cancelled,
-    Status::TimedOut,
-];
+/// The statuses a process ends in, in the order of `Summary::counts`.
+pub const TERMINAL: [Status; 4] = Status::PROCESS_ENDS;
 
 /// The processes of one type that ended in one bucket (or a window).
 #[derive(Clone)]
@@ -229,14 +224,19 @@ fn round_up(at: Millis, width: Millis) -> Millis {
         * width
 }
 
-/// The window a query asks for, to the minute: its start down, its end up.
-pub fn to_minutes(from: Millis, to: Millis) -> (Millis, Millis) {
+/// The window `[from, to)` as the summaries cover it: to the minute, its
+/// start down and its end up. One that ends before it starts stays as it
+/// is, and holds nothing.
+pub fn window(from: Millis, to: Millis) -> (Millis, Millis) {
+    if from >= to {
+        return (from, to);
+    }
     let width = WIDTHS[0];
     (from.div_euclid(width) * width, round_up(to, width))
 }
 
 /// The summary of each process type (only `process_type`, when given)
-/// over the processes that ended in `[from, to)`, taken to the minute.
+/// over the processes that ended in `window(from, to)`.
 /// An untyped process counts under the empty type. Types with none are
 /// left out.
 pub fn summarize(
@@ -244,12 +244,9 @@ pub fn summarize(
     process_type: Option<&str>,
     (from, to): (Millis, Millis),
 ) -> Result<BTreeMap<String, Summary>, StoreError> {
-    let (from, to) = to_minutes(from, to);
-    let runs = if from < to {
-        tiles(from, to)
-    } else {
-        Vec::new()
-    };
+    let (from, to) = window(from, to);
+    // None when the window ends before it starts.
+    let runs = tiles(from, to);
     let mut out = BTreeMap::new();
     let mut summarize_type = |kind: &str| -> Result<(), StoreError> {
         let mut total: Option<Summary> = None;
@@ -317,6 +314,9 @@ mod tests {
             assert_eq!(at, to, "{runs:?}");
             assert!(runs.len() <= 5);
         }
+        // A window that ends before it starts is no bucket at all.
+        assert!(tiles(3_600_000, 60_000).is_empty());
+        assert!(tiles(day, day).is_empty());
     }
 
     #[test]

@@ -543,7 +543,7 @@ pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, 
     let by_finished = txn.open_table(BY_FINISHED)?;
     let records = txn.open_table(RECORDS)?;
     let mut ids = Vec::new();
-    for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+    for status in Status::PROCESS_ENDS {
         let code = status.code();
         for entry in by_finished.range((code, i64::MIN, 0)..(code, cut, 0))? {
             let ordinal = entry?.0.value().2;

@@ -379,10 +379,7 @@ fn upgrade_from_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     let records = txn.open_table(schema::RECORDS)?;
     let mut by_finished = txn.open_table(schema::BY_FINISHED)?;
     let mut indexed: u64 = 0;
-    for status in Status::ALL
-        .into_iter()
-        .filter(|status| status.is_terminal())
-    {
+    for status in Status::PROCESS_ENDS {
         for entry in by_status.range((status.code(), 0)..=(status.code(), u64::MAX))? {
             let ordinal = entry?.0.value().1;
             let finished_at =

@@ -617,67 +617,74 @@ impl Snapshot {
             None => u64::MAX,
         };
 
-        let ordinals: Ordinals<'_> = if query.stalled {
-            // Few processes are stalled at once: their index drives the walk.
-            let table = self.txn.open_table(BY_STALLED)?;
-            let range = table.range(first..end)?;
-            Box::new(range.rev().map(|entry| Ok(entry?.0.value())))
-        } else if let Some(correlation_id) = &query.correlation_id {
-            let table = self.txn.open_table(BY_CORRELATION)?;
-            let range =
-                table.range((correlation_id.as_str(), first)..(correlation_id.as_str(), end))?;
-            Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
-        } else if let Some((key, value)) = query.attributes.first() {
-            let table = self.txn.open_table(BY_ATTRIBUTE)?;
-            let (key, value) = (key.as_str(), value.as_str());
-            let range = table.range((key, value, first)..(key, value, end))?;
-            Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)))
-        } else if let Some(wanted) = &query.correlation_id_prefix {
-            // The longest indexed prefix the wanted one covers; the rest of
-            // each id is in the entry, so an id that does not match costs
-            // no record read.
-            let table = self.txn.open_table(BY_CORRELATION_PREFIX)?;
-            let prefix = super::schema::prefix_to_walk(wanted);
-            let rest = &wanted[prefix.len()..];
-            let range = table.range((prefix, first)..(prefix, end))?;
-            Box::new(range.rev().filter_map(move |entry| match entry {
-                Ok((key, value)) => value.value().starts_with(rest).then(|| Ok(key.value().1)),
-                Err(error) => Some(Err(error.into())),
-            }))
-        } else if let Some(process_type) = &query.process_type {
-            let table = self.txn.open_table(BY_TYPE)?;
-            let statuses = if query.statuses.is_empty() {
-                &Status::ALL[..]
-            } else {
-                &query.statuses[..]
-            };
-            let mut streams = Vec::new();
-            for status in statuses {
-                let (kind, code) = (process_type.as_str(), status.code());
-                let range = table.range((kind, code, first)..(kind, code, end))?;
-                let stream: Ordinals<'_> =
-                    Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)));
-                streams.push(stream.peekable());
+        let driver = Driver::of(query);
+        let ordinals: Ordinals<'_> = match driver {
+            Driver::Stalled => {
+                // Few processes are stalled at once: their index drives the walk.
+                let table = self.txn.open_table(BY_STALLED)?;
+                let range = table.range(first..end)?;
+                Box::new(range.rev().map(|entry| Ok(entry?.0.value())))
             }
-            Box::new(MergeDescending { streams })
-        } else if !query.statuses.is_empty() {
-            let table = self.txn.open_table(BY_STATUS)?;
-            let mut streams = Vec::new();
-            for status in &query.statuses {
-                let range = table.range((status.code(), first)..(status.code(), end))?;
-                let stream: Ordinals<'_> =
-                    Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)));
-                streams.push(stream.peekable());
+            Driver::Correlation(id) => {
+                let table = self.txn.open_table(BY_CORRELATION)?;
+                let range = table.range((id, first)..(id, end))?;
+                Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
             }
-            Box::new(MergeDescending { streams })
-        } else {
-            let range = by_created.range(low..high)?;
-            Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+            Driver::Attribute(key, value) => {
+                let table = self.txn.open_table(BY_ATTRIBUTE)?;
+                let range = table.range((key, value, first)..(key, value, end))?;
+                Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)))
+            }
+            Driver::CorrelationPrefix(wanted) => {
+                // The longest indexed prefix the wanted one covers; the rest
+                // of each id is in the entry, so an id that does not match
+                // costs no record read.
+                let table = self.txn.open_table(BY_CORRELATION_PREFIX)?;
+                let prefix = super::schema::prefix_to_walk(wanted);
+                let rest = &wanted[prefix.len()..];
+                let range = table.range((prefix, first)..(prefix, end))?;
+                Box::new(range.rev().filter_map(move |entry| match entry {
+                    Ok((key, value)) => value.value().starts_with(rest).then(|| Ok(key.value().1)),
+                    Err(error) => Some(Err(error.into())),
+                }))
+            }
+            Driver::Type(kind) => {
+                let table = self.txn.open_table(BY_TYPE)?;
+                let statuses = if query.statuses.is_empty() {
+                    &Status::ALL[..]
+                } else {
+                    &query.statuses[..]
+                };
+                let mut streams = Vec::new();
+                for status in statuses {
+                    let code = status.code();
+                    let range = table.range((kind, code, first)..(kind, code, end))?;
+                    let stream: Ordinals<'_> =
+                        Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)));
+                    streams.push(stream.peekable());
+                }
+                Box::new(MergeDescending { streams })
+            }
+            Driver::Status => {
+                let table = self.txn.open_table(BY_STATUS)?;
+                let mut streams = Vec::new();
+                for status in &query.statuses {
+                    let range = table.range((status.code(), first)..(status.code(), end))?;
+                    let stream: Ordinals<'_> =
+                        Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)));
+                    streams.push(stream.peekable());
+                }
+                Box::new(MergeDescending { streams })
+            }
+            Driver::Created => {
+                let range = by_created.range(low..high)?;
+                Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+            }
         };
 
         let mut items = Vec::with_capacity(query.limit.min(1024));
         let mut next = None;
-        let checks = IndexChecks::open(&self.txn, query)?;
+        let checks = IndexChecks::open(&self.txn, query, driver)?;
         for ordinal in ordinals {
             let ordinal = ordinal?;
             // A candidate the indexes already rule out costs a few lookups,
@@ -709,26 +716,72 @@ impl Snapshot {
     }
 }
 
-/// The status and attribute filters, checked against their indexes by
-/// point lookups before a candidate's record is read.
+/// The index that drives a listing's walk: the first of these the query
+/// names, the creation order when it names none.
+#[derive(Clone, Copy)]
+enum Driver<'q> {
+    Stalled,
+    Correlation(&'q str),
+    /// The first attribute filter.
+    Attribute(&'q str, &'q str),
+    CorrelationPrefix(&'q str),
+    /// The type, with the statuses asked for.
+    Type(&'q str),
+    Status,
+    Created,
+}
+
+impl<'q> Driver<'q> {
+    fn of(query: &'q ListQuery) -> Driver<'q> {
+        if query.stalled {
+            Driver::Stalled
+        } else if let Some(id) = &query.correlation_id {
+            Driver::Correlation(id)
+        } else if let Some((key, value)) = query.attributes.first() {
+            Driver::Attribute(key, value)
+        } else if let Some(prefix) = &query.correlation_id_prefix {
+            Driver::CorrelationPrefix(prefix)
+        } else if let Some(kind) = &query.process_type {
+            Driver::Type(kind)
+        } else if !query.statuses.is_empty() {
+            Driver::Status
+        } else {
+            Driver::Created
+        }
+    }
+}
+
+/// The status and attribute filters that the driving index does not imply,
+/// checked against their own indexes by point lookups before a candidate's
+/// record is read.
 struct IndexChecks {
     by_status: Option<ReadOnlyTable<(u8, u64), ()>>,
     by_attribute: Option<ReadOnlyTable<(&'static str, &'static str, u64), ()>>,
+    /// The attribute filters the walk already satisfies (the first, when
+    /// it drives).
+    attributes_implied: usize,
 }
 
 impl IndexChecks {
-    fn open(txn: &ReadTransaction, query: &ListQuery) -> Result<IndexChecks, StoreError> {
+    fn open(
+        txn: &ReadTransaction,
+        query: &ListQuery,
+        driver: Driver<'_>,
+    ) -> Result<IndexChecks, StoreError> {
+        let statuses_implied = matches!(driver, Driver::Type(_) | Driver::Status);
+        let attributes_implied = usize::from(matches!(driver, Driver::Attribute(..)));
         Ok(IndexChecks {
-            by_status: if query.statuses.is_empty() {
+            by_status: if query.statuses.is_empty() || statuses_implied {
                 None
             } else {
                 Some(txn.open_table(BY_STATUS)?)
             },
-            by_attribute: if query.attributes.is_empty() {
+            by_attribute: if query.attributes.len() <= attributes_implied {
                 None
             } else {
                 Some(txn.open_table(BY_ATTRIBUTE)?)
             },
+            attributes_implied,
         })
     }
 
@@ -746,7 +799,7 @@ impl IndexChecks {
             }
         }
         if let Some(by_attribute) = &self.by_attribute {
-            for (key, value) in &query.attributes {
+            for (key, value) in &query.attributes[self.attributes_implied..] {
                 if by_attribute
                     .get((key.as_str(), value.as_str(), ordinal))?
                     .is_none()

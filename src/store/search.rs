@@ -51,7 +51,8 @@ pub fn sync_attribute_index(db: &Database, wanted: &[String]) -> Result<u64, Sto
         .filter(|key| !complete.contains(key))
         .cloned()
         .collect();
-    if to_remove.is_empty() && to_add.is_empty() && listed == wanted {
+    // Nothing to remove or add: every listed key is wanted and built.
+    if to_remove.is_empty() && to_add.is_empty() {
         return Ok(0);
     }
     // Listed first: whatever happens next, the next start knows these
@@ -207,4 +208,89 @@ pub fn build_correlation_prefixes(txn: &redb::WriteTransaction) -> Result<u64, S
         indexed += 1;
     }
     Ok(indexed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{model::bare_event, EventType};
+    use crate::store::write::{load_counters, IncomingEvent, WriteBatch};
+
+    fn store_with_teams(dir: &std::path::Path, processes: usize) -> Database {
+        let db = crate::store::open_writable(&crate::store::store_path(dir), 1 << 20).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut batch = WriteBatch::open(&txn, load_counters(&txn).unwrap()).unwrap();
+        for n in 0..processes {
+            let mut event = bare_event(EventType::ProcessStarted, None);
+            event.process_id = format!("p{n}");
+            event.attributes = [("team".to_owned(), format!("team{}", n % 2))].into();
+            batch
+                .apply(
+                    &IncomingEvent::new(event, 1_795_600_800_000),
+                    1_795_600_800_000,
+                )
+                .unwrap();
+        }
+        batch.finish().unwrap();
+        txn.commit().unwrap();
+        db
+    }
+
+    fn entries(db: &Database) -> Vec<(String, String, u64)> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(BY_ATTRIBUTE).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (key, _) = entry.unwrap();
+                let (attribute, value, ordinal) = key.value();
+                (attribute.to_owned(), value.to_owned(), ordinal)
+            })
+            .collect()
+    }
+
+    fn listed(db: &Database) -> Vec<String> {
+        let txn = db.begin_read().unwrap();
+        schema::indexed_attributes(&txn.open_table(META).unwrap()).unwrap()
+    }
+
+    /// A start that stopped while indexing a key, with some of its entries
+    /// written: the key is listed as being built.
+    fn interrupted(db: &Database) {
+        write_lists(db, &["team".to_owned()], &["team".to_owned()]).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(BY_ATTRIBUTE)
+            .unwrap()
+            .insert(("team", "team0", 0), ())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_build_is_finished_or_dropped_by_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store_with_teams(dir.path(), 10);
+        let wanted = ["team".to_owned()];
+
+        // Still wanted: the next start indexes every process.
+        interrupted(&db);
+        assert_eq!(sync_attribute_index(&db, &wanted).unwrap(), 10);
+        assert_eq!(entries(&db).len(), 10);
+        assert_eq!(listed(&db), wanted);
+        // Nothing to do once built.
+        assert_eq!(sync_attribute_index(&db, &wanted).unwrap(), 0);
+
+        // No longer wanted: the partial entries go, and the listing.
+        let txn = db.begin_write().unwrap();
+        txn.open_table(BY_ATTRIBUTE)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        txn.commit().unwrap();
+        interrupted(&db);
+        sync_attribute_index(&db, &[]).unwrap();
+        assert!(entries(&db).is_empty());
+        assert!(listed(&db).is_empty());
+    }
 }

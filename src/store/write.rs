@@ -291,24 +291,8 @@ impl<'txn> WriteBatch<'txn> {
         processes.sort_unstable_by_key(|&(ordinal, _)| ordinal);
         for (ordinal, mut cached) in processes {
             let attributes_changed = cached.attributes == (Attributes::Loaded { changed: true });
-            if attributes_changed && !self.attribute_keys.is_empty() {
-                let now = indexed_values(&self.attribute_keys, &cached.process.attributes);
-                let before = std::mem::replace(&mut cached.indexed_attributes, now);
-                for (key, value) in before
-                    .iter()
-                    .filter(|e| !cached.indexed_attributes.contains(e))
-                {
-                    self.by_attribute
-                        .remove((key.as_str(), value.as_str(), ordinal))?;
-                }
-                for (key, value) in cached
-                    .indexed_attributes
-                    .iter()
-                    .filter(|e| !before.contains(e))
-                {
-                    self.by_attribute
-                        .insert((key.as_str(), value.as_str(), ordinal), ())?;
-                }
+            if attributes_changed {
+                self.reindex_attributes(ordinal, &mut cached)?;
             }
             // The attributes go to their own record, and only when changed.
             let attributes = std::mem::take(&mut cached.process.attributes);
@@ -1122,6 +1106,30 @@ impl<'txn> WriteBatch<'txn> {
         // Its attribute entries were written by `write_back`, which holds
         // its attributes apart from the record by now.
         self.index_finished(ordinal, process)
+    }
+
+    /// Moves a process's entries in the attribute index to the values its
+    /// attributes have now.
+    fn reindex_attributes(
+        &mut self,
+        ordinal: u64,
+        cached: &mut CachedProcess,
+    ) -> Result<(), StoreError> {
+        if self.attribute_keys.is_empty() {
+            return Ok(());
+        }
+        let now = indexed_values(&self.attribute_keys, &cached.process.attributes);
+        let before = std::mem::replace(&mut cached.indexed_attributes, now);
+        let now = &cached.indexed_attributes;
+        for (key, value) in before.iter().filter(|entry| !now.contains(entry)) {
+            self.by_attribute
+                .remove((key.as_str(), value.as_str(), ordinal))?;
+        }
+        for (key, value) in now.iter().filter(|entry| !before.contains(entry)) {
+            self.by_attribute
+                .insert((key.as_str(), value.as_str(), ordinal), ())?;
+        }
+        Ok(())
     }
 
     fn index_correlation_prefixes(
