@@ -298,13 +298,18 @@ fn mark_every(feed_keep: Millis) -> Millis {
 /// Processes one retention step removes at most: few, so that the group
 /// it joins grows by a fraction of a millisecond and a request that
 /// shares it hardly waits longer.
-const RETENTION_STEP: u32 = 16;
+const RETENTION_STEP: u32 = 8;
 
-/// Retention takes at most a twentieth of the writer's time: after a step,
-/// the next waits nineteen times as long as the step took.
-const RETENTION_PAUSE_FACTOR: u32 = 19;
+/// While requests come, retention applies steps for at most a sixtieth of
+/// the writer's time: after a step, the next waits 59 times as long as
+/// the step took. A removal costs about as much again later, when the
+/// pages it freed and changed are written at the next checkpoint, which
+/// this pause does not see; a twentieth measured about an eighth.
+const RETENTION_PAUSE_FACTOR: u32 = 59;
 
-/// How long without requests before retention makes a group of its own.
+/// How long without requests before retention makes groups of its own,
+/// unpaced: an idle daemon clears its backlog at full speed, and a request
+/// that comes meanwhile waits for one step at most.
 const RETENTION_QUIET: Duration = Duration::from_millis(50);
 
 /// How long the writer keeps trying to reopen the store after an I/O
@@ -549,14 +554,12 @@ fn run(
     let mut last_mark: Option<Millis> = None;
     loop {
         let due_look = next_look(next_due, last_look, settings.check_interval);
-        // Retention joins groups that carry requests; it makes a group of
-        // its own (with its own sync, which requests would queue behind)
-        // only once no request has come for `RETENTION_QUIET`. Either way
-        // no sooner than its share of the writer's time allows.
-        let retention_look = next_look(next_expiry, None, Duration::ZERO).map(|at| {
-            let paced = retention_not_before.map_or(at, |not_before| at.max(not_before));
-            last_requests.map_or(paced, |last| paced.max(last + RETENTION_QUIET))
-        });
+        // Retention joins groups that carry requests, paced; it makes
+        // groups of its own (each with its own sync, which a request would
+        // queue behind) only once no request has come for
+        // `RETENTION_QUIET`, and then unpaced.
+        let retention_look = next_look(next_expiry, None, Duration::ZERO)
+            .map(|at| last_requests.map_or(at, |last| at.max(last + RETENTION_QUIET)));
         let look_at = earliest(due_look, retention_look);
         let first = match look_at {
             None => match receiver.recv() {
@@ -591,10 +594,12 @@ fn run(
             last_look = Some(Instant::now());
         }
         let now = now_millis();
-        let retention_may = next_expiry.is_some_and(|expiry| expiry <= now)
-            && retention_not_before.is_none_or(|at| Instant::now() >= at);
-        if retention_may && (has_requests || retention_look.is_some_and(|at| Instant::now() >= at))
-        {
+        let retention_due = next_expiry.is_some_and(|expiry| expiry <= now);
+        let retention_joins =
+            has_requests && retention_not_before.is_none_or(|at| Instant::now() >= at);
+        let retention_alone =
+            !has_requests && retention_look.is_some_and(|at| Instant::now() >= at);
+        if retention_due && (retention_joins || retention_alone) {
             retained = true;
             group.push(Command::retention_step(
                 &settings.retention,
