@@ -309,8 +309,8 @@ fn durations(
     if from >= to {
         bail!("--since must be before --until");
     }
+    let (from, to) = crate::store::durations::window(from, to, now);
     let summaries = source.snapshot()?.durations(process_type, (from, to))?;
-    let (from, to) = crate::store::durations::window(from, to);
     if as_json {
         return output::json(&crate::http::views::durations_json(
             &summaries,

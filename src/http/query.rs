@@ -259,13 +259,14 @@ pub async fn durations(state: &AppState, query: Option<&str>) -> Result<Response
             }
         }
     }
-    let before = before.unwrap_or_else(crate::writer::now_millis);
+    let now = crate::writer::now_millis();
+    let before = before.unwrap_or(now);
     let after = after.unwrap_or(before.saturating_sub(DEFAULT_DURATIONS_WINDOW_MS));
+    let window = crate::store::durations::window(after, before, now);
     blocking(state, move |snapshots| {
         let summaries = snapshots
             .get()?
-            .durations(process_type.as_deref(), (after, before))?;
-        let window = crate::store::durations::window(after, before);
+            .durations(process_type.as_deref(), window)?;
         Ok(json_response(
             StatusCode::OK,
             &super::views::durations_json(&summaries, process_type.as_deref(), window),

@@ -11,6 +11,14 @@
 //! its edges, so at most about 170 records however long it is. A window's
 //! ends are taken to the minute (the start down, the end up).
 //!
+//! Minute summaries are kept for `KEEP[0]` (8 days) and hour summaries for
+//! `KEEP[1]` (93 days); day summaries stay. When the writer starts a new
+//! summary it drops a few of the same type and width that have grown too
+//! old, so the table holds at most about 14,000 summaries per type plus
+//! one a day. A window's end older than a width is trusted for (`TRUST`:
+//! a day less than it is kept, for late reports and clocks ahead) is taken
+//! to the next coarser width instead.
+//!
 //! A summary counts what ended; removing a process later (retention, a
 //! purge) leaves the summaries as they were, which is what a record of
 //! "what ran in that hour" should say. A stale event that moves the start
@@ -27,6 +35,20 @@ use std::collections::{BTreeMap, HashMap};
 
 /// A bucket's width, in milliseconds, by its code in the `DURATIONS` key.
 const WIDTHS: [Millis; 3] = [60_000, 3_600_000, 86_400_000];
+
+/// How long summaries of each width are kept, measured back from the
+/// newest of their type; day summaries (`Millis::MAX`) always.
+const KEEP: [Millis; 3] = [8 * 86_400_000, 93 * 86_400_000, Millis::MAX];
+
+/// How far back from now a window's end may use summaries of each width:
+/// a day less than they are kept.
+const TRUST: [Millis; 3] = [7 * 86_400_000, 92 * 86_400_000, Millis::MAX];
+
+/// Too-old summaries one new summary drops at most: a new one comes at
+/// most once a minute per type and width, so a backlog (a store upgraded
+/// with years of minutes) clears 64 times faster than it could grow,
+/// without one commit taking it all at once.
+const TRIM_STEP: usize = 64;
 
 /// The statuses a process ends in, in the order of `Summary::counts`.
 pub const TERMINAL: [Status; 4] = Status::PROCESS_ENDS;
@@ -113,7 +135,8 @@ impl Summary {
 /// The summaries a write transaction changed, written once at its end.
 #[derive(Default)]
 pub struct Pending {
-    changed: HashMap<(String, u8, Millis), Summary>,
+    /// Each with whether the table had it before.
+    changed: HashMap<(String, u8, Millis), (Summary, bool)>,
 }
 
 impl Pending {
@@ -131,14 +154,14 @@ impl Pending {
                 resolution as u8,
                 finished_at.div_euclid(*width) * width,
             );
-            let summary = match self.changed.entry(key) {
+            let (summary, _) = match self.changed.entry(key) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     let (kind, resolution, start) = entry.key();
                     let stored = table.get((kind.as_str(), *resolution, *start))?;
                     let summary = match stored {
-                        Some(bytes) => Summary::decode(bytes.value())?,
-                        None => Summary::default(),
+                        Some(bytes) => (Summary::decode(bytes.value())?, true),
+                        None => (Summary::default(), false),
                     };
                     entry.insert(summary)
                 }
@@ -148,16 +171,29 @@ impl Pending {
         Ok(())
     }
 
-    /// Writes the changed summaries.
+    /// Writes the changed summaries; each new one drops a few of its type
+    /// and width that are older than they are kept.
     pub fn write(
         &mut self,
         table: &mut Table<'_, (&'static str, u8, i64), &'static [u8]>,
     ) -> Result<(), StoreError> {
-        for ((kind, resolution, start), summary) in self.changed.drain() {
+        for ((kind, resolution, start), (summary, existed)) in self.changed.drain() {
             table.insert(
                 (kind.as_str(), resolution, start),
                 summary.encode().as_slice(),
             )?;
+            let keep = KEEP[usize::from(resolution)];
+            if !existed && keep < Millis::MAX {
+                let old = (kind.as_str(), resolution, Millis::MIN)
+                    ..(kind.as_str(), resolution, start.saturating_sub(keep));
+                let mut starts = Vec::new();
+                for entry in table.range(old)?.take(TRIM_STEP) {
+                    starts.push(entry?.0.value().2);
+                }
+                for old_start in starts {
+                    table.remove((kind.as_str(), resolution, old_start))?;
+                }
+            }
         }
         Ok(())
     }
@@ -224,19 +260,27 @@ fn round_up(at: Millis, width: Millis) -> Millis {
         * width
 }
 
-/// The window `[from, to)` as the summaries cover it: to the minute, its
-/// start down and its end up. One that ends before it starts stays as it
-/// is, and holds nothing.
-pub fn window(from: Millis, to: Millis) -> (Millis, Millis) {
+/// The window `[from, to)` as the summaries cover it at `now`: each end
+/// taken to the finest width kept that far back (`TRUST`), its start down
+/// and its end up; a minute within the last week. One that ends before it
+/// starts stays as it is, and holds nothing.
+pub fn window(from: Millis, to: Millis, now: Millis) -> (Millis, Millis) {
     if from >= to {
         return (from, to);
     }
-    let width = WIDTHS[0];
-    (from.div_euclid(width) * width, round_up(to, width))
+    let width_at = |at: Millis| {
+        let age = now.saturating_sub(at);
+        WIDTHS[TRUST.iter().position(|trust| age <= *trust).unwrap_or(2)]
+    };
+    let from_width = width_at(from);
+    (
+        from.div_euclid(from_width) * from_width,
+        round_up(to, width_at(to)),
+    )
 }
 
 /// The summary of each process type (only `process_type`, when given)
-/// over the processes that ended in `window(from, to)`.
+/// over the processes that ended in `window`, as `window()` took it.
 /// An untyped process counts under the empty type. Types with none are
 /// left out.
 pub fn summarize(
@@ -244,7 +288,6 @@ pub fn summarize(
     process_type: Option<&str>,
     (from, to): (Millis, Millis),
 ) -> Result<BTreeMap<String, Summary>, StoreError> {
-    let (from, to) = window(from, to);
     // None when the window ends before it starts.
     let runs = tiles(from, to);
     let mut out = BTreeMap::new();
@@ -333,5 +376,101 @@ mod tests {
         assert_eq!(read.sketch.count(), 8);
         let p50 = read.quantile(0.5).unwrap();
         assert!((p50 - 50.0).abs() <= 0.5, "{p50}");
+    }
+
+    const MINUTE: Millis = 60_000;
+    const DAY: Millis = 86_400_000;
+
+    #[test]
+    fn old_summaries_go_as_new_ones_come_and_windows_use_what_is_kept() {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut table = txn.open_table(DURATIONS).unwrap();
+        // One run a minute for thirty days, each taking its minute's
+        // number of milliseconds, written a minute at a time as the writer
+        // would.
+        let now = 30 * DAY;
+        for minute in 0..30 * 1440 {
+            let mut pending = Pending::default();
+            let at = minute * MINUTE;
+            pending
+                .add(&table, Some("job"), (Status::Succeeded, at, Some(minute)))
+                .unwrap();
+            pending.write(&mut table).unwrap();
+        }
+        let count = |resolution: u8| {
+            table
+                .range(("job", resolution, Millis::MIN)..("job", resolution, Millis::MAX))
+                .unwrap()
+                .count() as i64
+        };
+        // Minutes for the eight days kept, every hour (under 93 days), and
+        // every day.
+        assert_eq!(count(0), 8 * 1440 + 1);
+        assert_eq!(count(1), 30 * 24);
+        assert_eq!(count(2), 30);
+
+        // The whole month: its start is older than minutes are trusted,
+        // so it is taken to the hour (here already on one), and every run
+        // is counted once.
+        let (from, to) = window(30_000, now, now);
+        assert_eq!((from, to), (0, now));
+        let month = summarize(&table, Some("job"), (from, to)).unwrap();
+        assert_eq!(month["job"].count(), 30 * 1440);
+
+        // Ten days back, a start at 00:07:30 is taken to its hour; within
+        // the week, to its minute.
+        let ten_days_ago = now - 10 * DAY;
+        assert_eq!(
+            window(ten_days_ago + 7 * MINUTE + 30_000, now, now).0,
+            ten_days_ago
+        );
+        let two_days_ago = now - 2 * DAY;
+        let (from, to) = window(two_days_ago + 7 * MINUTE + 30_000, now - 1, now);
+        assert_eq!((from, to), (two_days_ago + 7 * MINUTE, now));
+        let recent = summarize(&table, Some("job"), (from, to)).unwrap();
+        assert_eq!(recent["job"].count(), 2 * 1440 - 7);
+        // A hundred days back only days are kept: a start there is taken
+        // to its day.
+        let (from, _) = window(now - 100 * DAY + 5 * 3_600_000, now, now);
+        assert_eq!(from, now - 100 * DAY);
+    }
+
+    #[test]
+    fn a_backlog_of_old_summaries_goes_a_few_at_a_time() {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut table = txn.open_table(DURATIONS).unwrap();
+        // As an upgrade builds them: a year of minutes in one write.
+        let mut pending = Pending::default();
+        for minute in (0..365 * 1440).step_by(7) {
+            pending
+                .add(
+                    &table,
+                    Some("job"),
+                    (Status::Failed, minute * MINUTE, Some(1)),
+                )
+                .unwrap();
+        }
+        pending.write(&mut table).unwrap();
+        let minutes = |table: &Table<'_, (&'static str, u8, i64), &'static [u8]>| {
+            table
+                .range(("job", 0, Millis::MIN)..("job", 1, Millis::MIN))
+                .unwrap()
+                .count()
+        };
+        let built = minutes(&table);
+        // The next new minute drops at most TRIM_STEP of the old ones.
+        let mut pending = Pending::default();
+        pending
+            .add(&table, Some("job"), (Status::Failed, 365 * DAY, Some(1)))
+            .unwrap();
+        pending.write(&mut table).unwrap();
+        assert!(minutes(&table) >= built + 1 - TRIM_STEP, "{built}");
+        assert!(minutes(&table) < built + 1, "{built}");
     }
 }

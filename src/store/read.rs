@@ -386,7 +386,7 @@ impl Snapshot {
     }
 
     /// How long the processes that ended in `[from, to)` took, by type
-    /// (`store::durations`).
+    /// (`store::durations`); the window as `durations::window` takes it.
     pub fn durations(
         &self,
         process_type: Option<&str>,

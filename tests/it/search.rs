@@ -207,6 +207,54 @@ fn attribute_filters_walk_the_index_combine_and_follow_changes() {
 }
 
 #[test]
+fn while_a_new_key_is_indexed_readyz_and_the_api_answer_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start_with(DaemonOptions::default().data_dir(&data));
+    let client = daemon.client();
+    // Enough processes that indexing them takes a good part of a second,
+    // against the millisecond a request takes.
+    for chunk in 0..60 {
+        let events: Vec<Value> = (0..1000)
+            .map(|n| {
+                with(
+                    event("process.started", &format!("p{chunk}-{n}")),
+                    json!({"attributes": {"team": format!("team{}", n % 7)}}),
+                )
+            })
+            .collect();
+        post_batch(&client, &events);
+    }
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+
+    let daemon = Daemon::start_with(
+        DaemonOptions::default()
+            .data_dir(&data)
+            .env("PM_INDEX_ATTRIBUTES", "team")
+            .without_waiting_for_ready(),
+    );
+    let client = daemon.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !daemon.output().contains("indexing attribute keys") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.output());
+        std::thread::yield_now();
+    }
+    let readyz = client.get("/readyz");
+    let listed = client.get("/v1/processes?attr.team=team1");
+    // Asked while the log had not yet said the index was built.
+    let still_indexing = !daemon.output().contains("attribute keys indexed");
+    assert!(still_indexing, "indexing ended before it could be asked");
+    assert_eq!(readyz.status, 503, "{}", readyz.text);
+    assert_eq!(listed.status, 503, "{}", listed.text);
+    daemon.wait_ready();
+    let found = list_all(&client, "attr.team=team1", 1000);
+    assert_eq!(found.len(), 60 * (0..1000).filter(|n| n % 7 == 1).count());
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+}
+
+#[test]
 fn a_key_added_to_the_index_is_indexed_at_start_and_a_key_removed_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -338,7 +386,10 @@ fn duration_percentiles_are_within_one_percent_of_the_exact_values() {
         state ^= state << 17;
         state
     };
-    let base = 1_795_000_000_000i64; // 2026-11-18T...
+    // Four days back: ends are kept to the minute for a week, and none of
+    // these ends within the last day.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let base = now - 4 * 86_400_000;
     let statuses = [
         "process.succeeded",
         "process.failed",
@@ -459,6 +510,21 @@ fn duration_percentiles_are_within_one_percent_of_the_exact_values() {
     assert_eq!(
         shown.unix_timestamp_nanos() / 1_000_000,
         i128::from(base / minute * minute)
+    );
+    // A start a month back is taken to its hour: minutes are kept a week.
+    let reply = client.get(&format!(
+        "/v1/stats/durations?process_type=report&finished_after={}",
+        encode(&millis_text(now - 30 * 86_400_000 - 7 * minute - 1_000))
+    ));
+    let shown = reply.json["finished_after"].as_str().unwrap();
+    let shown =
+        time::OffsetDateTime::parse(shown, &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!((shown.minute(), shown.second()), (0, 0), "{}", reply.text);
+    assert_eq!(
+        reply.json["count"],
+        exact_by_type["report"].len(),
+        "{}",
+        reply.text
     );
     // The default window, the last 24 hours, holds none of these.
     let reply = client.get("/v1/stats/durations?process_type=etl");
