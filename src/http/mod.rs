@@ -110,6 +110,34 @@ pub struct AppState {
     pub cloudevents: crate::config::CloudEventsConfig,
     /// `index.attributes`: the keys `attr.KEY` may filter on.
     pub indexed_attributes: Vec<String>,
+    /// `GET /v1/openapi.json`: the document, with an `attr.KEY` parameter
+    /// of `listProcesses` for each key this daemon indexes.
+    openapi: Bytes,
+}
+
+/// The API document as this daemon serves it: `docs/openapi.yaml`, plus
+/// the `attr.KEY` filters of `listProcesses` that `index.attributes`
+/// allows here, declared one by one (OpenAPI has no way to name a family
+/// of parameters), so that clients and API testers see them.
+fn served_openapi(indexed_attributes: &[String]) -> Bytes {
+    if indexed_attributes.is_empty() {
+        return Bytes::from_static(OPENAPI_JSON);
+    }
+    let mut document: serde_json::Value =
+        serde_json::from_slice(OPENAPI_JSON).expect("build.rs wrote the document as JSON");
+    let parameters = document
+        .pointer_mut("/paths/~1v1~1processes/get/parameters")
+        .and_then(serde_json::Value::as_array_mut)
+        .expect("docs/openapi.yaml lists the parameters of listProcesses");
+    for key in indexed_attributes {
+        parameters.push(serde_json::json!({
+            "in": "query",
+            "name": format!("attr.{key}"),
+            "description": format!("Processes whose attribute `{key}` has this value"),
+            "schema": { "type": "string" },
+        }));
+    }
+    Bytes::from(serde_json::to_vec(&document).expect("JSON serializes"))
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +181,7 @@ impl AppState {
             stopping: tokio_util::sync::CancellationToken::new(),
             cloudevents: config.cloudevents.clone(),
             indexed_attributes: config.index.attributes.clone(),
+            openapi: served_openapi(&config.index.attributes),
         })
     }
 
@@ -449,7 +478,7 @@ async fn route(
         }
         (Surface::Api, ["v1", "openapi.json"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
-            let mut response = hyper::Response::new(full_body(Bytes::from_static(OPENAPI_JSON)));
+            let mut response = hyper::Response::new(full_body(state.openapi.clone()));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

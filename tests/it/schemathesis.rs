@@ -76,7 +76,10 @@ fn run_schemathesis(daemon: &Daemon, token: Option<&str>) {
 
 #[test]
 fn schemathesis_finds_nothing_anonymous() {
-    let daemon = Daemon::start();
+    // With indexed attributes, so that the `attr.KEY` filters the served
+    // document declares are generated too.
+    let daemon =
+        Daemon::start_with(DaemonOptions::default().env("PM_INDEX_ATTRIBUTES", "tenant,region"));
     run_schemathesis(&daemon, None);
 }
 
@@ -100,4 +103,25 @@ fn the_served_document_is_docs_openapi_yaml() {
             .unwrap();
     let source: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
     assert_eq!(served.json, source);
+}
+
+#[test]
+fn the_served_document_declares_the_attribute_filters_of_this_daemon() {
+    let daemon =
+        Daemon::start_with(DaemonOptions::default().env("PM_INDEX_ATTRIBUTES", "tenant,region"));
+    let served = daemon.client().get("/v1/openapi.json");
+    assert_eq!(served.status, 200);
+    let names: Vec<&str> = served.json["paths"]["/v1/processes"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|parameter| parameter["name"].as_str())
+        .filter(|name| name.starts_with("attr."))
+        .collect();
+    assert_eq!(names, ["attr.tenant", "attr.region"]);
+    // And what it declares, it answers.
+    let listed = daemon
+        .client()
+        .get("/v1/processes?attr.tenant=acme&attr.region=eu");
+    assert_eq!(listed.status, 200, "{}", listed.text);
 }
