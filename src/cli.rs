@@ -70,6 +70,17 @@ pub enum Command {
     /// attempts and full history. `list`: processes, newest first. `verify`:
     /// a full integrity check, exit status 1 when the store is not sound.
     Inspect(InspectArgs),
+    /// Keep PostgreSQL tables in step with a daemon, by its change feed.
+    ///
+    /// Follows the daemon's /v1/changes and writes its processes, tasks and
+    /// events into pm_processes, pm_tasks and pm_events (created when
+    /// missing), under --source, so that many daemons share one database.
+    /// Each page of the feed and the new offset (pm_mirror_offsets) go in one
+    /// transaction: a mirror killed at any moment and started again ends as
+    /// one that never stopped. Removed processes are removed. While the
+    /// daemon or the database is away it waits and retries with backoff.
+    /// SIGTERM or SIGINT: exits 0.
+    Mirror(MirrorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +150,45 @@ pub struct RestoreArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// The PostgreSQL database, e.g. postgres://pm@db:5432/platform?sslmode=require
+    #[arg(long, env = "PM_MIRROR_TO", value_name = "URL", hide_env_values = true)]
+    pub to: String,
+
+    /// Base URL of the daemon [default: the address in DIR/processmanager.url]
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Read token for the daemon when it has tokens configured
+    #[arg(long, env = "PM_READ_TOKEN", value_name = "T", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Data directory of the daemon to follow when --url is not given [default: the configured one, ./data]
+    #[arg(long, env = "PM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The name of this daemon's rows [default: the daemon's host name in --url, else this machine's]
+    #[arg(long, env = "PM_MIRROR_SOURCE", value_name = "NAME")]
+    pub source: Option<String>,
+
+    /// Apply what the feed holds now, then exit 0
+    #[arg(long, conflicts_with = "status")]
+    pub once: bool,
+
+    /// Print the source, the last seq applied and the lag, then exit
+    #[arg(long)]
+    pub status: bool,
+
+    /// With --status: one JSON object
+    #[arg(long, requires = "status")]
+    pub json: bool,
+
+    /// Feed items per PostgreSQL transaction
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +305,7 @@ impl Cli {
             Command::Restore(args) => overrides.data_dir = Some(args.data_dir.clone()),
             Command::Compact(args) => overrides.data_dir = args.data_dir.clone(),
             Command::Inspect(args) => overrides.data_dir = args.data_dir.clone(),
+            Command::Mirror(args) => overrides.data_dir = args.data_dir.clone(),
         }
         overrides
     }

@@ -49,5 +49,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => commands::restore::run(args),
         Command::Compact(args) => commands::compact::run(args, &data_dir),
         Command::Inspect(args) => commands::inspect::run(args, &data_dir, admin_token),
+        Command::Mirror(args) => commands::mirror::run(args, &data_dir),
     }
 }

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod compact;
 pub mod inspect;
+pub mod mirror;
 mod output;
 pub mod restore;
 pub mod serve;

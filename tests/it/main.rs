@@ -11,7 +11,10 @@ mod examples;
 mod ingest;
 mod lifecycle;
 mod live;
+mod mirror;
 mod operating;
+#[path = "../postgres/mod.rs"]
+mod postgres;
 mod property;
 mod queries;
 mod reliability;

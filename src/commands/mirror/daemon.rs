@@ -1,0 +1,263 @@
+//! The mirror's side of the daemon: pages of the change feed
+//! (`GET /v1/changes`, JSON pages with a long poll), the state of one
+//! process, and the daemon's last seq.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long an answer may take beyond the long poll it asked for.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct Daemon {
+    url: String,
+    authorization: Option<String>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot reach the daemon at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the daemon answered {status} to {path}: {detail}{hint}")]
+    Refused {
+        status: u16,
+        path: String,
+        detail: String,
+        hint: &'static str,
+    },
+    #[error("the daemon no longer keeps the feed after seq {after} (its oldest is {oldest}): the tables of this source miss what was trimmed; empty them (DELETE ... WHERE source = ...) and mirror again")]
+    Gone { after: u64, oldest: u64 },
+    #[error("the daemon's answer to {path} is not what the API says: {reason}")]
+    Malformed { path: String, reason: String },
+}
+
+impl DaemonError {
+    /// Worth waiting for: the daemon is away, starting, or busy.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DaemonError::Unreachable { .. } => true,
+            DaemonError::Refused { status, .. } => *status >= 500 || *status == 429,
+            DaemonError::Gone { .. } | DaemonError::Malformed { .. } => false,
+        }
+    }
+}
+
+/// One page of the feed.
+pub struct Page {
+    pub items: Vec<serde_json::Value>,
+    pub next_after_seq: u64,
+}
+
+impl Page {
+    /// The processes the page touches whose last item here is not their
+    /// removal, in order of first sight.
+    pub fn processes_kept(&self) -> Vec<String> {
+        let mut last_is_removal: HashMap<&str, bool> = HashMap::new();
+        let mut order = Vec::new();
+        for item in &self.items {
+            let Some(id) = item["process_id"].as_str() else {
+                continue;
+            };
+            let removal = item["type"] == "process.deleted";
+            if last_is_removal.insert(id, removal).is_none() {
+                order.push(id);
+            }
+        }
+        order
+            .into_iter()
+            .filter(|id| !last_is_removal[id])
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[derive(Deserialize)]
+struct PageBody {
+    items: Vec<serde_json::Value>,
+    next_after_seq: u64,
+}
+
+impl Daemon {
+    pub fn new(url: &str, token: Option<&str>) -> anyhow::Result<Daemon> {
+        if !url.starts_with("http://") {
+            anyhow::bail!(
+                "--url must start with http:// (the daemon serves plain HTTP, e.g. http://127.0.0.1:8080)"
+            );
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Ok(Daemon {
+            url: url.to_owned(),
+            authorization: token
+                .filter(|token| !token.is_empty())
+                .map(|token| format!("Bearer {token}")),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// GETs `path`; the status and body.
+    async fn get(&self, path: &str, wait: Duration) -> Result<(StatusCode, Bytes), DaemonError> {
+        let unreachable = |reason: String| DaemonError::Unreachable {
+            url: self.url.clone(),
+            reason,
+        };
+        let mut request = Request::get(format!("{}{path}", self.url))
+            .header(hyper::header::ACCEPT, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization);
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|error| unreachable(error.to_string()))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|error| {
+                // The chain says why (refused, reset, ...).
+                let mut reason = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    reason = format!("{reason}: {cause}");
+                    source = cause.source();
+                }
+                unreachable(reason)
+            })?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|error| unreachable(error.to_string()))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(wait + ANSWER_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(unreachable("no answer in time".into())))
+    }
+
+    fn refused(path: &str, status: StatusCode, body: &[u8]) -> DaemonError {
+        let problem: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let detail = problem["detail"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+        DaemonError::Refused {
+            status: status.as_u16(),
+            path: path.to_owned(),
+            detail,
+            hint: match status.as_u16() {
+                401 | 403 => "; give a read token in PM_READ_TOKEN (or --token)",
+                _ => "",
+            },
+        }
+    }
+
+    /// The feed after `after`, at most `limit` items; waits up to `wait`
+    /// for the first when there is none yet.
+    pub async fn changes(
+        &self,
+        after: u64,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<Page, DaemonError> {
+        let path = format!(
+            "/v1/changes?after_seq={after}&limit={limit}&wait={}",
+            wait.as_secs()
+        );
+        let (status, body) = self.get(&path, wait).await?;
+        if status == StatusCode::GONE {
+            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(DaemonError::Gone {
+                after,
+                oldest: problem["oldest_seq"].as_u64().unwrap_or_default(),
+            });
+        }
+        if status != StatusCode::OK {
+            return Err(Self::refused(&path, status, &body));
+        }
+        let page: PageBody =
+            serde_json::from_slice(&body).map_err(|error| DaemonError::Malformed {
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
+        Ok(Page {
+            items: page.items,
+            next_after_seq: page.next_after_seq,
+        })
+    }
+
+    /// The process with its tasks, or `None` when the daemon has none by
+    /// that id.
+    pub async fn process(&self, id: &str) -> Result<Option<serde_json::Value>, DaemonError> {
+        let path = format!(
+            "/v1/processes/{}",
+            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let (status, body) = self.get(&path, Duration::ZERO).await?;
+        match status {
+            StatusCode::OK => {
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|error| DaemonError::Malformed {
+                        path,
+                        reason: error.to_string(),
+                    })
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Self::refused(&path, status, &body)),
+        }
+    }
+
+    /// The daemon's last seq (`GET /v1/stats`).
+    pub async fn last_seq(&self) -> Result<u64, DaemonError> {
+        let path = "/v1/stats";
+        let (status, body) = self.get(path, Duration::ZERO).await?;
+        if status != StatusCode::OK {
+            return Err(Self::refused(path, status, &body));
+        }
+        let stats: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|error| DaemonError::Malformed {
+                path: path.into(),
+                reason: error.to_string(),
+            })?;
+        stats["last_seq"]
+            .as_u64()
+            .ok_or_else(|| DaemonError::Malformed {
+                path: path.into(),
+                reason: "no last_seq".into(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_page_keeps_the_processes_it_does_not_end_by_removing() {
+        let page = Page {
+            items: vec![
+                json!({"seq": 1, "type": "process.started", "process_id": "a"}),
+                json!({"seq": 2, "type": "process.started", "process_id": "b"}),
+                json!({"seq": 3, "type": "process.deleted", "process_id": "a"}),
+                json!({"seq": 4, "type": "process.deleted", "process_id": "b"}),
+                json!({"seq": 5, "type": "process.started", "process_id": "b"}),
+                json!({"seq": 6, "type": "task.started", "process_id": "c"}),
+            ],
+            next_after_seq: 6,
+        };
+        assert_eq!(page.processes_kept(), ["b", "c"]);
+    }
+}

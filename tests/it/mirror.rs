@@ -1,0 +1,634 @@
+//! `processmanager mirror` into a real PostgreSQL server of the test's own
+//! (`tests/postgres`): several daemons into one database, mirrors killed
+//! with kill -9 and started again, the database stopped and started, and
+//! removals. Each test ends by comparing every process, task and event in
+//! PostgreSQL with what the daemons answer.
+
+use crate::postgres::Postgres;
+use crate::support::{command, event, task_event, with, Client, Daemon, DaemonOptions};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A mirror process, its log collected.
+struct Mirror {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Mirror {
+    fn start(daemon: &Daemon, pg: &Postgres, source: &str) -> Mirror {
+        let mut child = command()
+            .args(["mirror", "--to", &pg.url(), "--source", source, "--url"])
+            .arg(format!("http://{}", daemon.addr))
+            .args(["--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the mirror starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Mirror { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+}
+
+/// `mirror --once` for one source: applies what the feed holds, exits 0.
+fn mirror_once(daemon: &Daemon, pg: &Postgres, source: &str) {
+    let out = command()
+        .args([
+            "mirror",
+            "--once",
+            "--to",
+            &pg.url(),
+            "--source",
+            source,
+            "--url",
+        ])
+        .arg(format!("http://{}", daemon.addr))
+        .output()
+        .expect("mirror runs");
+    assert!(
+        out.status.success(),
+        "mirror --once failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn post_batch(client: &Client, events: &[Value]) {
+    for chunk in events.chunks(200) {
+        let reply = client.post_raw(&Value::Array(chunk.to_vec()).to_string(), &[]);
+        assert!(reply.status == 200 || reply.status == 202, "{}", reply.text);
+        assert_eq!(reply.json["accepted"], chunk.len(), "{}", reply.text);
+    }
+}
+
+/// The events of one run: it starts, a task fails and is retried, another
+/// succeeds, and the run succeeds or fails by `n`.
+fn run_events(id: &str, n: usize) -> Vec<Value> {
+    let kind = ["etl", "report", "sync"][n % 3];
+    let mut events = vec![
+        with(
+            event("process.started", id),
+            json!({"process_type": kind,
+                   "correlation_id": format!("order-{}", n % 17),
+                   "attributes": {"tenant": format!("t{}", n % 5), "run": n.to_string()}}),
+        ),
+        task_event("task.started", id, "extract"),
+        with(
+            task_event("task.failed", id, "extract"),
+            json!({"error": {"code": "Timeout", "message": "slow source"}}),
+        ),
+        task_event("task.started", id, "extract"),
+        with(
+            task_event("task.progress", id, "extract"),
+            json!({"progress": {"current": 5, "total": 10}}),
+        ),
+        task_event("task.succeeded", id, "extract"),
+        task_event("task.started", id, "load"),
+        task_event("task.succeeded", id, "load"),
+    ];
+    events.push(if n % 4 == 3 {
+        with(
+            event("process.failed", id),
+            json!({"error": {"code": "rejected", "message": "bad rows"}}),
+        )
+    } else {
+        event("process.succeeded", id)
+    });
+    events
+}
+
+fn millis(value: &Value) -> Option<i64> {
+    let text = value.as_str()?;
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|error| panic!("{text}: {error}"));
+    Some((at.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+fn pg_millis(at: Option<time::OffsetDateTime>) -> Option<i64> {
+    at.map(|at| (at.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// What a daemon holds, in the shape compared: each process with its
+/// tasks, and every event of every process, by seq.
+#[derive(Debug, PartialEq)]
+struct Holding {
+    processes: BTreeMap<String, Value>,
+    tasks: BTreeMap<(String, String), Value>,
+    events: BTreeMap<i64, Value>,
+}
+
+fn process_view(
+    status: &str,
+    kind: Option<&str>,
+    correlation: Option<&str>,
+    attributes: &Value,
+    times: [Option<i64>; 4],
+    counts: (i64, i64),
+    error: &Value,
+) -> Value {
+    json!({"status": status, "process_type": kind, "correlation_id": correlation,
+           "attributes": attributes, "created_at": times[0], "started_at": times[1],
+           "updated_at": times[2], "finished_at": times[3], "event_count": counts.0,
+           "last_seq": counts.1, "error": error})
+}
+
+fn daemon_holding(client: &Client) -> Holding {
+    let mut holding = Holding {
+        processes: BTreeMap::new(),
+        tasks: BTreeMap::new(),
+        events: BTreeMap::new(),
+    };
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/v1/processes?limit=1000".to_owned();
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = client.get(&path);
+        assert_eq!(page.status, 200, "{}", page.text);
+        for item in page.json["items"].as_array().unwrap() {
+            let id = item["id"].as_str().unwrap().to_owned();
+            let p = client.get(&format!("/v1/processes/{id}")).json;
+            holding.processes.insert(
+                id.clone(),
+                process_view(
+                    p["status"].as_str().unwrap(),
+                    p["process_type"].as_str(),
+                    p["correlation_id"].as_str(),
+                    &p["attributes"],
+                    [
+                        millis(&p["created_at"]),
+                        millis(&p["started_at"]),
+                        millis(&p["updated_at"]),
+                        millis(&p["finished_at"]),
+                    ],
+                    (
+                        p["event_count"].as_i64().unwrap(),
+                        p["last_seq"].as_i64().unwrap(),
+                    ),
+                    &p["error"],
+                ),
+            );
+            for task in p["tasks"].as_array().unwrap() {
+                holding.tasks.insert(
+                    (id.clone(), task["id"].as_str().unwrap().to_owned()),
+                    json!({"status": task["status"], "attempt": task["attempt"],
+                           "attempts": task["attempts"].as_array().unwrap().len(),
+                           "finished_at": millis(&task["finished_at"])}),
+                );
+            }
+            let mut after = 0;
+            loop {
+                let history = client
+                    .get(&format!(
+                        "/v1/processes/{id}/history?after_seq={after}&limit=1000"
+                    ))
+                    .json;
+                let items = history["items"].as_array().unwrap();
+                for item in items {
+                    let seq = item["seq"].as_i64().unwrap();
+                    holding.events.insert(
+                        seq,
+                        json!({"process_id": id, "type": item["type"],
+                               "event_id": item["event_id"], "result": item["result"],
+                               "occurred_at": millis(&item["occurred_at"])}),
+                    );
+                    after = seq;
+                }
+                if history["next_cursor"].is_null() || items.is_empty() {
+                    break;
+                }
+            }
+        }
+        match page.json["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    holding
+}
+
+fn pg_holding(pg: &mut postgres::Client, source: &str) -> Holding {
+    let mut holding = Holding {
+        processes: BTreeMap::new(),
+        tasks: BTreeMap::new(),
+        events: BTreeMap::new(),
+    };
+    for row in pg
+        .query(
+            "SELECT id, status, process_type, correlation_id, attributes, created_at, started_at,
+                    updated_at, finished_at, event_count, last_seq, error
+             FROM pm_processes WHERE source = $1",
+            &[&source],
+        )
+        .unwrap()
+    {
+        let error: Option<Value> = row.get(11);
+        holding.processes.insert(
+            row.get(0),
+            process_view(
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                &row.get::<_, Value>(4),
+                [
+                    pg_millis(row.get(5)),
+                    pg_millis(row.get(6)),
+                    pg_millis(row.get(7)),
+                    pg_millis(row.get(8)),
+                ],
+                (row.get(9), row.get(10)),
+                &error.unwrap_or(Value::Null),
+            ),
+        );
+    }
+    for row in pg
+        .query(
+            "SELECT process_id, id, status, attempt, attempts, finished_at
+             FROM pm_tasks WHERE source = $1",
+            &[&source],
+        )
+        .unwrap()
+    {
+        let attempts: Value = row.get(4);
+        holding.tasks.insert(
+            (row.get(0), row.get(1)),
+            json!({"status": row.get::<_, &str>(2), "attempt": row.get::<_, i32>(3),
+                   "attempts": attempts.as_array().unwrap().len(),
+                   "finished_at": pg_millis(row.get(5))}),
+        );
+    }
+    for row in pg
+        .query(
+            "SELECT seq, process_id, type, event_id, result, occurred_at
+             FROM pm_events WHERE source = $1",
+            &[&source],
+        )
+        .unwrap()
+    {
+        holding.events.insert(
+            row.get(0),
+            json!({"process_id": row.get::<_, &str>(1), "type": row.get::<_, &str>(2),
+                   "event_id": row.get::<_, Option<&str>>(3), "result": row.get::<_, &str>(4),
+                   "occurred_at": pg_millis(row.get(5))}),
+        );
+    }
+    holding
+}
+
+/// PostgreSQL holds exactly what the daemon (asked through `client`)
+/// holds, under `source`.
+fn assert_mirrored(client: &Client, pg: &mut postgres::Client, source: &str) {
+    let held = daemon_holding(client);
+    let mirrored = pg_holding(pg, source);
+    assert!(!held.events.is_empty());
+    assert_eq!(
+        mirrored.processes.len(),
+        held.processes.len(),
+        "processes of {source}"
+    );
+    for (id, process) in &held.processes {
+        assert_eq!(mirrored.processes.get(id), Some(process), "{source}: {id}");
+    }
+    assert_eq!(mirrored.tasks, held.tasks, "tasks of {source}");
+    assert_eq!(
+        mirrored.events.len(),
+        held.events.len(),
+        "events of {source}"
+    );
+    assert_eq!(mirrored.events, held.events, "events of {source}");
+}
+
+/// The offset PostgreSQL holds for `source`.
+fn offset(pg: &mut postgres::Client, source: &str) -> i64 {
+    pg.query_opt(
+        "SELECT last_seq FROM pm_mirror_offsets WHERE source = $1",
+        &[&source],
+    )
+    .ok()
+    .flatten()
+    .map_or(0, |row| row.get(0))
+}
+
+fn last_seq(daemon: &Daemon) -> i64 {
+    daemon.client().get("/v1/stats").json["last_seq"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Waits until the mirror of `source` has applied everything the daemon
+/// holds.
+fn wait_caught_up(daemon: &Daemon, pg: &mut postgres::Client, source: &str, mirror: &Mirror) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let target = last_seq(daemon);
+    while offset(pg, source) < target {
+        assert!(
+            Instant::now() < deadline,
+            "{source} never caught up with seq {target}:\n{}",
+            mirror.log()
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn three_daemons_mirror_into_one_database_through_kill_9() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start()).collect();
+    let sources = ["billing", "orders", "search"];
+    let mut mirrors: Vec<Option<Mirror>> = daemons
+        .iter()
+        .zip(sources)
+        .map(|(daemon, source)| Some(Mirror::start(daemon, &pg, source)))
+        .collect();
+    // Events flow into all three while mirrors are killed and restarted.
+    let loads: Vec<_> = daemons
+        .iter()
+        .zip(sources)
+        .map(|(daemon, source)| {
+            let client = daemon.client();
+            std::thread::spawn(move || {
+                for n in 0..300 {
+                    post_batch(&client, &run_events(&format!("{source}-{n}"), n));
+                    if n % 50 == 49 {
+                        let gone = client.delete(&format!("/v1/processes/{source}-{}", n - 7));
+                        assert_eq!(gone.status, 204, "{}", gone.text);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill a mirror once it has applied something more, at a random
+    // moment of its work, and start it again: nine times over.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..9 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let which = (state % 3) as usize;
+        let source = sources[which];
+        let before = offset(&mut sql, source);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while offset(&mut sql, source) == before && !loads.iter().all(|load| load.is_finished()) {
+            assert!(Instant::now() < deadline, "{source} made no progress");
+            std::thread::yield_now();
+        }
+        mirrors[which].take().unwrap().kill9();
+        mirrors[which] = Some(Mirror::start(&daemons[which], &pg, source));
+    }
+    for load in loads {
+        load.join().unwrap();
+    }
+    for ((daemon, source), mirror) in daemons.iter().zip(sources).zip(&mirrors) {
+        wait_caught_up(daemon, &mut sql, source, mirror.as_ref().unwrap());
+    }
+    for mirror in mirrors.into_iter().flatten() {
+        mirror.kill9();
+    }
+    for (daemon, source) in daemons.iter().zip(sources) {
+        assert_mirrored(&daemon.client(), &mut sql, source);
+    }
+    // One query across all of them.
+    let failed: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pm_processes WHERE status = 'failed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let expected: usize = daemons
+        .iter()
+        .map(|daemon| {
+            daemon_holding(&daemon.client())
+                .processes
+                .values()
+                .filter(|p| p["status"] == "failed")
+                .count()
+        })
+        .sum();
+    assert_eq!(failed, expected as i64);
+}
+
+#[test]
+fn with_the_database_stopped_the_mirror_waits_then_catches_up() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let mirror = Mirror::start(&daemon, &pg, "app");
+    for n in 0..20 {
+        post_batch(&client, &run_events(&format!("before-{n}"), n));
+    }
+    wait_caught_up(&daemon, &mut sql, "app", &mirror);
+    drop(sql);
+    pg.stop();
+    for n in 0..40 {
+        post_batch(&client, &run_events(&format!("during-{n}"), n));
+    }
+    // It notices, says so, and keeps trying.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mirror.log().contains("cannot mirror now; waiting") {
+        assert!(Instant::now() < deadline, "{}", mirror.log());
+        std::thread::yield_now();
+    }
+    pg.start_again();
+    let mut sql = pg.client();
+    wait_caught_up(&daemon, &mut sql, "app", &mirror);
+    assert_mirrored(&daemon.client(), &mut sql, "app");
+    assert!(
+        mirror.log().contains("mirroring goes on"),
+        "{}",
+        mirror.log()
+    );
+    // SIGTERM: it stops cleanly.
+    let mut mirror = mirror;
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &mirror.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = mirror.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", mirror.log());
+}
+
+#[test]
+fn removed_and_purged_processes_leave_the_mirror() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let daemon = Daemon::start_with(DaemonOptions::default().env("PM_AUTH_ADMIN_TOKENS", "admin"));
+    let client = daemon.client().with_token("admin");
+    for n in 0..30 {
+        post_batch(&client, &run_events(&format!("run-{n}"), n));
+    }
+    // One still running: a purge of finished ones leaves it.
+    client.post(&event("process.started", "still-running"));
+    let once = |sql: &mut postgres::Client| {
+        let out = command()
+            .args([
+                "mirror",
+                "--once",
+                "--to",
+                &pg.url(),
+                "--source",
+                "app",
+                "--url",
+            ])
+            .arg(format!("http://{}", daemon.addr))
+            .env("PM_READ_TOKEN", "admin")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_mirrored(&client, sql, "app");
+    };
+    once(&mut sql);
+    let count = |sql: &mut postgres::Client, table: &str, id: &str| -> i64 {
+        let column = if table == "pm_processes" {
+            "id"
+        } else {
+            "process_id"
+        };
+        sql.query_one(
+            &format!("SELECT count(*) FROM {table} WHERE source = 'app' AND {column} = $1"),
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(count(&mut sql, "pm_events", "run-3"), 9);
+    assert_eq!(count(&mut sql, "pm_tasks", "run-3"), 2);
+    // One removed by id, then every finished one by a purge.
+    assert_eq!(client.delete("/v1/processes/run-3").status, 204);
+    once(&mut sql);
+    for table in ["pm_processes", "pm_tasks", "pm_events"] {
+        assert_eq!(count(&mut sql, table, "run-3"), 0, "{table}");
+    }
+    assert_eq!(count(&mut sql, "pm_processes", "run-4"), 1);
+    let purged = client.delete("/v1/processes?finished_before=2999-01-01T00:00:00Z");
+    assert_eq!(purged.status, 200, "{}", purged.text);
+    assert_eq!(purged.json["deleted"], 29);
+    once(&mut sql);
+    let left: Vec<String> = sql
+        .query("SELECT id FROM pm_processes WHERE source = 'app'", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["still-running"]);
+    let events: i64 = sql
+        .query_one("SELECT count(*) FROM pm_events WHERE source = 'app'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 1);
+
+    // `--status` says where the source stands.
+    let status = command()
+        .args([
+            "mirror",
+            "--status",
+            "--json",
+            "--to",
+            &pg.url(),
+            "--source",
+            "app",
+            "--url",
+        ])
+        .arg(format!("http://{}", daemon.addr))
+        .env("PM_READ_TOKEN", "admin")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["source"], "app");
+    assert_eq!(status["last_seq"], client.get("/v1/stats").json["last_seq"]);
+    assert_eq!(status["lag"], 0);
+    // A wrong token is a clear error, not a wait.
+    let refused = command()
+        .args([
+            "mirror",
+            "--once",
+            "--to",
+            &pg.url(),
+            "--source",
+            "app",
+            "--url",
+        ])
+        .arg(format!("http://{}", daemon.addr))
+        .env("PM_READ_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn a_source_mirrored_twice_at_once_gets_no_event_twice() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    for n in 0..100 {
+        post_batch(&client, &run_events(&format!("r{n}"), n));
+    }
+    // Two mirrors of one source, by mistake, with small pages.
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            command()
+                .args([
+                    "mirror",
+                    "--once",
+                    "--batch",
+                    "7",
+                    "--to",
+                    &pg.url(),
+                    "--source",
+                    "dup",
+                    "--url",
+                ])
+                .arg(format!("http://{}", daemon.addr))
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in both {
+        // Either may give up on a page the other took; neither applies it twice.
+        child.wait_with_output().unwrap();
+    }
+    mirror_once(&daemon, &pg, "dup");
+    assert_mirrored(&daemon.client(), &mut sql, "dup");
+}
