@@ -92,6 +92,9 @@ struct ChangesRequest {
     query: FeedQuery,
     wait: Duration,
     format: Format,
+    /// `include=processes`: a JSON page also carries the state of every
+    /// process its items name, read with the items.
+    include_processes: bool,
 }
 
 fn parse_changes(request: &Request<Incoming>) -> Result<ChangesRequest, ApiError> {
@@ -100,6 +103,7 @@ fn parse_changes(request: &Request<Incoming>) -> Result<ChangesRequest, ApiError
         ..FeedQuery::default()
     };
     let mut wait = Duration::ZERO;
+    let mut include_processes = false;
     let raw = request.uri().query().unwrap_or_default();
     for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
         match name.as_ref() {
@@ -134,10 +138,17 @@ fn parse_changes(request: &Request<Incoming>) -> Result<ChangesRequest, ApiError
             }
             "limit" => query.limit = parse_limit(&value, "limit")?,
             "wait" => wait = parse_wait(&value)?,
+            "include" if value == "processes" => include_processes = true,
+            "include" => {
+                return Err(invalid(
+                    "include",
+                    format!("`include` takes `processes`, not `{value}`"),
+                ))
+            }
             other => {
                 return Err(invalid(
                     other,
-                    format!("unknown parameter `{other}`; known: after_seq, process_id, process_type, type, limit, wait"),
+                    format!("unknown parameter `{other}`; known: after_seq, process_id, process_type, type, limit, wait, include"),
                 ))
             }
         }
@@ -149,10 +160,18 @@ fn parse_changes(request: &Request<Incoming>) -> Result<ChangesRequest, ApiError
             .map_err(|_| invalid("Last-Event-ID", "`Last-Event-ID` must be a sequence number"))?;
         query.after_seq = parse_seq(text, "Last-Event-ID")?;
     }
+    let format = format_of(request);
+    if include_processes && format != Format::Page {
+        return Err(invalid(
+            "include",
+            "`include=processes` is for JSON pages (`Accept: application/json`), not streams",
+        ));
+    }
     Ok(ChangesRequest {
         query,
         wait,
-        format: format_of(request),
+        format,
+        include_processes,
     })
 }
 
@@ -163,11 +182,49 @@ async fn read(snapshots: Arc<SharedSnapshots>, query: FeedQuery) -> Result<FeedR
         .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
 }
 
+/// The JSON of each process the items name, in order of first sight,
+/// from one snapshot; `None` for one the store no longer has.
+type ProcessStates = Vec<(String, Option<Vec<u8>>)>;
+
+/// One read of the feed and, from the same snapshot, the processes its
+/// items name (`include=processes`).
+async fn read_with_processes(
+    snapshots: Arc<SharedSnapshots>,
+    query: FeedQuery,
+) -> Result<(FeedRead, ProcessStates), ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let snapshot = snapshots.get()?;
+        let read = snapshot.feed(&query)?;
+        let mut states: ProcessStates = Vec::new();
+        if let FeedRead::Page { items, .. } = &read {
+            let mut seen = std::collections::HashSet::new();
+            for item in items {
+                let id = item.process_id();
+                if !seen.insert(id) {
+                    continue;
+                }
+                let state = match snapshot.process_with_tasks(id)? {
+                    Some((process, tasks)) => Some(
+                        serde_json::to_vec(&ProcessView::with_tasks(&process, &tasks))
+                            .map_err(|error| ApiError::Internal(error.to_string()))?,
+                    ),
+                    None => None,
+                };
+                states.push((id.to_owned(), state));
+            }
+        }
+        Ok((read, states))
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
+}
+
 pub async fn changes(state: &AppState, request: &Request<Incoming>) -> Result<Response, ApiError> {
     let ChangesRequest {
         mut query,
         wait,
         format,
+        include_processes,
     } = parse_changes(request)?;
     let core = state.core()?;
     let snapshots = core.snapshots.clone();
@@ -176,7 +233,13 @@ pub async fn changes(state: &AppState, request: &Request<Incoming>) -> Result<Re
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             announced.borrow_and_update();
-            let (items, next_after_seq) = match read(snapshots.clone(), query.clone()).await? {
+            let (read, states) = if include_processes {
+                let (read, states) = read_with_processes(snapshots.clone(), query.clone()).await?;
+                (read, Some(states))
+            } else {
+                (read(snapshots.clone(), query.clone()).await?, None)
+            };
+            let (items, next_after_seq) = match read {
                 FeedRead::Gone { oldest_seq } => return Err(ApiError::FeedGone { oldest_seq }),
                 FeedRead::Page {
                     items,
@@ -185,18 +248,19 @@ pub async fn changes(state: &AppState, request: &Request<Incoming>) -> Result<Re
             };
             let passed_over = next_after_seq > query.after_seq;
             query.after_seq = next_after_seq;
+            let page = || page_response(&items, states.as_ref(), next_after_seq);
             if !items.is_empty() || tokio::time::Instant::now() >= deadline {
-                return page_response(&items, next_after_seq);
+                return page();
             }
             if passed_over {
                 continue;
             }
             tokio::select! {
                 changed = announced.changed() => if changed.is_err() {
-                    return page_response(&items, next_after_seq);
+                    return page();
                 },
                 () = tokio::time::sleep_until(deadline) => {}
-                () = state.stopping.cancelled() => return page_response(&items, next_after_seq),
+                () = state.stopping.cancelled() => return page(),
             }
         }
     }
@@ -242,7 +306,11 @@ pub async fn changes(state: &AppState, request: &Request<Incoming>) -> Result<Re
     Ok(response)
 }
 
-fn page_response(items: &[FeedItem], next_after_seq: u64) -> Result<Response, ApiError> {
+fn page_response(
+    items: &[FeedItem],
+    processes: Option<&ProcessStates>,
+    next_after_seq: u64,
+) -> Result<Response, ApiError> {
     let mut out = Vec::with_capacity(64 + items.len() * 256);
     out.extend_from_slice(b"{\"items\":[");
     for (index, item) in items.iter().enumerate() {
@@ -251,7 +319,21 @@ fn page_response(items: &[FeedItem], next_after_seq: u64) -> Result<Response, Ap
         }
         write_feed_item(item, &mut out).map_err(|error| ApiError::Internal(error.to_string()))?;
     }
-    out.extend_from_slice(format!("],\"next_after_seq\":{next_after_seq}}}").as_bytes());
+    out.push(b']');
+    if let Some(processes) = processes {
+        out.extend_from_slice(b",\"processes\":{");
+        for (index, (id, state)) in processes.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, id)
+                .map_err(|error| ApiError::Internal(error.to_string()))?;
+            out.push(b':');
+            out.extend_from_slice(state.as_deref().unwrap_or(b"null"));
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(format!(",\"next_after_seq\":{next_after_seq}}}").as_bytes());
     let mut response = hyper::Response::new(full_body(out));
     response
         .headers_mut()

@@ -97,6 +97,12 @@ pub enum FeedItem {
 }
 
 impl FeedItem {
+    pub fn process_id(&self) -> &str {
+        match self {
+            FeedItem::Event { process_id, .. } | FeedItem::Deleted { process_id, .. } => process_id,
+        }
+    }
+
     pub fn seq(&self) -> u64 {
         match self {
             FeedItem::Event { record, .. } => record.seq,

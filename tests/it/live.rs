@@ -152,6 +152,41 @@ fn a_long_poll_is_answered_by_the_event_that_arrives() {
     assert_eq!(answer.json["items"][0]["process_status"], "succeeded");
 }
 
+#[test]
+fn a_page_can_carry_the_processes_it_names_read_with_it() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    client.post(&event("process.started", "kept"));
+    client.post(&task_event("task.started", "kept", "load"));
+    client.post(&event("process.started", "gone"));
+    assert_eq!(client.delete("/v1/processes/gone").status, 204);
+    let page = client.get("/v1/changes?include=processes");
+    assert_eq!(page.status, 200, "{}", page.text);
+    let processes = page.json["processes"].as_object().unwrap();
+    // Every process the items name, in order of first sight: each as GET
+    // shows it, with its tasks, or null once removed.
+    assert_eq!(
+        processes.keys().collect::<Vec<_>>(),
+        ["kept", "gone"],
+        "{}",
+        page.text
+    );
+    assert_eq!(processes["kept"], client.get("/v1/processes/kept").json);
+    assert_eq!(processes["kept"]["tasks"][0]["id"], "load");
+    assert_eq!(processes["gone"], Value::Null);
+    // Without it, no `processes`.
+    assert!(client.get("/v1/changes").json.get("processes").is_none());
+    // Streams do not take it, and it takes nothing else.
+    let refused = client.get_with(
+        "/v1/changes?include=processes",
+        &[("accept", "text/event-stream")],
+    );
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert_eq!(refused.json["field"], "include");
+    let refused = client.get("/v1/changes?include=tasks");
+    assert_eq!(refused.status, 400, "{}", refused.text);
+}
+
 /// Reads the printed events of `follow.py` as they come.
 fn follower(url: &str, count: usize) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sse/follow.py");

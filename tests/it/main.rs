@@ -14,7 +14,7 @@ mod live;
 mod mirror;
 mod operating;
 #[path = "../postgres/mod.rs"]
-mod postgres;
+mod pg_server;
 mod property;
 mod queries;
 mod reliability;

@@ -4,7 +4,7 @@
 //! removals. Each test ends by comparing every process, task and event in
 //! PostgreSQL with what the daemons answer.
 
-use crate::postgres::Postgres;
+use crate::pg_server::Postgres;
 use crate::support::{command, event, task_event, with, Client, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -631,4 +631,128 @@ fn a_source_mirrored_twice_at_once_gets_no_event_twice() {
     }
     mirror_once(&daemon, &pg, "dup");
     assert_mirrored(&daemon.client(), &mut sql, "dup");
+}
+
+/// The SQL blocks of the README's "Many sidecars in one PostgreSQL".
+fn readme_queries() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let section = readme
+        .split("## Many sidecars in one PostgreSQL")
+        .nth(1)
+        .expect("the README has the mirror's section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    section
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_readmes_cross_service_queries_answer_on_the_mirror() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let daemons: Vec<Daemon> = (0..2).map(|_| Daemon::start()).collect();
+    let sources = ["billing", "orders"];
+    for (daemon, source) in daemons.iter().zip(sources) {
+        let client = daemon.client();
+        for n in 0..40 {
+            // Runs of different lengths: started n + 1 minutes ago.
+            let mut events = run_events(&format!("{source}-{n}"), n);
+            let started =
+                time::OffsetDateTime::now_utc() - Duration::from_secs(60 * (n as u64 + 1));
+            events[0]["occurred_at"] = json!(started
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap());
+            post_batch(&client, &events);
+        }
+        // One that goes quiet.
+        post_batch(
+            &client,
+            &[with(
+                event("process.started", &format!("{source}-quiet")),
+                json!({"process_type": "etl", "heartbeat_timeout": 1}),
+            )],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get(&format!("/v1/processes/{source}-quiet")).json["stalled_since"].is_null() {
+            assert!(Instant::now() < deadline, "never stalled");
+            std::thread::yield_now();
+        }
+        mirror_once(daemon, &pg, source);
+    }
+    let queries = readme_queries();
+    assert_eq!(queries.len(), 3, "{queries:?}");
+
+    // Failed in the last hour: every fourth run of each service.
+    let failed: Vec<(String, String, Option<String>)> = sql
+        .query(&queries[0], &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get("source"), row.get("id"), row.get("error_code")))
+        .collect();
+    let mut expected: Vec<(String, String, Option<String>)> = sources
+        .iter()
+        .flat_map(|source| {
+            (0..40).filter(|n| n % 4 == 3).map(move |n| {
+                (
+                    source.to_string(),
+                    format!("{source}-{n}"),
+                    Some("rejected".into()),
+                )
+            })
+        })
+        .collect();
+    let mut got = failed.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+
+    // p95 by type, against the durations the daemons report.
+    let mut durations: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (daemon, source) in daemons.iter().zip(sources) {
+        let client = daemon.client();
+        for n in 0..40 {
+            let process = client.get(&format!("/v1/processes/{source}-{n}")).json;
+            durations
+                .entry(process["process_type"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(process["duration_ms"].as_f64().unwrap());
+        }
+    }
+    let rows = sql.query(&queries[1], &[]).unwrap();
+    assert_eq!(rows.len(), durations.len());
+    for row in rows {
+        let kind: String = row.get("process_type");
+        let runs: i64 = row.get("runs");
+        let p95: f64 = row.get("p95_ms");
+        let mut values = durations[&kind].clone();
+        values.sort_by(f64::total_cmp);
+        assert_eq!(runs as usize, values.len(), "{kind}");
+        // percentile_cont: linear between the two nearest ranks.
+        let rank = 0.95 * (values.len() - 1) as f64;
+        let (low, high) = (values[rank.floor() as usize], values[rank.ceil() as usize]);
+        let want = low + (high - low) * rank.fract();
+        assert!((p95 - want).abs() < 1e-6, "{kind}: {p95} against {want}");
+    }
+
+    // Gone quiet: one per service.
+    let mut quiet: Vec<(String, String)> = sql
+        .query(&queries[2], &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get("source"), row.get("id")))
+        .collect();
+    quiet.sort();
+    assert_eq!(
+        quiet,
+        [
+            ("billing".to_owned(), "billing-quiet".to_owned()),
+            ("orders".to_owned(), "orders-quiet".to_owned())
+        ]
+    );
 }

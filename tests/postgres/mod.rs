@@ -4,6 +4,9 @@
 //! installs the package when it is missing; `PM_TEST_PG_BIN` names another
 //! directory of binaries.
 
+// Not every user of this module uses all of it.
+#![allow(dead_code)]
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The mirror's side of the daemon: pages of the change feed
-//! (`GET /v1/changes`, JSON pages with a long poll), the state of one
-//! process, and the daemon's last seq.
+//! (`GET /v1/changes`, JSON pages with a long poll, and the processes they
+//! name), and the daemon's last seq.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -49,38 +49,19 @@ impl DaemonError {
     }
 }
 
-/// One page of the feed.
+/// One page of the feed, with the state of every process it names as
+/// the daemon read it with the items (`include=processes`): `None` for one
+/// it no longer has.
 pub struct Page {
     pub items: Vec<serde_json::Value>,
+    pub processes: HashMap<String, Option<serde_json::Value>>,
     pub next_after_seq: u64,
-}
-
-impl Page {
-    /// The processes the page touches whose last item here is not their
-    /// removal, in order of first sight.
-    pub fn processes_kept(&self) -> Vec<String> {
-        let mut last_is_removal: HashMap<&str, bool> = HashMap::new();
-        let mut order = Vec::new();
-        for item in &self.items {
-            let Some(id) = item["process_id"].as_str() else {
-                continue;
-            };
-            let removal = item["type"] == "process.deleted";
-            if last_is_removal.insert(id, removal).is_none() {
-                order.push(id);
-            }
-        }
-        order
-            .into_iter()
-            .filter(|id| !last_is_removal[id])
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 #[derive(Deserialize)]
 struct PageBody {
     items: Vec<serde_json::Value>,
+    processes: HashMap<String, Option<serde_json::Value>>,
     next_after_seq: u64,
 }
 
@@ -172,7 +153,7 @@ impl Daemon {
         wait: Duration,
     ) -> Result<Page, DaemonError> {
         let path = format!(
-            "/v1/changes?after_seq={after}&limit={limit}&wait={}",
+            "/v1/changes?after_seq={after}&limit={limit}&wait={}&include=processes",
             wait.as_secs()
         );
         let (status, body) = self.get(&path, wait).await?;
@@ -193,30 +174,9 @@ impl Daemon {
             })?;
         Ok(Page {
             items: page.items,
+            processes: page.processes,
             next_after_seq: page.next_after_seq,
         })
-    }
-
-    /// The process with its tasks, or `None` when the daemon has none by
-    /// that id.
-    pub async fn process(&self, id: &str) -> Result<Option<serde_json::Value>, DaemonError> {
-        let path = format!(
-            "/v1/processes/{}",
-            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
-        );
-        let (status, body) = self.get(&path, Duration::ZERO).await?;
-        match status {
-            StatusCode::OK => {
-                serde_json::from_slice(&body)
-                    .map(Some)
-                    .map_err(|error| DaemonError::Malformed {
-                        path,
-                        reason: error.to_string(),
-                    })
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(Self::refused(&path, status, &body)),
-        }
     }
 
     /// The daemon's last seq (`GET /v1/stats`).
@@ -237,27 +197,5 @@ impl Daemon {
                 path: path.into(),
                 reason: "no last_seq".into(),
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_page_keeps_the_processes_it_does_not_end_by_removing() {
-        let page = Page {
-            items: vec![
-                json!({"seq": 1, "type": "process.started", "process_id": "a"}),
-                json!({"seq": 2, "type": "process.started", "process_id": "b"}),
-                json!({"seq": 3, "type": "process.deleted", "process_id": "a"}),
-                json!({"seq": 4, "type": "process.deleted", "process_id": "b"}),
-                json!({"seq": 5, "type": "process.started", "process_id": "b"}),
-                json!({"seq": 6, "type": "task.started", "process_id": "c"}),
-            ],
-            next_after_seq: 6,
-        };
-        assert_eq!(page.processes_kept(), ["b", "c"]);
     }
 }

@@ -90,16 +90,11 @@ impl Database {
     }
 
     /// Writes one page in one transaction: its events, its removals, the
-    /// processes it touched as `states` has them, and the offset after it.
+    /// processes it names as the daemon showed them, and the offset after
+    /// it.
     /// Refuses, changing nothing, when the offset is no longer `after`
     /// (another mirror of this source moved it).
-    pub async fn apply(
-        &mut self,
-        source: &str,
-        after: u64,
-        page: &Page,
-        states: &HashMap<String, Option<Value>>,
-    ) -> anyhow::Result<()> {
+    pub async fn apply(&mut self, source: &str, after: u64, page: &Page) -> anyhow::Result<()> {
         let txn = self.client.transaction().await?;
         // Locks this source's offset until the commit.
         let current: Option<i64> = txn
@@ -157,7 +152,7 @@ impl Database {
             )
             .await?;
         }
-        let rows = Rows::of(states)?;
+        let rows = Rows::of(&page.processes)?;
         txn.execute(
             "INSERT INTO pm_processes (source, id, name, process_type, correlation_id, status,
                  progress, error, attributes, created_at, started_at, updated_at, finished_at,

@@ -3,16 +3,16 @@
 //! questions with one SQL query.
 //!
 //! Each round reads this source's offset, takes the page of the feed after
-//! it (a long poll once caught up), asks the daemon for the current state
-//! of every process the page touches, and writes the page's events, those
-//! processes and their tasks, the removals and the new offset in one
-//! PostgreSQL transaction. The offset moves only with what it covers, and
+//! it (a long poll once caught up) with the state of every process the
+//! page names (`include=processes`, read by the daemon in the same
+//! snapshot), and writes the page's events, those processes and their
+//! tasks, the removals and the new offset in one PostgreSQL transaction. The offset moves only with what it covers, and
 //! the transaction holds its row locked: a mirror killed at any moment, or
 //! a second one started by mistake, leaves no event twice and none
 //! missing.
 //!
-//! A process's row is its state when the mirror asked, which may be a
-//! little ahead of the offset; the events that led there come with the
+//! A process's row is its state when the daemon read the page, which may
+//! be a little ahead of the offset; the events that led there come with the
 //! next pages, and each page sets the rows again, so the tables settle on
 //! exactly what the daemon holds. Nothing of the daemon's rules is written
 //! twice here: the daemon folds events into processes, the mirror copies.
@@ -22,17 +22,13 @@ mod database;
 
 use crate::cli::MirrorArgs;
 use anyhow::{bail, Context};
-use daemon::{Daemon, DaemonError, Page};
+use daemon::{Daemon, DaemonError};
 use database::{Database, Offset};
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a caught-up mirror holds a feed request open for news.
 const LONG_POLL: Duration = Duration::from_secs(20);
-
-/// Process states asked of the daemon at once.
-const FETCH_CONCURRENCY: usize = 8;
 
 /// The first wait after a failure, and the longest.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -262,44 +258,23 @@ impl Mirror {
                 caught_up,
             });
         }
-        let states = self.fetch_states(&page).await?;
         let applied = page.items.len();
         let next = page.next_after_seq;
-        db.apply(&self.source, after, &page, &states)
+        let written = Instant::now();
+        db.apply(&self.source, after, &page)
             .await
             .map_err(Failure::Retry)?;
+        tracing::debug!(
+            items = applied,
+            processes = page.processes.len(),
+            write_ms = written.elapsed().as_millis() as u64,
+            "page applied"
+        );
         Ok(Progress {
             applied,
             offset: next,
             caught_up,
         })
-    }
-
-    /// The current state of each process the page touches and does not
-    /// end by removing; `None` for one the daemon no longer has (its
-    /// removal is further on in the feed).
-    async fn fetch_states(
-        &self,
-        page: &Page,
-    ) -> Result<HashMap<String, Option<serde_json::Value>>, Failure> {
-        let wanted = page.processes_kept();
-        let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(FETCH_CONCURRENCY));
-        let mut tasks = tokio::task::JoinSet::new();
-        for id in wanted {
-            let daemon = self.daemon.clone();
-            let semaphore = semaphore.clone();
-            tasks.spawn(async move {
-                let _permit = semaphore.acquire_owned().await;
-                let state = daemon.process(&id).await;
-                (id, state)
-            });
-        }
-        let mut states = HashMap::new();
-        while let Some(joined) = tasks.join_next().await {
-            let (id, state) = joined.map_err(|error| Failure::Fatal(error.into()))?;
-            states.insert(id, state?);
-        }
-        Ok(states)
     }
 }
 
