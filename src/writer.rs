@@ -196,8 +196,13 @@ impl Command {
     }
 
     /// The writer's own step of retention: the finished processes kept
-    /// longer than `retention` says, up to `RETENTION_STEP` of them.
-    fn retention_step(retention: &[(Status, Millis)], feed_keep: Millis, now: Millis) -> Command {
+    /// longer than `retention` says, up to `limit` of them.
+    fn retention_step(
+        retention: &[(Status, Millis)],
+        feed_keep: Millis,
+        now: Millis,
+        limit: u32,
+    ) -> Command {
         Command {
             work: Work::Purge(PurgeStep {
                 cuts: retention
@@ -206,7 +211,7 @@ impl Command {
                     .collect(),
                 process_type: None,
                 after: None,
-                limit: RETENTION_STEP,
+                limit,
                 trim_feed_before: Some(now.saturating_sub(feed_keep)),
             }),
             reply: oneshot::channel().0,
@@ -295,10 +300,15 @@ fn mark_every(feed_keep: Millis) -> Millis {
     (feed_keep / 8).clamp(100, 60_000)
 }
 
-/// Processes one retention step removes at most: few, so that the group
-/// it joins grows by a fraction of a millisecond and a request that
-/// shares it hardly waits longer.
-const RETENTION_STEP: u32 = 8;
+/// Processes a retention step that joins requests removes at most: few,
+/// so that the group it joins grows by a fraction of a millisecond and a
+/// request that shares it hardly waits longer.
+const RETENTION_STEP: u32 = 4;
+
+/// Processes a retention step of its own (no request for
+/// `RETENTION_QUIET`) removes at most: a request that comes meanwhile
+/// waits for a few milliseconds at most.
+const RETENTION_IDLE_STEP: u32 = 64;
 
 /// While requests come, retention applies steps for at most a sixtieth of
 /// the writer's time: after a step, the next waits 59 times as long as
@@ -605,6 +615,11 @@ fn run(
                 &settings.retention,
                 settings.feed_keep,
                 now,
+                if retention_joins {
+                    RETENTION_STEP
+                } else {
+                    RETENTION_IDLE_STEP
+                },
             ));
         }
         if has_requests {
@@ -973,6 +988,121 @@ mod tests {
             matches!(&decoded.works[..], [Work::Ingest(events), Work::Tick] if events[0].event == timed)
         );
     }
+
+    /// An event with every field set.
+    fn full_event() -> crate::domain::Event {
+        let mut event = bare_event(EventType::TaskFailed, Some("load"));
+        event.event_id = Some("key-1".into());
+        event.process_id = "run-42".into();
+        event.occurred_at = Some(1_764_000_000_123);
+        event.name = Some("Load rows".into());
+        event.process_type = Some("import".into());
+        event.correlation_id = Some("order-7".into());
+        event.progress = Some(crate::domain::Progress {
+            percent: Some(12.5),
+            current: Some(5),
+            total: Some(40),
+            message: Some("rows".into()),
+        });
+        event.error = Some(crate::domain::ErrorInfo {
+            code: "Timeout".into(),
+            message: "slow".into(),
+        });
+        event.attributes.insert("tenant".into(), "acme".into());
+        event.heartbeat_timeout = Some(300);
+        event.deadline = Some(Some(1_764_000_600_000));
+        event
+    }
+
+    /// The write log's record, byte for byte. A log written by this build
+    /// must replay on the next: if this fails, the layout of a logged
+    /// group changed (a variant of `Work` moved, a field of an event or of
+    /// a purge step came or went). Give the new layout a new version and
+    /// keep `decode_logged_group` decoding this one (as it does versions 1
+    /// and 2); only then pin the new bytes.
+    #[test]
+    fn the_write_log_record_is_pinned_byte_for_byte() {
+        let works = [
+            Work::Ingest(vec![IncomingEvent {
+                event: full_event(),
+                fingerprint: [9; 16],
+                received_at: 1_764_000_000_456,
+            }]),
+            Work::Delete("run-7".into()),
+            Work::Tick,
+            Work::Purge(PurgeStep {
+                cuts: vec![(Status::Succeeded, 1_700_000_000_000)],
+                process_type: Some("import".into()),
+                after: Some((2, 1_690_000_000_000, 77)),
+                limit: 8,
+                trim_feed_before: Some(1_760_000_000_000),
+            }),
+        ];
+        let mut timeouts = TimeoutDefaults::new();
+        timeouts.insert(
+            "import".into(),
+            crate::store::write::TypeTimeouts {
+                heartbeat_timeout: Some(30),
+                deadline_after_ms: Some(1000),
+            },
+        );
+        let caps = Caps {
+            tasks_per_process: 7,
+            ..Caps::default()
+        };
+        let bytes = codec::encode(&LoggedGroupRef {
+            version: LOGGED_GROUP_V3,
+            now: 1_764_000_000_789,
+            caps,
+            timeouts: &timeouts,
+            works: works.iter().collect(),
+        });
+        assert_eq!(hex::encode(&bytes), PINNED_LOGGED_GROUP_V3);
+        // And the pinned bytes replay as what was logged.
+        let replayed = decode_logged_group(&hex::decode(PINNED_LOGGED_GROUP_V3).unwrap()).unwrap();
+        assert_eq!(
+            (replayed.version, replayed.now, replayed.caps),
+            (3, 1_764_000_000_789, caps)
+        );
+        assert_eq!(replayed.timeouts, timeouts);
+        match &replayed.works[..] {
+            [Work::Ingest(events), Work::Delete(id), Work::Tick, Work::Purge(step)] => {
+                assert_eq!(events[0].event, full_event());
+                assert_eq!(id, "run-7");
+                assert_eq!(
+                    (step.limit, step.after),
+                    (8, Some((2, 1_690_000_000_000, 77)))
+                );
+            }
+            _ => panic!("the pinned group did not replay"),
+        }
+    }
+
+    const PINNED_LOGGED_GROUP_V3: &str = "0103fd2ad62f6d35030000fb0001fc0000010040fb004007140106696d706f7274011e01fbd00704000101056b65792d310b0672756e2d343201046c6f616401fdf6d02f6d3503000001094c6f616420726f77730106696d706f727401076f726465722d3701010000000000002940010501280104726f7773010754696d656f757404736c6f77010674656e616e740461636d6501fb2c010101fd801f426d3503000009090909090909090909090909090909fd90d32f6d35030000010572756e2d3702030102fd00d0ca9f170300000106696d706f72740102fd0008b3f7120300004d0801fd0080599033030000";
+
+    /// The idempotency fingerprint of an event, byte for byte: a resend
+    /// of an event stored by an earlier build must still be a duplicate,
+    /// not a 422. If this fails, what is hashed changed; hash new fields
+    /// only when they are set (as `IncomingEvent::new` does for the
+    /// timing fields of 1.1), so that every event that could be sent
+    /// before hashes as it did.
+    #[test]
+    fn the_idempotency_fingerprint_is_pinned_byte_for_byte() {
+        let mut before_timing = full_event();
+        before_timing.heartbeat_timeout = None;
+        before_timing.deadline = None;
+        assert_eq!(
+            hex::encode(IncomingEvent::new(before_timing, 1).fingerprint),
+            PINNED_FINGERPRINT_V1
+        );
+        assert_eq!(
+            hex::encode(IncomingEvent::new(full_event(), 1).fingerprint),
+            PINNED_FINGERPRINT_TIMING
+        );
+    }
+
+    const PINNED_FINGERPRINT_V1: &str = "0b178c7e1390cd23804db44b11fd4eec";
+    const PINNED_FINGERPRINT_TIMING: &str = "74bc4894d5bdcc1bafeed9e6df4b949d";
 
     #[test]
     fn an_event_without_timing_fields_keeps_the_fingerprint_it_had_before_them() {

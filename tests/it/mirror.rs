@@ -547,7 +547,8 @@ fn removed_and_purged_processes_leave_the_mirror() {
         .get(0);
     assert_eq!(events, 1);
 
-    // `--status` says where the source stands.
+    // `--status` says where the source stands; without --url, the daemon
+    // is the one whose address its data directory holds.
     let status = command()
         .args([
             "mirror",
@@ -557,9 +558,9 @@ fn removed_and_purged_processes_leave_the_mirror() {
             &pg.url(),
             "--source",
             "app",
-            "--url",
+            "--data-dir",
         ])
-        .arg(format!("http://{}", daemon.addr))
+        .arg(&daemon.data_dir)
         .env("PM_READ_TOKEN", "admin")
         .output()
         .unwrap();
