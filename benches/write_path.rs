@@ -1,0 +1,272 @@
+//! The write path as production shapes it: many runs alive at once, their
+//! webhooks interleaved, on a store that already holds a million
+//! processes.
+//!
+//! `cargo bench --bench write_path` builds (once, cached) a store of
+//! PM_BENCH_PROCESSES finished processes (default 1,000,000; five events
+//! each). Each round starts the daemon on a fresh copy and, for each size
+//! of the active set (PM_BENCH_ACTIVE, default `64,1000,10000,100000`),
+//! measures four phases of PM_BENCH_SECS seconds (default 5): the HTTP
+//! floor and the daemon with single events at 64 connections, then the
+//! floor and the daemon with batches of 100 at 16 connections.
+//!
+//! Each active run lives a realistic life of nine events (started; a task
+//! starts, fails, is retried and succeeds; a second task starts, reports
+//! progress and succeeds; the run succeeds), and a new run takes its place
+//! as it ends, so the active set stays the same size. Every event is the
+//! next of a run picked at random. The runs are dealt among the
+//! connections (a run's events come in order, as its orchestrator sends
+//! them), so with 64 active runs each connection drives one run: the
+//! friendly shape that `benches/ingest.rs` measures.
+//!
+//! Reported per size, as the median of PM_BENCH_ROUNDS rounds (default 3)
+//! with the range: single events as a ratio to the floor and their p99,
+//! batches in events/s and as a ratio to the floor, and each figure at the
+//! largest size against the same at 64; the daemon's peak RSS.
+
+mod support;
+
+use processmanager::store;
+use std::sync::{Arc, Mutex};
+use support::*;
+
+const SINGLE_CONNECTIONS: usize = 64;
+const BATCH_CONNECTIONS: usize = 16;
+const BATCH: usize = 100;
+/// Events in one run's life.
+const LIFE: u64 = 9;
+
+/// The n-th event of a finished process in the built store.
+fn built_event(p: u64, n: u64) -> processmanager::domain::Event {
+    let id = format!("old-{p}");
+    let value = match n {
+        0 => serde_json::json!({"type": "process.started", "process_id": id,
+            "process_type": format!("type-{}", p % 7), "correlation_id": format!("tenant-{}/order-{p}", p % 100),
+            "attributes": {"tenant": format!("t{}", p % 100)}}),
+        1 => serde_json::json!({"type": "task.started", "process_id": id, "task_id": "extract"}),
+        2 => serde_json::json!({"type": "task.succeeded", "process_id": id, "task_id": "extract"}),
+        3 => {
+            serde_json::json!({"type": "process.progress", "process_id": id, "progress": {"percent": 90.0}})
+        }
+        _ => serde_json::json!({"type": "process.succeeded", "process_id": id}),
+    };
+    let input: processmanager::domain::EventInput =
+        serde_json::from_value(value).expect("valid event");
+    input.validate(None).expect("valid event")
+}
+
+/// Event `step` of the life of run `run` (`generation` counts the runs
+/// that held its slot before).
+fn life_event(slot: u64, generation: u64, step: u64) -> serde_json::Value {
+    let process = format!("run-{slot}-{generation}");
+    let key = format!("{process}-{step}");
+    let task = |kind: &str, task: &str| serde_json::json!({"event_id": key, "type": kind, "process_id": process, "task_id": task});
+    match step {
+        0 => serde_json::json!({"event_id": key, "type": "process.started", "process_id": process,
+            "process_type": format!("type-{}", slot % 7), "correlation_id": format!("tenant-{}/order-{slot}-{generation}", slot % 100),
+            "attributes": {"tenant": format!("t{}", slot % 100)}}),
+        1 | 3 => task("task.started", "extract"),
+        2 => {
+            let mut failed = task("task.failed", "extract");
+            failed["error"] = serde_json::json!({"code": "Timeout", "message": "source slow"});
+            failed
+        }
+        4 => task("task.succeeded", "extract"),
+        5 => task("task.started", "load"),
+        6 => {
+            let mut progress = task("task.progress", "load");
+            progress["progress"] = serde_json::json!({"current": 500, "total": 1000});
+            progress
+        }
+        7 => task("task.succeeded", "load"),
+        _ => {
+            serde_json::json!({"event_id": key, "type": "process.succeeded", "process_id": process})
+        }
+    }
+}
+
+/// One connection's runs: the slots dealt to it, each at some step of
+/// some generation, and its own random numbers.
+struct Runs {
+    slots: Vec<(u64, u64, u64)>,
+    state: u64,
+}
+
+impl Runs {
+    fn next_event(&mut self) -> serde_json::Value {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        let index = (self.state % self.slots.len() as u64) as usize;
+        let (slot, generation, step) = &mut self.slots[index];
+        let event = life_event(*slot, *generation, *step);
+        *step += 1;
+        if *step == LIFE {
+            *step = 0;
+            *generation += 1;
+        }
+        event
+    }
+}
+
+/// A plan over `active` runs dealt among `connections`, `per_request`
+/// events to a request. `tag` keeps the runs of each phase apart.
+fn interleaved_plan(
+    active: u64,
+    connections: usize,
+    per_request: usize,
+    tag: u64,
+) -> Arc<dyn Fn(usize, u64) -> Planned + Send + Sync> {
+    let runs: Vec<Mutex<Runs>> = (0..connections)
+        .map(|conn| {
+            let slots = (0..active)
+                .filter(|slot| slot % connections as u64 == conn as u64)
+                // Each phase's slots are new runs: the tag is in the slot.
+                .map(|slot| (tag * 10_000_000 + slot, 0, 0))
+                .collect();
+            Mutex::new(Runs {
+                slots,
+                state: 0x9e37_79b9_7f4a_7c15 ^ (conn as u64 + 1) ^ tag << 32,
+            })
+        })
+        .collect();
+    Arc::new(move |conn, _n| {
+        let mut runs = runs[conn].lock().expect("one connection's runs");
+        let body = if per_request == 1 {
+            runs.next_event().to_string()
+        } else {
+            let events: Vec<serde_json::Value> =
+                (0..per_request).map(|_| runs.next_event()).collect();
+            serde_json::Value::Array(events).to_string()
+        };
+        Planned {
+            method: hyper::Method::POST,
+            path: "/v1/events".into(),
+            body: bytes::Bytes::from(body),
+            events: per_request as u64,
+        }
+    })
+}
+
+/// One size's figures in one round.
+struct Figures {
+    single_ratio: f64,
+    single_p99: f64,
+    batch_events: f64,
+    batch_ratio: f64,
+}
+
+fn main() {
+    run_role_if_asked();
+    let secs = phase_secs_or(5);
+    let rounds = env_number("PM_BENCH_ROUNDS", 3).max(1) as usize;
+    let processes = env_number("PM_BENCH_PROCESSES", 1_000_000);
+    let sizes: Vec<u64> = std::env::var("PM_BENCH_ACTIVE")
+        .unwrap_or_else(|_| "64,1000,10000,100000".into())
+        .split(',')
+        .map(|size| size.trim().parse().expect("PM_BENCH_ACTIVE: numbers"))
+        .collect();
+    println!(
+        "write path on {}; {rounds} rounds of {} s phases; active runs {sizes:?} on a store of {processes} processes",
+        machine(),
+        secs.as_secs()
+    );
+    let built = build_cached_store("write-path", processes, 5, built_event);
+    let floor = Server::floor();
+    let mut figures: Vec<Vec<Figures>> = (0..sizes.len()).map(|_| Vec::new()).collect();
+    let mut peak_rss = Vec::new();
+    let mut tag = 0;
+    for round in 1..=rounds {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        let copy = store::store_path(dir.path());
+        std::fs::copy(store::store_path(&built), &copy).expect("copy");
+        std::fs::File::open(&copy)
+            .and_then(|file| file.sync_all())
+            .expect("sync the copy");
+        let daemon = Server::daemon(dir.path());
+        for (index, &active) in sizes.iter().enumerate() {
+            tag += 1;
+            let single_floor = run_load(
+                floor.addr,
+                SINGLE_CONNECTIONS,
+                secs,
+                interleaved_plan(active, SINGLE_CONNECTIONS, 1, tag),
+            );
+            tag += 1;
+            let single = run_load(
+                daemon.addr,
+                SINGLE_CONNECTIONS,
+                secs,
+                interleaved_plan(active, SINGLE_CONNECTIONS, 1, tag),
+            );
+            tag += 1;
+            let batch_floor = run_load(
+                floor.addr,
+                BATCH_CONNECTIONS,
+                secs,
+                interleaved_plan(active, BATCH_CONNECTIONS, BATCH, tag),
+            );
+            tag += 1;
+            let batch = run_load(
+                daemon.addr,
+                BATCH_CONNECTIONS,
+                secs,
+                interleaved_plan(active, BATCH_CONNECTIONS, BATCH, tag),
+            );
+            assert_eq!(
+                single.errors + batch.errors,
+                0,
+                "the daemon refused requests"
+            );
+            let f = Figures {
+                single_ratio: single.events_per_sec() / single_floor.events_per_sec(),
+                single_p99: single.percentile_ms(0.99),
+                batch_events: batch.events_per_sec(),
+                batch_ratio: batch.events_per_sec() / batch_floor.events_per_sec(),
+            };
+            println!(
+                "round {round}, {active:>6} active: single {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms; batches {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms",
+                single.events_per_sec(),
+                f.single_ratio,
+                single_floor.events_per_sec(),
+                f.single_p99,
+                f.batch_events,
+                f.batch_ratio,
+                batch_floor.events_per_sec(),
+                batch.percentile_ms(0.99),
+            );
+            figures[index].push(f);
+        }
+        peak_rss.push(mib(daemon.peak_rss_bytes()));
+        daemon.stop();
+    }
+    println!("\nresults (median of {rounds} rounds, lowest and highest in brackets)");
+    println!("| active runs | single events / floor | single p99 | batches of 100, events/s | batches / floor |");
+    println!("|---:|---|---|---|---|");
+    for (size, runs) in sizes.iter().zip(&figures) {
+        println!(
+            "| {size} | {}x | {} ms | {} | {}x |",
+            Spread::of(runs.iter().map(|f| f.single_ratio)).show(3),
+            Spread::of(runs.iter().map(|f| f.single_p99)).show(2),
+            Spread::of(runs.iter().map(|f| f.batch_events)).show(0),
+            Spread::of(runs.iter().map(|f| f.batch_ratio)).show(3),
+        );
+    }
+    if sizes.len() > 1 {
+        let (first, last) = (&figures[0], &figures[sizes.len() - 1]);
+        let against = |value: &dyn Fn(&Figures) -> f64| {
+            Spread::of(first.iter().zip(last).map(|(a, b)| value(b) / value(a))).show(3)
+        };
+        println!(
+            "{} active against {}: single {}x, batches {}x (target: at least 0.8)",
+            sizes[sizes.len() - 1],
+            sizes[0],
+            against(&|f| f.single_ratio),
+            against(&|f| f.batch_events),
+        );
+    }
+    println!(
+        "daemon peak RSS: {} MiB (target: under 160)",
+        Spread::of(peak_rss).show(0)
+    );
+}
