@@ -36,12 +36,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let path = store::store_path(&config.data_dir);
-    let volume = Volume::of(&config.data_dir).with_context(|| {
-        format!(
-            "cannot read the size of the volume holding {}",
-            config.data_dir.display()
-        )
-    })?;
+    let volume = Volume::of(&config.data_dir)
+        .with_context(|| {
+            format!(
+                "cannot read the size of the volume holding {}",
+                config.data_dir.display()
+            )
+        })?
+        .unwrap_or_else(|| {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                "the file system does not report its size: the journals take their large-disk defaults, and a full disk shows only as write errors (503)"
+            );
+            Volume::UNREPORTED
+        });
     let sizes = Sizes::for_volume(volume, config.store.journal_mib, config.store.min_free_mib);
     sizes
         .check_room(&path, volume)

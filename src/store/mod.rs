@@ -521,6 +521,7 @@ pub fn check_schema(path: &Path, db: &impl ReadableDatabase) -> Result<(), Store
 pub fn free_bytes(store: &Path) -> Option<u64> {
     sizing::Volume::of(store.parent()?)
         .ok()
+        .flatten()
         .map(|volume| volume.free_bytes)
 }
 

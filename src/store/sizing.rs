@@ -32,14 +32,23 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// The volume holding `dir`, as the system reports it to this user.
-    pub fn of(dir: &Path) -> std::io::Result<Volume> {
+    /// The volume holding `dir`, as the system reports it to this user;
+    /// `None` when the file system reports no size at all (a FUSE file
+    /// system without `statfs`, some network file systems), which is not
+    /// a full volume.
+    pub fn of(dir: &Path) -> std::io::Result<Option<Volume>> {
         let stats = rustix::fs::statvfs(dir)?;
-        Ok(Volume {
+        Ok((stats.f_blocks > 0).then(|| Volume {
             total_bytes: stats.f_blocks.saturating_mul(stats.f_frsize),
             free_bytes: stats.f_bavail.saturating_mul(stats.f_frsize),
-        })
+        }))
     }
+
+    /// What is assumed of a volume that reports no size: a large disk.
+    pub const UNREPORTED: Volume = Volume {
+        total_bytes: u64::MAX,
+        free_bytes: u64::MAX,
+    };
 }
 
 impl Sizes {

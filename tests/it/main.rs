@@ -15,6 +15,7 @@ mod mirror;
 mod operating;
 #[path = "../postgres/mod.rs"]
 mod pg_server;
+mod power_loss;
 mod property;
 mod queries;
 mod reliability;
