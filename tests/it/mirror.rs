@@ -757,3 +757,22 @@ fn the_readmes_cross_service_queries_answer_on_the_mirror() {
         ]
     );
 }
+
+#[test]
+fn a_database_that_does_not_exist_is_an_error_not_a_wait() {
+    let pg = Postgres::start(false);
+    let daemon = Daemon::start();
+    daemon.client().post(&event("process.started", "a"));
+    let to = pg.url().replace("/postgres?", "/nosuchdb?");
+    let out = command()
+        .args(["mirror", "--once", "--to", &to, "--source", "app", "--url"])
+        .arg(format!("http://{}", daemon.addr))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("cannot connect to PostgreSQL") && said.contains("nosuchdb"),
+        "{said}"
+    );
+}

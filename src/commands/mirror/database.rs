@@ -247,6 +247,25 @@ impl Database {
     }
 }
 
+/// Whether PostgreSQL refused the connection for a reason that waiting
+/// will not change: a wrong password or user, a database that does not
+/// exist.
+pub fn refused_for_good(error: &anyhow::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(tokio_postgres::Error::code)
+        .any(|code| {
+            [
+                SqlState::INVALID_PASSWORD,
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                SqlState::INVALID_CATALOG_NAME,
+            ]
+            .contains(code)
+        })
+}
+
 /// Host, port and database of a connection, never its password.
 fn describe(config: &tokio_postgres::Config) -> String {
     let host = config
