@@ -966,14 +966,7 @@ mod tests {
             Work::Ingest(vec![IncomingEvent::new(timed.clone(), 4)]),
             Work::Tick,
         ];
-        let mut timeouts = TimeoutDefaults::new();
-        timeouts.insert(
-            "import".into(),
-            crate::store::write::TypeTimeouts {
-                heartbeat_timeout: Some(30),
-                deadline_after_ms: Some(1000),
-            },
-        );
+        let timeouts = import_timeouts();
         let v3 = codec::encode(&LoggedGroupRef {
             version: LOGGED_GROUP_V3,
             now: 6,
@@ -987,6 +980,19 @@ mod tests {
         assert!(
             matches!(&decoded.works[..], [Work::Ingest(events), Work::Tick] if events[0].event == timed)
         );
+    }
+
+    /// Timeout defaults for one process type.
+    fn import_timeouts() -> TimeoutDefaults {
+        let mut timeouts = TimeoutDefaults::new();
+        timeouts.insert(
+            "import".into(),
+            crate::store::write::TypeTimeouts {
+                heartbeat_timeout: Some(30),
+                deadline_after_ms: Some(1000),
+            },
+        );
+        timeouts
     }
 
     /// An event with every field set.
@@ -1038,14 +1044,7 @@ mod tests {
                 trim_feed_before: Some(1_760_000_000_000),
             }),
         ];
-        let mut timeouts = TimeoutDefaults::new();
-        timeouts.insert(
-            "import".into(),
-            crate::store::write::TypeTimeouts {
-                heartbeat_timeout: Some(30),
-                deadline_after_ms: Some(1000),
-            },
-        );
+        let timeouts = import_timeouts();
         let caps = Caps {
             tasks_per_process: 7,
             ..Caps::default()

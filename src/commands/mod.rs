@@ -11,6 +11,31 @@ pub mod serve;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
+/// Resolves on the first SIGTERM or SIGINT, logging `stopping`; a second
+/// one exits at once (status 130).
+pub(crate) fn shutdown_signal(
+    stopping: &'static str,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("{stopping}");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130);
+        });
+    })
+}
+
 /// Where the daemon that holds a data directory's store can be reached:
 /// written by `serve` once it holds the store, removed when it stops.
 pub fn daemon_url_file(data_dir: &Path) -> PathBuf {

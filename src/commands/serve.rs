@@ -13,7 +13,6 @@ use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 /// Groups committed without redb's durability (durable through the write
@@ -82,7 +81,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let address = listener
             .local_addr()
             .context("cannot read the listening address")?;
-        let signals = shutdown_signal()?;
+        let signals = super::shutdown_signal(
+            "shutting down: draining requests and committing queued events",
+        )?;
         tokio::spawn({
             let stopping = stopping.clone();
             async move {
@@ -249,25 +250,4 @@ fn open_store(
     crate::store::search::sync_attribute_index(snapshots.database()?.as_ref(), indexed_attributes)?;
     let (writer, thread, live) = writer::spawn(snapshots.clone(), settings, metrics)?;
     Ok(Some((snapshots, writer, thread, live)))
-}
-
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::info!("shutting down: draining requests and committing queued events");
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            }
-            tracing::warn!("second signal: exiting at once");
-            std::process::exit(130);
-        });
-    })
 }

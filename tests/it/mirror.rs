@@ -9,9 +9,21 @@ use crate::support::{command, event, task_event, with, Client, Daemon, DaemonOpt
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// `processmanager mirror` of `daemon` into `pg` under `source`, with
+/// `extra` arguments.
+fn mirror_command(daemon: &Daemon, pg: &Postgres, source: &str, extra: &[&str]) -> Command {
+    let mut command = command();
+    command
+        .arg("mirror")
+        .args(extra)
+        .args(["--to", &pg.url(), "--source", source, "--url"])
+        .arg(format!("http://{}", daemon.addr));
+    command
+}
 
 /// A mirror process, its log collected.
 struct Mirror {
@@ -21,10 +33,7 @@ struct Mirror {
 
 impl Mirror {
     fn start(daemon: &Daemon, pg: &Postgres, source: &str) -> Mirror {
-        let mut child = command()
-            .args(["mirror", "--to", &pg.url(), "--source", source, "--url"])
-            .arg(format!("http://{}", daemon.addr))
-            .args(["--log-format", "json"])
+        let mut child = mirror_command(daemon, pg, source, &["--log-format", "json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -486,17 +495,7 @@ fn removed_and_purged_processes_leave_the_mirror() {
     // One still running: a purge of finished ones leaves it.
     client.post(&event("process.started", "still-running"));
     let once = |sql: &mut postgres::Client| {
-        let out = command()
-            .args([
-                "mirror",
-                "--once",
-                "--to",
-                &pg.url(),
-                "--source",
-                "app",
-                "--url",
-            ])
-            .arg(format!("http://{}", daemon.addr))
+        let out = mirror_command(&daemon, &pg, "app", &["--once"])
             .env("PM_READ_TOKEN", "admin")
             .output()
             .unwrap();
@@ -574,17 +573,7 @@ fn removed_and_purged_processes_leave_the_mirror() {
     assert_eq!(status["last_seq"], client.get("/v1/stats").json["last_seq"]);
     assert_eq!(status["lag"], 0);
     // A wrong token is a clear error, not a wait.
-    let refused = command()
-        .args([
-            "mirror",
-            "--once",
-            "--to",
-            &pg.url(),
-            "--source",
-            "app",
-            "--url",
-        ])
-        .arg(format!("http://{}", daemon.addr))
+    let refused = mirror_command(&daemon, &pg, "app", &["--once"])
         .env("PM_READ_TOKEN", "wrong")
         .output()
         .unwrap();
@@ -608,19 +597,7 @@ fn a_source_mirrored_twice_at_once_gets_no_event_twice() {
     // Two mirrors of one source, by mistake, with small pages.
     let both: Vec<_> = (0..2)
         .map(|_| {
-            command()
-                .args([
-                    "mirror",
-                    "--once",
-                    "--batch",
-                    "7",
-                    "--to",
-                    &pg.url(),
-                    "--source",
-                    "dup",
-                    "--url",
-                ])
-                .arg(format!("http://{}", daemon.addr))
+            mirror_command(&daemon, &pg, "dup", &["--once", "--batch", "7"])
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()

@@ -16,7 +16,10 @@
 //!
 //! It needs root (or FUSE for the user), as `mount` does.
 
-use crate::support::{assert_all_present, command, run_load, Acknowledged, Daemon, DaemonOptions};
+use crate::support::{
+    assert_all_present, assert_store_verifies, run_load, wait_for_events, Acknowledged, Daemon,
+    DaemonOptions,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -157,15 +160,7 @@ fn power_lost_at_random_moments_loses_no_acknowledged_event() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let target = before + 1 + seed % 5000;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while client.get("/v1/stats").json["events_total"]
-            .as_u64()
-            .unwrap()
-            < target
-        {
-            assert!(Instant::now() < deadline, "the load stalled");
-            std::thread::yield_now();
-        }
+        wait_for_events(&client, target, Duration::from_secs(120));
         // The daemon stops dead, then whatever it had not synced is gone:
         // a file written and never synced shows that the fault is real.
         let canary = disk.mount.join(format!("canary-{cycle}"));
@@ -190,16 +185,5 @@ fn power_lost_at_random_moments_loses_no_acknowledged_event() {
     assert_all_present(&daemon.client(), &acknowledged);
     let (status, _, _) = daemon.terminate();
     assert!(status.success());
-    let verify = command()
-        .arg("inspect")
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "the store does not verify after power losses:\n{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_store_verifies(&data);
 }

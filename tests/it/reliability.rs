@@ -2,8 +2,8 @@
 //! slow clients.
 
 use crate::support::{
-    assert_all_present, command, event, now_secs, run_load, serve_refused, sign, Acknowledged,
-    Daemon, DaemonOptions,
+    assert_all_present, command, event, now_secs, run_load, serve_refused, sign, wait_for_events,
+    Acknowledged, Daemon, DaemonOptions,
 };
 use hmac::Mac;
 use serde_json::Value;
@@ -58,15 +58,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
         let load = run_load(daemon.addr, &format!("c{cycle}-"), 6, stop.clone());
         // Kill after a random number of commits, between 1 and 3000 events in.
         let target = before + 1 + random.next(3000);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client.get("/v1/stats").json["events_total"]
-            .as_u64()
-            .unwrap()
-            < target
-        {
-            assert!(Instant::now() < deadline, "the load stalled");
-            std::thread::yield_now();
-        }
+        wait_for_events(&client, target, Duration::from_secs(60));
         daemon.kill9();
         stop.store(true, Ordering::SeqCst);
         for handle in load {

@@ -327,18 +327,7 @@ fn a_key_added_to_the_index_is_indexed_at_start_and_a_key_removed_is_dropped() {
     let (status, _, _) = daemon.terminate();
     assert!(status.success());
     // Every index entry where the records say, and none more.
-    let verify = crate::support::command()
-        .arg("inspect")
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    crate::support::assert_store_verifies(&data);
     // `inspect list` filters the same way.
     let inspect = |args: &[&str]| {
         crate::support::command()

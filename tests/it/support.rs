@@ -659,3 +659,34 @@ pub fn now_secs() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// `inspect verify` on a data directory no daemon holds: asserts the
+/// store is sound, showing the report if not.
+pub fn assert_store_verifies(data_dir: &Path) {
+    let verify = command()
+        .arg("inspect")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("verify")
+        .output()
+        .expect("inspect runs");
+    assert!(
+        verify.status.success(),
+        "the store does not verify:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// Waits until the daemon has stored at least `target` events, as a load
+/// runs beside; fails if it stops moving for `limit`.
+pub fn wait_for_events(client: &Client, target: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while client.get("/v1/stats").json["events_total"]
+        .as_u64()
+        .expect("events_total")
+        < target
+    {
+        assert!(Instant::now() < deadline, "the load stalled");
+        std::thread::yield_now();
+    }
+}

@@ -175,7 +175,9 @@ impl From<DaemonError> for Failure {
 
 impl Mirror {
     async fn run(self) -> anyhow::Result<()> {
-        let mut stop = std::pin::pin!(shutdown_signal()?);
+        let mut stop = std::pin::pin!(super::shutdown_signal(
+            "stopping: the last transaction is committed or rolled back"
+        )?);
         let mut database: Option<Database> = None;
         let mut backoff = BACKOFF_FIRST;
         let mut failing_since: Option<Instant> = None;
@@ -184,10 +186,7 @@ impl Mirror {
         loop {
             let round = tokio::select! {
                 round = self.round(&mut database) => round,
-                () = &mut stop => {
-                    tracing::info!("stopping: the last transaction is committed or rolled back");
-                    return Ok(());
-                }
+                () = &mut stop => return Ok(()),
             };
             match round {
                 Ok(progress) => {
@@ -288,19 +287,6 @@ struct Progress {
     applied: usize,
     offset: u64,
     caught_up: bool,
-}
-
-/// Resolves on SIGTERM or SIGINT.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
 }
 
 #[cfg(test)]
