@@ -740,6 +740,20 @@ fn a_database_that_does_not_exist_is_an_error_not_a_wait() {
     let pg = Postgres::start(false);
     let daemon = Daemon::start();
     daemon.client().post(&event("process.started", "a"));
+    // Before any mirror made its tables, `--status` says nothing is applied.
+    let status = mirror_command(&daemon, &pg, "app", &["--status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        (status["last_seq"].as_u64(), status["lag"].as_u64()),
+        (Some(0), Some(1))
+    );
     let to = pg.url().replace("/postgres?", "/nosuchdb?");
     let out = command()
         .args(["mirror", "--once", "--to", &to, "--source", "app", "--url"])

@@ -73,15 +73,22 @@ impl Database {
         Ok(())
     }
 
+    /// Where `source` stands; `None` before its first page, or before the
+    /// tables exist.
     pub async fn offset(&self, source: &str) -> anyhow::Result<Option<Offset>> {
-        let row = self
+        let row = match self
             .client
             .query_opt(
                 "SELECT last_seq, last_received_at, updated_at FROM pm_mirror_offsets WHERE source = $1",
                 &[&source],
             )
             .await
-            .context("cannot read the mirror's offset")?;
+        {
+            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                return Ok(None)
+            }
+            row => row.context("cannot read the mirror's offset")?,
+        };
         Ok(row.map(|row| Offset {
             last_seq: row.get::<_, i64>(0) as u64,
             last_received_at: row.get(1),

@@ -6,10 +6,10 @@
 //! it (a long poll once caught up) with the state of every process the
 //! page names (`include=processes`, read by the daemon in the same
 //! snapshot), and writes the page's events, those processes and their
-//! tasks, the removals and the new offset in one PostgreSQL transaction. The offset moves only with what it covers, and
-//! the transaction holds its row locked: a mirror killed at any moment, or
-//! a second one started by mistake, leaves no event twice and none
-//! missing.
+//! tasks, the removals and the new offset in one PostgreSQL transaction.
+//! The offset moves only with what it covers, and the transaction holds
+//! its row locked: a mirror killed at any moment, or a second one started
+//! by mistake, leaves no event twice and none missing.
 //!
 //! A process's row is its state when the daemon read the page, which may
 //! be a little ahead of the offset; the events that led there come with the
