@@ -14,7 +14,6 @@
 
 mod support;
 
-use processmanager::store;
 use std::path::Path;
 use std::time::Instant;
 use support::*;
@@ -77,15 +76,7 @@ fn cancelled(addr: std::net::SocketAddr) -> u64 {
 /// The daemon on a fresh copy of the built store, with or without
 /// retention, under single events and then batches.
 fn run(built: &Path, with_retention: bool, secs: std::time::Duration) -> Run {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let copy = store::store_path(dir.path());
-    std::fs::copy(store::store_path(built), &copy).expect("copy");
-    // On disk before the daemon starts: otherwise the kernel writes the
-    // copy back while the load runs, and the daemon's syncs queue behind
-    // a gigabyte that is not its own.
-    std::fs::File::open(&copy)
-        .and_then(|file| file.sync_all())
-        .expect("sync the copy");
+    let dir = copy_store(built);
     let config = dir.path().join("pm.toml");
     std::fs::write(
         &config,

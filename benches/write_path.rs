@@ -26,7 +26,6 @@
 
 mod support;
 
-use processmanager::store;
 use std::sync::{Arc, Mutex};
 use support::*;
 
@@ -177,42 +176,23 @@ fn main() {
     let mut peak_rss = Vec::new();
     let mut tag = 0;
     for round in 1..=rounds {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let copy = store::store_path(dir.path());
-        std::fs::copy(store::store_path(&built), &copy).expect("copy");
-        std::fs::File::open(&copy)
-            .and_then(|file| file.sync_all())
-            .expect("sync the copy");
+        let dir = copy_store(&built);
         let daemon = Server::daemon(dir.path());
         for (index, &active) in sizes.iter().enumerate() {
-            tag += 1;
-            let single_floor = run_load(
-                floor.addr,
-                SINGLE_CONNECTIONS,
-                secs,
-                interleaved_plan(active, SINGLE_CONNECTIONS, 1, tag),
-            );
-            tag += 1;
-            let single = run_load(
-                daemon.addr,
-                SINGLE_CONNECTIONS,
-                secs,
-                interleaved_plan(active, SINGLE_CONNECTIONS, 1, tag),
-            );
-            tag += 1;
-            let batch_floor = run_load(
-                floor.addr,
-                BATCH_CONNECTIONS,
-                secs,
-                interleaved_plan(active, BATCH_CONNECTIONS, BATCH, tag),
-            );
-            tag += 1;
-            let batch = run_load(
-                daemon.addr,
-                BATCH_CONNECTIONS,
-                secs,
-                interleaved_plan(active, BATCH_CONNECTIONS, BATCH, tag),
-            );
+            // Each phase on runs of its own.
+            let mut phase = |addr, connections, per_request| {
+                tag += 1;
+                run_load(
+                    addr,
+                    connections,
+                    secs,
+                    interleaved_plan(active, connections, per_request, tag),
+                )
+            };
+            let single_floor = phase(floor.addr, SINGLE_CONNECTIONS, 1);
+            let single = phase(daemon.addr, SINGLE_CONNECTIONS, 1);
+            let batch_floor = phase(floor.addr, BATCH_CONNECTIONS, BATCH);
+            let batch = phase(daemon.addr, BATCH_CONNECTIONS, BATCH);
             assert_eq!(
                 single.errors + batch.errors,
                 0,

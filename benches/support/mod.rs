@@ -550,6 +550,20 @@ pub fn mib(bytes: u64) -> f64 {
 /// (`event_of(process, n)`), built through the writer's own code path in
 /// transactions of 5,000 processes; kept under the target directory as
 /// `name` and the schema version, and reused while it is there whole.
+/// A fresh copy of a built store in a temp dir, synced before it is used:
+/// otherwise the kernel writes the copy back while a load runs, and the
+/// daemon's syncs queue behind a gigabyte that is not its own.
+pub fn copy_store(built: &Path) -> tempfile::TempDir {
+    use processmanager::store;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let copy = store::store_path(dir.path());
+    std::fs::copy(store::store_path(built), &copy).expect("copy");
+    std::fs::File::open(&copy)
+        .and_then(|file| file.sync_all())
+        .expect("sync the copy");
+    dir
+}
+
 pub fn build_cached_store(
     name: &str,
     processes: u64,

@@ -175,44 +175,46 @@ fn parse_changes(request: &Request<Incoming>) -> Result<ChangesRequest, ApiError
     })
 }
 
-/// One read of the feed, off the async workers.
-async fn read(snapshots: Arc<SharedSnapshots>, query: FeedQuery) -> Result<FeedRead, ApiError> {
-    tokio::task::spawn_blocking(move || Ok(snapshots.get()?.feed(&query)?))
-        .await
-        .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
-}
-
 /// The JSON of each process the items name, in order of first sight,
 /// from one snapshot; `None` for one the store no longer has.
 type ProcessStates = Vec<(String, Option<Vec<u8>>)>;
 
-/// One read of the feed and, from the same snapshot, the processes its
-/// items name (`include=processes`).
-async fn read_with_processes(
+/// One read of the feed, off the async workers.
+async fn read(snapshots: Arc<SharedSnapshots>, query: FeedQuery) -> Result<FeedRead, ApiError> {
+    Ok(read_with(snapshots, query, false).await?.0)
+}
+
+/// One read of the feed and, with `include_processes`, from the same
+/// snapshot, the processes its items name.
+async fn read_with(
     snapshots: Arc<SharedSnapshots>,
     query: FeedQuery,
-) -> Result<(FeedRead, ProcessStates), ApiError> {
+    include_processes: bool,
+) -> Result<(FeedRead, Option<ProcessStates>), ApiError> {
     tokio::task::spawn_blocking(move || {
         let snapshot = snapshots.get()?;
         let read = snapshot.feed(&query)?;
-        let mut states: ProcessStates = Vec::new();
-        if let FeedRead::Page { items, .. } = &read {
-            let mut seen = std::collections::HashSet::new();
-            for item in items {
-                let id = item.process_id();
-                if !seen.insert(id) {
-                    continue;
+        let states = match &read {
+            FeedRead::Page { items, .. } if include_processes => {
+                let mut seen = std::collections::HashSet::new();
+                let mut states = ProcessStates::new();
+                for id in items.iter().map(FeedItem::process_id) {
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    let state = match snapshot.process_with_tasks(id)? {
+                        Some((process, tasks)) => Some(
+                            serde_json::to_vec(&ProcessView::with_tasks(&process, &tasks))
+                                .map_err(|error| ApiError::Internal(error.to_string()))?,
+                        ),
+                        None => None,
+                    };
+                    states.push((id.to_owned(), state));
                 }
-                let state = match snapshot.process_with_tasks(id)? {
-                    Some((process, tasks)) => Some(
-                        serde_json::to_vec(&ProcessView::with_tasks(&process, &tasks))
-                            .map_err(|error| ApiError::Internal(error.to_string()))?,
-                    ),
-                    None => None,
-                };
-                states.push((id.to_owned(), state));
+                Some(states)
             }
-        }
+            _ => None,
+        };
         Ok((read, states))
     })
     .await
@@ -233,12 +235,8 @@ pub async fn changes(state: &AppState, request: &Request<Incoming>) -> Result<Re
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             announced.borrow_and_update();
-            let (read, states) = if include_processes {
-                let (read, states) = read_with_processes(snapshots.clone(), query.clone()).await?;
-                (read, Some(states))
-            } else {
-                (read(snapshots.clone(), query.clone()).await?, None)
-            };
+            let (read, states) =
+                read_with(snapshots.clone(), query.clone(), include_processes).await?;
             let (items, next_after_seq) = match read {
                 FeedRead::Gone { oldest_seq } => return Err(ApiError::FeedGone { oldest_seq }),
                 FeedRead::Page {

@@ -25,6 +25,17 @@ fn mirror_command(daemon: &Daemon, pg: &Postgres, source: &str, extra: &[&str]) 
     command
 }
 
+/// Runs `mirror --status --json` as `command` has it; its answer.
+fn status_of(mut command: Command) -> Value {
+    let out = command.output().expect("mirror runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
 /// A mirror process, its log collected.
 struct Mirror {
     child: Child,
@@ -548,7 +559,8 @@ fn removed_and_purged_processes_leave_the_mirror() {
 
     // `--status` says where the source stands; without --url, the daemon
     // is the one whose address its data directory holds.
-    let status = command()
+    let mut command = command();
+    command
         .args([
             "mirror",
             "--status",
@@ -557,18 +569,11 @@ fn removed_and_purged_processes_leave_the_mirror() {
             &pg.url(),
             "--source",
             "app",
-            "--data-dir",
         ])
+        .arg("--data-dir")
         .arg(&daemon.data_dir)
-        .env("PM_READ_TOKEN", "admin")
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+        .env("PM_READ_TOKEN", "admin");
+    let status = status_of(command);
     assert_eq!(status["source"], "app");
     assert_eq!(status["last_seq"], client.get("/v1/stats").json["last_seq"]);
     assert_eq!(status["lag"], 0);
@@ -741,15 +746,7 @@ fn a_database_that_does_not_exist_is_an_error_not_a_wait() {
     let daemon = Daemon::start();
     daemon.client().post(&event("process.started", "a"));
     // Before any mirror made its tables, `--status` says nothing is applied.
-    let status = mirror_command(&daemon, &pg, "app", &["--status", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = status_of(mirror_command(&daemon, &pg, "app", &["--status", "--json"]));
     assert_eq!(
         (status["last_seq"].as_u64(), status["lag"].as_u64()),
         (Some(0), Some(1))

@@ -236,13 +236,13 @@ impl Mirror {
     /// One page of the feed, applied.
     async fn round(&self, database: &mut Option<Database>) -> Result<Progress, Failure> {
         if database.is_none() {
-            let mut connected =
-                Database::connect(&self.to).await.map_err(
-                    |error| match database::refused_for_good(&error) {
-                        true => Failure::Fatal(error),
-                        false => Failure::Retry(error),
-                    },
-                )?;
+            let mut connected = Database::connect(&self.to).await.map_err(|error| {
+                if database::refused_for_good(&error) {
+                    Failure::Fatal(error)
+                } else {
+                    Failure::Retry(error)
+                }
+            })?;
             connected
                 .create_tables()
                 .await
