@@ -3,7 +3,7 @@
 
 use crate::support::{
     assert_all_present, command, event, now_secs, run_load, serve_refused, sign, wait_for_events,
-    Acknowledged, Daemon, DaemonOptions,
+    Acknowledged, Client, Daemon, DaemonOptions,
 };
 use hmac::Mac;
 use serde_json::Value;
@@ -438,6 +438,92 @@ fn a_full_house_of_requests_in_service_refuses_the_next_connection() {
             "{reason} counted: {metrics}"
         );
     }
+}
+
+/// Opens a POST on the main listener whose body never arrives in full: a
+/// request in service, which no full house may close. Returns once a
+/// further connection is refused, that is, once `count` of them hold every
+/// place.
+fn hold_every_place_in_service(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let open = || {
+        let mut busy = TcpStream::connect(addr).unwrap();
+        busy.write_all(
+            b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .unwrap();
+        busy
+    };
+    let mut held: Vec<TcpStream> = (0..count).map(|_| open()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut extra = TcpStream::connect(addr).unwrap();
+        let _ = extra.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let (answer, _) = read_until_closed(&mut extra);
+        if answer.is_empty() {
+            return held;
+        }
+        // Served: one of ours was not in service yet and gave way.
+        assert!(Instant::now() < deadline, "never refused: {answer}");
+        held.retain_mut(|stream| stream.write_all(b" ").is_ok());
+        while held.len() < count {
+            held.push(open());
+        }
+    }
+}
+
+#[test]
+fn the_probe_listener_and_the_api_each_keep_their_own_connections() {
+    // Timeouts long enough that nothing here is served by one running out.
+    let (daemon, _config) = Daemon::with_config(
+        "[http]\nheader_read_timeout_secs = 10\nbody_read_timeout_secs = 10\nmax_connections = 2\nprobe_listen = \"127.0.0.1:0\"\n",
+    );
+    let probes = Client::new(daemon.probe_addr());
+    let timed_readyz = || {
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                let reply = probes.get("/readyz");
+                assert_eq!(reply.status, 200, "{}", reply.text);
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[2]
+    };
+
+    // The API's every place serving a request it cannot finish: the
+    // kubelet's probe does not notice.
+    let in_service = hold_every_place_in_service(daemon.addr, 2);
+    let took = timed_readyz();
+    assert!(took < Duration::from_millis(100), "/readyz took {took:?}");
+    drop(in_service);
+
+    // The probe listener's own 16 places held by a crowd that sends
+    // nothing: a probe still answers at once (the crowd gives way), and the
+    // API serves as if nothing happened.
+    let crowd: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(daemon.probe_addr()).unwrap())
+        .collect();
+    let took = timed_readyz();
+    assert!(took < Duration::from_millis(100), "/readyz took {took:?}");
+    let started = Instant::now();
+    let posted = daemon
+        .client()
+        .post(&event("process.started", "beside-the-crowd"));
+    assert_eq!(posted.status, 202, "{}", posted.text);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let crowd_left = crowd
+        .into_iter()
+        .filter(|stream| {
+            stream.set_nonblocking(true).unwrap();
+            // Closed by the daemon: a read returns 0 at once.
+            matches!((&*stream).read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert!(
+        crowd_left >= 40 - 16,
+        "the probe listener held more than its 16: only {crowd_left} of 40 were closed"
+    );
 }
 
 /// A small tmpfs, unmounted when dropped: a disk that really fills up.
