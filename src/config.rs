@@ -261,10 +261,13 @@ pub struct StoreConfig {
     /// redb is asked, so the store never meets a full disk mid-commit.
     /// `None`: a sixteenth of the volume, 1 to 64 MiB (`store::sizing`).
     pub min_free_mib: Option<u64>,
-    /// Size of each of the two journal files that take the store's syncs,
-    /// and of the write log that makes each group durable. `None`: a
-    /// thirty-second of the volume, 1 to 32 MiB.
-    pub journal_mib: Option<u64>,
+    /// Size of the write log, which makes each group durable between the
+    /// store file's durable commits (`store::durability`). `None`: a
+    /// thirty-second of the volume, 1 to 32 MiB. Earlier builds called it
+    /// `journal_mib` and sized their page journals by it too; that name
+    /// is still read.
+    #[serde(alias = "journal_mib")]
+    pub write_log_mib: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -375,7 +378,7 @@ impl Default for StoreConfig {
             cache_mib: 64,
             quick_repair: true,
             min_free_mib: None,
-            journal_mib: None,
+            write_log_mib: None,
         }
     }
 }
@@ -513,8 +516,8 @@ impl Config {
             ("writer.max_group_events", self.writer.max_group_events),
             ("http.max_connections", self.http.max_connections),
             (
-                "store.journal_mib",
-                self.store.journal_mib.map_or(1, |mib| mib as usize),
+                "store.write_log_mib",
+                self.store.write_log_mib.map_or(1, |mib| mib as usize),
             ),
         ];
         let limits = &self.limits;
@@ -576,10 +579,9 @@ impl Config {
                 self.ingest.max_body_bytes
             )));
         }
-        if self.store.journal_mib.is_some_and(|mib| mib > 4096) {
+        if self.store.write_log_mib.is_some_and(|mib| mib > 4096) {
             return Err(ConfigError::Invalid(
-                "store.journal_mib must be at most 4096 (the two journals and the write log are preallocated)"
-                    .into(),
+                "store.write_log_mib must be at most 4096 (the write log is preallocated)".into(),
             ));
         }
         for (name, value) in [
@@ -776,18 +778,23 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_size_out_of_range_is_refused_with_its_name() {
+    fn a_write_log_size_out_of_range_is_refused_with_its_name() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pm.toml");
-        for (value, says) in [("0", "at least 1"), ("5000", "at most 4096")] {
-            std::fs::write(&file, format!("[store]\njournal_mib = {value}\n")).unwrap();
+        // Under its new name, and under the name earlier builds read.
+        for (name, value, says) in [
+            ("write_log_mib", "0", "at least 1"),
+            ("write_log_mib", "5000", "at most 4096"),
+            ("journal_mib", "5000", "at most 4096"),
+        ] {
+            std::fs::write(&file, format!("[store]\n{name} = {value}\n")).unwrap();
             let overrides = Overrides {
                 config_file: Some(file.clone()),
                 ..Overrides::default()
             };
             let error = Config::load(&overrides, &no_env()).unwrap_err().to_string();
             assert!(
-                error.contains("store.journal_mib") && error.contains(says),
+                error.contains("store.write_log_mib") && error.contains(says),
                 "{error}"
             );
         }

@@ -9,10 +9,10 @@
 //!     try_send on a bounded crossbeam channel      -- full: 429 + Retry-After
 //! writer (one thread, the only one that writes)
 //!     drain the queue, apply every event with the domain rules inside one
-//!     redb write transaction, append the group to the write log
-//!     (store::grouplog) with one fdatasync, commit without redb's own
-//!     durability, then answer each request; every 50 groups or 1 MiB
-//!     of log a durable redb commit instead (its syncs go to store::journal)
+//!     redb write transaction, append the group to the write log with
+//!     one fdatasync, commit without redb's own durability, then answer
+//!     each request; every 50 groups or 1 MiB of log a durable redb
+//!     commit instead (all of it in store::durability)
 //! dashboards --GET--> http: a redb read snapshot, never blocked by the writer
 //! ```
 //!

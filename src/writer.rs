@@ -1,35 +1,31 @@
 //! The one thread that writes to the store, and the handle that reaches it.
 //!
-//! Requests queue on a bounded crossbeam channel. The writer blocks for the
-//! first, takes whatever else is queued (up to `max_group_events`), applies
-//! all of it in one redb write transaction, appends the group's requests to
-//! the write log (`store::grouplog`) with one `fdatasync`, commits the
-//! transaction without redb's own durability, and only then answers each
-//! request. Every `checkpoint_groups` groups or `checkpoint_bytes` of log
-//! (and at a clean stop) the commit is durable instead, through redb's
-//! syncs and the journal in `store::journal`, and the log starts over. At
-//! start, and after the store is reopened, the groups logged since the
-//! last durable commit are applied again. The group grows by itself under load; there is no timer and no
-//! added latency when idle.
+//! The writer's loop: **queue** (requests wait on a bounded crossbeam
+//! channel; the writer blocks for the first), **group** (whatever else is
+//! queued, up to `max_group_events`), **apply** (all of it in one redb write
+//! transaction, by the domain's rules), **commit** (`store::durability`,
+//! which logs the group with one `fdatasync` and commits, and says when a
+//! commit is made durable in the store file instead), **answer** (each
+//! request, only once its group is durable). The group grows by itself
+//! under load; there is no timer and no added latency when idle.
 //!
 //! Shutdown is dropping every `WriterHandle`: the channel disconnects once
 //! drained, the writer commits what it has, and the thread ends.
 
+mod logged;
+
 use crate::domain::{Caps, Millis, Status};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::store::codec;
-use crate::store::grouplog::GroupLog;
-use crate::store::legacy::EventV1;
+use crate::store::durability::Durability;
 use crate::store::read::SharedSnapshots;
 use crate::store::schema::Counters;
 use crate::store::write::{
-    load_counters, load_logged_group, set_logged_group, EventOutcome, IncomingEvent, PurgeStep,
-    Purged, TimeoutDefaults, WriteBatch,
+    EventOutcome, IncomingEvent, PurgeStep, Purged, TimeoutDefaults, WriteBatch,
 };
 use crate::store::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use redb::{Database, Durability};
+use redb::Database;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -72,111 +68,6 @@ enum Work {
     Tick,
     /// Remove finished processes: a retention step, or a bulk DELETE's.
     Purge(PurgeStep),
-}
-
-/// A group as the log keeps it: the requests, and the server clock, caps
-/// and timeout defaults their transaction used, so that replaying it
-/// decides the same.
-#[derive(serde::Serialize)]
-struct LoggedGroupRef<'a> {
-    /// `LOGGED_GROUP_V3`.
-    version: u8,
-    now: Millis,
-    caps: Caps,
-    timeouts: &'a TimeoutDefaults,
-    works: Vec<&'a Work>,
-}
-
-#[derive(serde::Deserialize)]
-struct LoggedGroup {
-    version: u8,
-    now: Millis,
-    caps: Caps,
-    timeouts: TimeoutDefaults,
-    works: Vec<Work>,
-}
-
-/// Work as logged before version 1.1: events in their old layout.
-#[derive(serde::Deserialize)]
-enum WorkV2 {
-    Ingest(Vec<IncomingEventV2>),
-    Delete(String),
-}
-
-#[derive(serde::Deserialize)]
-struct IncomingEventV2 {
-    event: EventV1,
-    fingerprint: [u8; 16],
-    received_at: Millis,
-}
-
-impl From<WorkV2> for Work {
-    fn from(old: WorkV2) -> Work {
-        match old {
-            WorkV2::Ingest(events) => Work::Ingest(
-                events
-                    .into_iter()
-                    .map(|old| IncomingEvent {
-                        event: old.event.into(),
-                        fingerprint: old.fingerprint,
-                        received_at: old.received_at,
-                    })
-                    .collect(),
-            ),
-            WorkV2::Delete(id) => Work::Delete(id),
-        }
-    }
-}
-
-/// Logged groups with caps, before timeouts.
-#[derive(serde::Deserialize)]
-struct LoggedGroupV2 {
-    version: u8,
-    now: Millis,
-    caps: Caps,
-    works: Vec<WorkV2>,
-}
-
-/// Logged groups before caps: the clock and the requests.
-#[derive(serde::Deserialize)]
-struct LoggedGroupV1 {
-    now: Millis,
-    works: Vec<WorkV2>,
-}
-
-/// The first byte of a logged group's body since caps (2) and since
-/// timeouts (3). A group logged before caps began with the varint of its
-/// clock, whose first byte is 253 for any clock after 1970-01-25: none can
-/// be mistaken for another.
-const LOGGED_GROUP_V2: u8 = 2;
-const LOGGED_GROUP_V3: u8 = 3;
-
-/// A logged group, of this build's layout or one before (replayed as the
-/// build that logged it applied it: without caps, without defaults).
-fn decode_logged_group(payload: &[u8]) -> Result<LoggedGroup, codec::CodecError> {
-    match payload.get(1) {
-        Some(&LOGGED_GROUP_V3) => codec::decode(payload),
-        Some(&LOGGED_GROUP_V2) => {
-            let old: LoggedGroupV2 = codec::decode(payload)?;
-            Ok(LoggedGroup {
-                version: old.version,
-                now: old.now,
-                caps: old.caps,
-                timeouts: TimeoutDefaults::new(),
-                works: old.works.into_iter().map(Work::from).collect(),
-            })
-        }
-        _ => {
-            let old: LoggedGroupV1 = codec::decode(payload)?;
-            Ok(LoggedGroup {
-                version: 1,
-                now: old.now,
-                caps: Caps::UNLIMITED,
-                timeouts: TimeoutDefaults::new(),
-                works: old.works.into_iter().map(Work::from).collect(),
-            })
-        }
-    }
 }
 
 struct Command {
@@ -262,13 +153,8 @@ pub struct WriterSettings {
     pub quick_repair: bool,
     /// Refuse writes while the store's disk has less free space than this.
     pub min_free_bytes: u64,
-    /// The size of the write log (`store::grouplog`).
+    /// The size of the write log (`store::durability`).
     pub log_bytes: u64,
-    /// Logged groups between two durable commits, at most.
-    pub checkpoint_groups: u32,
-    /// Bytes logged between two durable commits, about: a durable commit
-    /// writes out everything since the last, and the writer waits for it.
-    pub checkpoint_bytes: u64,
     /// What one process may keep.
     pub caps: Caps,
     /// Heartbeat timeouts and deadlines by process type.
@@ -333,9 +219,13 @@ pub fn spawn(
     settings: WriterSettings,
     metrics: Arc<Metrics>,
 ) -> Result<(WriterHandle, WriterThread, Arc<Live>), StoreError> {
-    let mut log = GroupLog::open(snapshots.path(), Some(settings.log_bytes)).map_err(io_error)?;
-    let (counters, number) = replay(&*snapshots.database()?, &mut log, settings.quick_repair)?;
-    let mut log = Log { file: log, number };
+    let (mut durability, counters) = Durability::open(
+        &*snapshots.database()?,
+        snapshots.path(),
+        settings.log_bytes,
+        settings.quick_repair,
+        logged::replay,
+    )?;
     let live = Live::new(counters.last_seq);
     let announce = live.clone();
     let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
@@ -344,7 +234,13 @@ pub fn spawn(
         .spawn(move || {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run(
-                    &snapshots, receiver, counters, &mut log, &settings, &metrics, &announce,
+                    &snapshots,
+                    receiver,
+                    counters,
+                    &mut durability,
+                    &settings,
+                    &metrics,
+                    &announce,
                 )
             }));
             if ran.is_err() {
@@ -439,77 +335,6 @@ pub fn now_millis() -> Millis {
     Millis::try_from(nanos / 1_000_000).unwrap_or(Millis::MAX)
 }
 
-fn io_error(error: std::io::Error) -> StoreError {
-    StoreError::Redb(redb::Error::Io(error))
-}
-
-/// The write log and where the writer is in it.
-struct Log {
-    file: GroupLog,
-    /// The number of the last group committed.
-    number: u64,
-}
-
-/// Applies the groups the log holds after the store's last durable commit,
-/// in order, in one transaction committed without redb's durability (the
-/// log keeps them until the next durable commit, so that this needs no
-/// room on the disk). Returns the counters and the number of the last group
-/// the store now holds.
-fn replay(
-    db: &Database,
-    log: &mut GroupLog,
-    quick_repair: bool,
-) -> Result<(Counters, u64), StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_quick_repair(quick_repair);
-    let durable = load_logged_group(&txn)?;
-    let groups = log.pending(durable).map_err(io_error)?;
-    let Some(last) = groups.last().map(|group| group.number) else {
-        let counters = load_counters(&txn)?;
-        txn.abort()?;
-        log.start_over().map_err(io_error)?;
-        return Ok((counters, durable));
-    };
-    let mut batch = WriteBatch::open(&txn, load_counters(&txn)?)?;
-    for logged in &groups {
-        let group = decode_logged_group(&logged.payload).map_err(|source| StoreError::Corrupt {
-            what: format!("write log group {}", logged.number),
-            source,
-        })?;
-        tracing::debug!(
-            number = logged.number,
-            layout = group.version,
-            "replaying a logged group"
-        );
-        batch.set_caps(group.caps);
-        batch.set_timeouts(Arc::new(group.timeouts));
-        // The feed's time marks are not replayed: they only pace its
-        // trimming, and a mark missing makes a trim later, never wrong.
-        for work in &group.works {
-            apply_work(&mut batch, work, group.now)?;
-        }
-    }
-    let counters = batch.finish_group(last)?;
-    txn.set_durability(Durability::None)?;
-    txn.commit()?;
-    log.append_after_pending(durable).map_err(io_error)?;
-    tracing::info!(
-        groups = groups.len(),
-        "replayed the write log: the groups acknowledged after the last durable commit"
-    );
-    Ok((counters, last))
-}
-
-/// Makes everything committed durable, so that the store file is whole
-/// without its log (a clean stop).
-fn checkpoint(db: &Database, log: &mut Log, quick_repair: bool) -> Result<(), StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_quick_repair(quick_repair);
-    set_logged_group(&txn, log.number)?;
-    txn.commit()?;
-    log.file.start_over().map_err(io_error)
-}
-
 /// The earliest due entry of the store as committed.
 fn read_next_due(db: &Database) -> Result<Option<Millis>, StoreError> {
     use redb::{ReadableDatabase, ReadableTable};
@@ -541,7 +366,7 @@ fn run(
     snapshots: &SharedSnapshots,
     receiver: Receiver<Command>,
     mut counters: Counters,
-    log: &mut Log,
+    durability: &mut Durability,
     settings: &WriterSettings,
     metrics: &Metrics,
     live: &Live,
@@ -654,7 +479,7 @@ fn run(
             .is_none_or(|at| now_millis().saturating_sub(at) >= mark_every(settings.feed_keep));
         let result = snapshots
             .database()
-            .and_then(|db| commit_group(&db, &counters, &group, log, settings, mark_feed));
+            .and_then(|db| commit_group(&db, &counters, &group, durability, settings, mark_feed));
         match result {
             Ok(committed) => {
                 metrics.commit(weight, started.elapsed());
@@ -694,7 +519,7 @@ fn run(
                 // Reopen before answering, so that whoever reads next after
                 // this 503 finds the store usable again.
                 if error.poisons_handle() {
-                    counters = reopen_or_exit(snapshots, log, settings.quick_repair);
+                    counters = reopen_or_exit(snapshots, durability);
                 }
                 for command in group {
                     command.answer(Err(failure));
@@ -702,28 +527,25 @@ fn run(
             }
         }
     }
-    if log.file.groups() > 0 {
-        let made_durable = snapshots
-            .database()
-            .and_then(|db| checkpoint(&db, log, settings.quick_repair));
-        if let Err(error) = made_durable {
-            tracing::error!(%error, "the last commits could not be made durable in the store file; the write log keeps them for the next start");
-        }
+    let made_durable = snapshots
+        .database()
+        .and_then(|db| durability.checkpoint(&db));
+    if let Err(error) = made_durable {
+        tracing::error!(%error, "the last commits could not be made durable in the store file; the write log keeps them for the next start");
     }
     tracing::debug!("writer stopped: every handle is gone and the queue is empty");
 }
 
 /// After an I/O error redb refuses the handle: reopen the store and carry
 /// on from what is committed, or exit so that a supervisor restarts us.
-fn reopen_or_exit(snapshots: &SharedSnapshots, log: &mut Log, quick_repair: bool) -> Counters {
+fn reopen_or_exit(snapshots: &SharedSnapshots, durability: &mut Durability) -> Counters {
     // The reopened store is its last durable commit: the log brings back
     // the groups acknowledged since.
     let reopened = snapshots
         .reopen(REOPEN_GIVE_UP)
-        .and_then(|()| replay(&*snapshots.database()?, &mut log.file, quick_repair));
+        .and_then(|()| durability.recover(&*snapshots.database()?, logged::replay));
     match reopened {
-        Ok((counters, number)) => {
-            log.number = number;
+        Ok(counters) => {
             tracing::warn!("the store was reopened after an I/O error; writes go on");
             counters
         }
@@ -734,19 +556,6 @@ fn reopen_or_exit(snapshots: &SharedSnapshots, log: &mut Log, quick_repair: bool
     }
 }
 
-/// Leaves nothing half-applied: an error after the group is in the log
-/// would make the store and the log tell different stories.
-fn exit_after_logging(error: &dyn std::fmt::Display) -> ! {
-    tracing::error!(%error, "a logged group could not be committed; exiting so that a supervisor restarts the daemon, which replays the log");
-    std::process::exit(1);
-}
-
-/// Applies a group in one transaction and commits it: logged and synced
-/// first, then committed without redb's durability; or, once
-/// `checkpoint_groups` groups or `checkpoint_bytes` are logged (and for a
-/// group too large for what is left of the log), committed durably
-/// instead. On an error the transaction is dropped, which aborts it, and a
-/// logged group is taken back out of the log: nothing of the group stays.
 /// What a committed group leaves for the writer to do.
 struct Committed {
     counters: Counters,
@@ -769,13 +578,12 @@ fn commit_group(
     db: &Database,
     counters: &Counters,
     group: &[Command],
-    log: &mut Log,
+    durability: &mut Durability,
     settings: &WriterSettings,
     mark_feed: bool,
 ) -> Result<Committed, StoreError> {
     let now = now_millis();
-    let mut txn = db.begin_write()?;
-    txn.set_quick_repair(settings.quick_repair);
+    let txn = durability.begin(db)?;
     let mut batch = WriteBatch::open(&txn, counters.clone())?;
     batch.set_caps(settings.caps);
     batch.set_timeouts(settings.timeouts.clone());
@@ -813,44 +621,17 @@ fn commit_group(
     };
     let ended = std::mem::take(&mut batch.ended);
     let made = std::mem::take(&mut batch.made);
-    let number = log.number + 1;
-    let committed = batch.finish_group(number)?;
-    let logged = log.file.groups() < settings.checkpoint_groups
-        && log.file.written() < settings.checkpoint_bytes
-        && {
-            let record = codec::encode(&LoggedGroupRef {
-                version: LOGGED_GROUP_V3,
-                now,
-                caps: settings.caps,
-                timeouts: &settings.timeouts,
-                works: group.iter().map(|command| &command.work).collect(),
-            });
-            match log.file.append(number, &record) {
-                Ok(fits) => fits,
-                Err(error) => exit_after_logging(&error),
-            }
-        };
-    if logged {
-        let committed = txn
-            .set_durability(Durability::None)
-            .map_err(StoreError::from)
-            .and_then(|()| txn.commit().map_err(StoreError::from));
-        if let Err(error) = committed {
-            // Not applied: take it out of the log before saying so.
-            if let Err(retract) = log.file.retract_last() {
-                exit_after_logging(&retract);
-            }
-            return Err(error);
-        }
-    } else {
-        txn.commit()?;
-        log.file
-            .start_over()
-            .unwrap_or_else(|error| exit_after_logging(&error));
-    }
-    log.number = number;
+    let counters = batch.finish()?;
+    durability.commit(txn, || {
+        logged::encode(
+            now,
+            settings.caps,
+            &settings.timeouts,
+            group.iter().map(|command| &command.work).collect(),
+        )
+    })?;
     Ok(Committed {
-        counters: committed,
+        counters,
         answers,
         ended,
         made,
@@ -894,96 +675,8 @@ mod tests {
     use crate::domain::{model::bare_event, EventType};
     use crate::store::legacy::EventV1Ref;
 
-    #[test]
-    fn groups_logged_by_earlier_builds_replay_as_those_builds_applied_them() {
-        #[derive(serde::Serialize)]
-        enum OldWork<'a> {
-            Ingest(Vec<OldIncoming<'a>>),
-            Delete(String),
-        }
-        #[derive(serde::Serialize)]
-        struct OldIncoming<'a> {
-            event: EventV1Ref<'a>,
-            fingerprint: [u8; 16],
-            received_at: Millis,
-        }
-        #[derive(serde::Serialize)]
-        struct V1<'a> {
-            now: Millis,
-            works: Vec<OldWork<'a>>,
-        }
-        #[derive(serde::Serialize)]
-        struct V2<'a> {
-            version: u8,
-            now: Millis,
-            caps: Caps,
-            works: Vec<OldWork<'a>>,
-        }
-        let old = codec::encode(&V1 {
-            now: 1_764_000_000_000,
-            works: vec![OldWork::Delete("run-1".into())],
-        });
-        // A varint of a clock after 1970-01-25 begins with 253.
-        assert_eq!(old[1], 253);
-        let decoded = decode_logged_group(&old).unwrap();
-        assert_eq!(
-            (decoded.version, decoded.now, decoded.caps),
-            (1, 1_764_000_000_000, Caps::UNLIMITED)
-        );
-        assert!(decoded.timeouts.is_empty());
-        assert!(matches!(&decoded.works[..], [Work::Delete(id)] if id == "run-1"));
-
-        let caps = Caps {
-            tasks_per_process: 7,
-            ..Caps::default()
-        };
-        let mut event = bare_event(EventType::TaskStarted, Some("t"));
-        event.event_id = Some("k".into());
-        let v2 = codec::encode(&V2 {
-            version: LOGGED_GROUP_V2,
-            now: 5,
-            caps,
-            works: vec![OldWork::Ingest(vec![OldIncoming {
-                event: EventV1Ref::from(&event),
-                fingerprint: [3; 16],
-                received_at: 4,
-            }])],
-        });
-        let decoded = decode_logged_group(&v2).unwrap();
-        assert_eq!((decoded.version, decoded.now, decoded.caps), (2, 5, caps));
-        match &decoded.works[..] {
-            [Work::Ingest(events)] => {
-                assert_eq!(events[0].event, event);
-                assert_eq!((events[0].fingerprint, events[0].received_at), ([3; 16], 4));
-            }
-            _ => panic!("the logged events did not come back"),
-        }
-
-        let mut timed = event;
-        timed.heartbeat_timeout = Some(60);
-        timed.deadline = Some(None);
-        let works = [
-            Work::Ingest(vec![IncomingEvent::new(timed.clone(), 4)]),
-            Work::Tick,
-        ];
-        let timeouts = import_timeouts();
-        let v3 = codec::encode(&LoggedGroupRef {
-            version: LOGGED_GROUP_V3,
-            now: 6,
-            caps,
-            timeouts: &timeouts,
-            works: works.iter().collect(),
-        });
-        let decoded = decode_logged_group(&v3).unwrap();
-        assert_eq!((decoded.version, decoded.now, decoded.caps), (3, 6, caps));
-        assert_eq!(decoded.timeouts, timeouts);
-        assert!(
-            matches!(&decoded.works[..], [Work::Ingest(events), Work::Tick] if events[0].event == timed)
-        );
-    }
-
     /// Timeout defaults for one process type.
-    fn import_timeouts() -> TimeoutDefaults {
+    pub(super) fn import_timeouts() -> TimeoutDefaults {
         let mut timeouts = TimeoutDefaults::new();
         timeouts.insert(
             "import".into(),
@@ -996,7 +689,7 @@ mod tests {
     }
 
     /// An event with every field set.
-    fn full_event() -> crate::domain::Event {
+    pub(super) fn full_event() -> crate::domain::Event {
         let mut event = bare_event(EventType::TaskFailed, Some("load"));
         event.event_id = Some("key-1".into());
         event.process_id = "run-42".into();
@@ -1019,65 +712,6 @@ mod tests {
         event.deadline = Some(Some(1_764_000_600_000));
         event
     }
-
-    /// The write log's record, byte for byte. A log written by this build
-    /// must replay on the next: if this fails, the layout of a logged
-    /// group changed (a variant of `Work` moved, a field of an event or of
-    /// a purge step came or went). Give the new layout a new version and
-    /// keep `decode_logged_group` decoding this one (as it does versions 1
-    /// and 2); only then pin the new bytes.
-    #[test]
-    fn the_write_log_record_is_pinned_byte_for_byte() {
-        let works = [
-            Work::Ingest(vec![IncomingEvent {
-                event: full_event(),
-                fingerprint: [9; 16],
-                received_at: 1_764_000_000_456,
-            }]),
-            Work::Delete("run-7".into()),
-            Work::Tick,
-            Work::Purge(PurgeStep {
-                cuts: vec![(Status::Succeeded, 1_700_000_000_000)],
-                process_type: Some("import".into()),
-                after: Some((2, 1_690_000_000_000, 77)),
-                limit: 8,
-                trim_feed_before: Some(1_760_000_000_000),
-            }),
-        ];
-        let timeouts = import_timeouts();
-        let caps = Caps {
-            tasks_per_process: 7,
-            ..Caps::default()
-        };
-        let bytes = codec::encode(&LoggedGroupRef {
-            version: LOGGED_GROUP_V3,
-            now: 1_764_000_000_789,
-            caps,
-            timeouts: &timeouts,
-            works: works.iter().collect(),
-        });
-        assert_eq!(hex::encode(&bytes), PINNED_LOGGED_GROUP_V3);
-        // And the pinned bytes replay as what was logged.
-        let replayed = decode_logged_group(&hex::decode(PINNED_LOGGED_GROUP_V3).unwrap()).unwrap();
-        assert_eq!(
-            (replayed.version, replayed.now, replayed.caps),
-            (3, 1_764_000_000_789, caps)
-        );
-        assert_eq!(replayed.timeouts, timeouts);
-        match &replayed.works[..] {
-            [Work::Ingest(events), Work::Delete(id), Work::Tick, Work::Purge(step)] => {
-                assert_eq!(events[0].event, full_event());
-                assert_eq!(id, "run-7");
-                assert_eq!(
-                    (step.limit, step.after),
-                    (8, Some((2, 1_690_000_000_000, 77)))
-                );
-            }
-            _ => panic!("the pinned group did not replay"),
-        }
-    }
-
-    const PINNED_LOGGED_GROUP_V3: &str = "0103fd2ad62f6d35030000fb0001fc0000010040fb004007140106696d706f7274011e01fbd00704000101056b65792d310b0672756e2d343201046c6f616401fdf6d02f6d3503000001094c6f616420726f77730106696d706f727401076f726465722d3701010000000000002940010501280104726f7773010754696d656f757404736c6f77010674656e616e740461636d6501fb2c010101fd801f426d3503000009090909090909090909090909090909fd90d32f6d35030000010572756e2d3702030102fd00d0ca9f170300000106696d706f72740102fd0008b3f7120300004d0801fd0080599033030000";
 
     /// The idempotency fingerprint of an event, byte for byte: a resend
     /// of an event stored by an earlier build must still be a duplicate,
@@ -1109,7 +743,7 @@ mod tests {
         let mut event = bare_event(EventType::ProcessStarted, None);
         event.attributes.insert("a".into(), "b".into());
         // What builds before version 1.1 hashed: the event in its old layout.
-        let before = Sha256::digest(codec::encode(&EventV1Ref::from(&event)));
+        let before = Sha256::digest(crate::store::codec::encode(&EventV1Ref::from(&event)));
         assert_eq!(
             IncomingEvent::new(event.clone(), 1).fingerprint,
             before[..16]

@@ -15,17 +15,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Groups committed without redb's durability (durable through the write
-/// log) between two durable commits.
-const CHECKPOINT_GROUPS: u32 = 50;
-/// Or fewer, once this much is logged: the durable commit writes out the
-/// pages of every group since the last, and writes wait for it. Rarer
-/// durable commits write a page changed by several groups once: batches
-/// of 100 did 6% more at 1 MiB than at 256 KiB (12-16% in pairs, for
-/// events each of another process), for batch p99 from 19-20 ms to 28 ms.
-/// 2 MiB gave 5% more again, for 5-8 ms more p99.
-const CHECKPOINT_BYTES: u64 = 1 << 20;
-
 pub fn run(config: Config) -> anyhow::Result<()> {
     config.check_anonymous_serving()?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -45,19 +34,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| {
             tracing::warn!(
                 data_dir = %config.data_dir.display(),
-                "the file system does not report its size: the journals take their large-disk defaults, and a full disk shows only as write errors (503)"
+                "the file system does not report its size: the write log takes its large-disk default, and a full disk shows only as write errors (503)"
             );
             Volume::UNREPORTED
         });
-    let sizes = Sizes::for_volume(volume, config.store.journal_mib, config.store.min_free_mib);
+    let sizes = Sizes::for_volume(
+        volume,
+        config.store.write_log_mib,
+        config.store.min_free_mib,
+    );
     sizes
         .check_room(&path, volume)
         .map_err(anyhow::Error::msg)?;
     tracing::info!(
-        journal_bytes = sizes.journal_bytes,
+        log_bytes = sizes.log_bytes,
         min_free_bytes = sizes.min_free_bytes,
         volume_bytes = volume.total_bytes,
-        "sized the journals and the free-space floor"
+        "sized the write log and the free-space floor"
     );
     let metrics = Arc::new(Metrics::new(config.metrics.max_process_types));
     let state = Arc::new(AppState::new(&config, metrics.clone()).map_err(anyhow::Error::msg)?);
@@ -118,16 +111,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         };
         let opening = tokio::task::spawn_blocking({
             let (path, stopping) = (path.clone(), stopping.clone());
-            // Each journal file, and the write log, are this size.
-            let journal_bytes = sizes.journal_bytes;
             let settings = WriterSettings {
                 queue_capacity: config.ingest.queue_capacity,
                 max_group_events: config.writer.max_group_events,
                 quick_repair: config.store.quick_repair,
                 min_free_bytes: sizes.min_free_bytes,
-                log_bytes: journal_bytes,
-                checkpoint_groups: CHECKPOINT_GROUPS,
-                checkpoint_bytes: CHECKPOINT_BYTES,
+                log_bytes: sizes.log_bytes,
                 caps: config.limits,
                 timeouts: Arc::new(config.timeouts.defaults()),
                 check_interval: std::time::Duration::from_millis(config.timeouts.check_interval_ms),
@@ -144,7 +133,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             move || {
                 open_store(
                     &path,
-                    (config.store.cache_mib * 1024 * 1024, journal_bytes),
+                    config.store.cache_mib * 1024 * 1024,
                     &indexed_attributes,
                     settings,
                     metrics,
@@ -223,16 +212,15 @@ fn write_url_file(data_dir: &Path, address: std::net::SocketAddr) -> std::io::Re
 /// store, waits for it (until `stopping`); other errors end the start.
 fn open_store(
     path: &Path,
-    sizes: (usize, u64),
+    cache_bytes: usize,
     indexed_attributes: &[String],
     settings: WriterSettings,
     metrics: Arc<Metrics>,
     stopping: &CancellationToken,
 ) -> anyhow::Result<Option<Opened>> {
-    let (cache_bytes, journal_bytes) = sizes;
     let mut waiting = false;
     let snapshots = loop {
-        match SharedSnapshots::open(path, cache_bytes, Some(journal_bytes)) {
+        match SharedSnapshots::open(path, cache_bytes) {
             Ok(snapshots) => break Arc::new(snapshots),
             Err(StoreError::Locked { .. }) if !stopping.is_cancelled() => {
                 if !waiting {

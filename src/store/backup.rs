@@ -176,10 +176,9 @@ impl CheckedCopy {
         db.close()?;
         let io = |error: std::io::Error| StoreError::Redb(redb::Error::Io(error));
         std::fs::rename(&path, target).map_err(io)?;
-        // The journals and the write log of the store just replaced belong
-        // to it alone.
-        super::journal::remove(target).map_err(io)?;
-        super::grouplog::remove(target).map_err(io)?;
+        // The write log (and an earlier build's journals) of the store just
+        // replaced belong to it alone.
+        super::durability::remove_beside(target).map_err(io)?;
         sync_file_and_dir(target).map_err(io)?;
         drop(dir);
         Ok(())

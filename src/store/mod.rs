@@ -3,10 +3,8 @@
 
 pub mod backup;
 pub mod codec;
+pub mod durability;
 pub mod durations;
-mod framing;
-pub mod grouplog;
-pub mod journal;
 pub mod legacy;
 pub mod maintenance;
 pub mod read;
@@ -15,6 +13,7 @@ pub mod search;
 pub mod sizing;
 pub mod write;
 
+use redb::backends::FileBackend;
 use redb::{
     Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
     TableHandle,
@@ -45,7 +44,7 @@ pub enum StoreError {
     NotAStore { path: PathBuf },
     #[error("{} is damaged and cannot be used ({detail}); restore it from another backup", path.display())]
     Damaged { path: PathBuf, detail: String },
-    #[error("the store {} was not stopped cleanly and its journal or write log is not yet replayed; start `processmanager serve` on it once, which recovers it, then try again", path.display())]
+    #[error("the store {} was not stopped cleanly and its write log (or an earlier build's journal) is not yet replayed; start `processmanager serve` on it once, which recovers it, then try again", path.display())]
     NeedsRecovery { path: PathBuf },
     #[error("{} does not exist", path.display())]
     Missing { path: PathBuf },
@@ -126,21 +125,18 @@ fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
 }
 
 /// Opens the store for writing, creating it (and its tables) when missing,
-/// and checks its schema version.
+/// and checks its schema version. Refuses a store whose write log holds
+/// groups it lacks: only the daemon's writer recovers those.
 pub fn open_writable(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    let db = open_writable_with_journal(path, cache_bytes, None)?;
+    let db = open_for_writer(path, cache_bytes)?;
     refuse_pending_groups(path, &db)?;
     Ok(db)
 }
 
 /// `NeedsRecovery` when the store's write log holds groups after the last
-/// one the store file holds: a crashed daemon acknowledged them after its
-/// last durable commit, and only a daemon replays them.
+/// one the store file holds.
 fn refuse_pending_groups(path: &Path, db: &impl ReadableDatabase) -> Result<(), StoreError> {
-    let durable = schema::logged_group(&db.begin_read()?.open_table(META)?)?;
-    let pending = grouplog::has_pending(path, durable)
-        .map_err(|error| unreadable_beside(path, "write log", error))?;
-    if pending {
+    if durability::needs_recovery(path, db)? {
         return Err(StoreError::NeedsRecovery {
             path: path.to_owned(),
         });
@@ -148,23 +144,20 @@ fn refuse_pending_groups(path: &Path, db: &impl ReadableDatabase) -> Result<(), 
     Ok(())
 }
 
-/// A file kept beside the store (`what`) could not be read.
-fn unreadable_beside(path: &Path, what: &str, error: std::io::Error) -> StoreError {
-    StoreError::Redb(redb::Error::Io(std::io::Error::new(
-        error.kind(),
-        format!("cannot read the {what} beside {}: {error}", path.display()),
-    )))
+/// The file under redb, after what an earlier build's journal held is
+/// replayed onto it (`durability::legacy_journal`).
+fn backend(path: &Path) -> Result<FileBackend, StoreError> {
+    FileBackend::new(durability::open_store_file(path)?)
+        .map_err(|error| map_open_error(path, error))
 }
 
-/// `open_writable`, with the size of each journal file; `None` keeps the
-/// size the journals have, or the default for new ones.
-pub fn open_writable_with_journal(
-    path: &Path,
-    cache_bytes: usize,
-    journal_bytes: Option<u64>,
-) -> Result<Database, StoreError> {
+/// Opens the store for the daemon's writer, which recovers what its write
+/// log holds (`durability::Durability::open`): creates the store and its
+/// tables when missing, checks its schema version and upgrades an older
+/// one.
+pub fn open_for_writer(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     let db = builder(cache_bytes)
-        .create_with_backend(open_journaled(path, journal_bytes)?)
+        .create_with_backend(backend(path)?)
         .map_err(|error| map_open_error(path, error))?;
     let txn = db.begin_write()?;
     let existing: Vec<String> = txn
@@ -422,20 +415,25 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
             path: path.to_owned(),
         });
     }
-    // Without its writer, a store with journal records left is not whole
-    // until they are replayed, which only a writer does. With its writer
-    // running, the open below is refused as `Locked`, and the tools ask the
-    // writer instead.
-    let pending = journal::has_pending_records(path)
-        .map_err(|error| unreadable_beside(path, "journal", error))?;
-    if pending && !held_by_writer(path) {
+    // A store an earlier build left with journal records is not whole until
+    // a writable open replays them. With a writer of that build running,
+    // the open below is refused as `Locked`, and the tools ask it instead.
+    if durability::needs_journal_replay(path)? && !held_by_writer(path) {
         return Err(StoreError::NeedsRecovery {
             path: path.to_owned(),
         });
     }
     let db = builder(cache_bytes)
         .open_read_only(path)
-        .map_err(|error| map_open_error(path, error))?;
+        .map_err(|error| match error {
+            // The store file's last commits were not durable ones: a daemon
+            // stopped without its final checkpoint, and its write log holds
+            // them. A read-only open cannot repair it; a daemon recovers it.
+            redb::DatabaseError::RepairAborted => StoreError::NeedsRecovery {
+                path: path.to_owned(),
+            },
+            other => map_open_error(path, other),
+        })?;
     check_schema(path, &db)?;
     refuse_pending_groups(path, &db)?;
     Ok(db)
@@ -446,28 +444,8 @@ pub fn open_read_only(path: &Path, cache_bytes: usize) -> Result<ReadOnlyDatabas
 /// daemon starts on it meanwhile.
 pub fn hold(path: &Path) -> Result<Database, StoreError> {
     builder(1 << 20)
-        .create_with_backend(open_journaled(path, None)?)
+        .create_with_backend(backend(path)?)
         .map_err(|error| map_open_error(path, error))
-}
-
-/// The store file under its journal, replayed if its last writer did not
-/// stop cleanly.
-fn open_journaled(
-    path: &Path,
-    journal_bytes: Option<u64>,
-) -> Result<journal::JournaledFile, StoreError> {
-    // redb would refuse such a file, but only after the journals exist.
-    if journal::is_foreign(path).map_err(|error| StoreError::Redb(redb::Error::Io(error)))? {
-        return Err(StoreError::NotAStore {
-            path: path.to_owned(),
-        });
-    }
-    journal::JournaledFile::open(path, journal_bytes).map_err(|error| match error.kind() {
-        std::io::ErrorKind::WouldBlock => StoreError::Locked {
-            path: path.to_owned(),
-        },
-        _ => StoreError::Redb(redb::Error::Io(error)),
-    })
 }
 
 /// True when a daemon (a writer in another process) has the store open.

@@ -158,22 +158,16 @@ type Ordinals<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
 pub struct SharedSnapshots {
     path: PathBuf,
     cache_bytes: usize,
-    journal_bytes: Option<u64>,
     db: RwLock<Option<Arc<Database>>>,
     current: Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl SharedSnapshots {
-    pub fn open(
-        path: &Path,
-        cache_bytes: usize,
-        journal_bytes: Option<u64>,
-    ) -> Result<Self, StoreError> {
-        let db = super::open_writable_with_journal(path, cache_bytes, journal_bytes)?;
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = super::open_for_writer(path, cache_bytes)?;
         Ok(SharedSnapshots {
             path: path.to_owned(),
             cache_bytes,
-            journal_bytes,
             db: RwLock::new(Some(Arc::new(db))),
             current: Mutex::new(None),
         })
@@ -237,11 +231,7 @@ impl SharedSnapshots {
             drop(old);
         }
         loop {
-            match super::open_writable_with_journal(
-                &self.path,
-                self.cache_bytes,
-                self.journal_bytes,
-            ) {
+            match super::open_for_writer(&self.path, self.cache_bytes) {
                 Ok(db) => {
                     *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
                     return Ok(());

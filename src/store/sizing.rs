@@ -1,11 +1,10 @@
-//! How much of its volume the store sets aside: the preallocated files
-//! beside it (two journals and the write log, each `journal_bytes`) and
+//! How much of its volume the store sets aside: the preallocated write log
+//! beside it (`log_bytes`) and
 //! the free-space floor below which writes are refused. Unless configured,
 //! both follow the volume's size, so that a 64 MiB volume (a small PVC, an
 //! `emptyDir` with `sizeLimit`) serves as well as a large disk.
 
-use super::grouplog::log_path;
-use super::journal::{journal_paths, DEFAULT_JOURNAL_BYTES};
+use super::durability::{log_path, DEFAULT_LOG_BYTES};
 use std::path::Path;
 
 const MIB: u64 = 1 << 20;
@@ -18,8 +17,8 @@ const STARTING_ROOM_BYTES: u64 = MIB;
 /// The sizes in force for one store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
-    /// Each journal file, and the write log.
-    pub journal_bytes: u64,
+    /// The write log.
+    pub log_bytes: u64,
     /// Writes are refused (503) while the volume has less free space.
     pub min_free_bytes: u64,
 }
@@ -53,49 +52,38 @@ impl Volume {
 
 impl Sizes {
     /// The configured sizes (in MiB), or for what is not configured, a
-    /// thirty-second of the volume for each journal (1 to 32 MiB) and a
+    /// thirty-second of the volume for the write log (1 to 32 MiB) and a
     /// sixteenth for the floor (1 to 64 MiB): a 64 MiB volume sets aside
-    /// 3 × 2 MiB and keeps 4 MiB free; from 1 GiB on, the defaults of a
-    /// large disk, 3 × 32 MiB and 64 MiB.
-    pub fn for_volume(
-        volume: Volume,
-        journal_mib: Option<u64>,
-        min_free_mib: Option<u64>,
-    ) -> Sizes {
+    /// 2 MiB and keeps 4 MiB free; from 1 GiB on, the defaults of a large
+    /// disk, 32 MiB and 64 MiB.
+    pub fn for_volume(volume: Volume, log_mib: Option<u64>, min_free_mib: Option<u64>) -> Sizes {
         let share = |divisor: u64, largest: u64| {
             (volume.total_bytes / divisor / MIB * MIB).clamp(MIB, largest)
         };
         Sizes {
-            journal_bytes: journal_mib
-                .map_or_else(|| share(32, DEFAULT_JOURNAL_BYTES), |mib| mib * MIB),
+            log_bytes: log_mib.map_or_else(|| share(32, DEFAULT_LOG_BYTES), |mib| mib * MIB),
             min_free_bytes: min_free_mib
                 .map_or_else(|| share(16, DEFAULT_MIN_FREE_BYTES), |mib| mib * MIB),
         }
     }
 
     /// Refuses, in one sentence naming the settings, a volume without room
-    /// for the fixed files still to be made, the floor, and a start.
-    /// `store` is the store file's path; files already there count as made.
+    /// for the write log still to be made, the floor, and a start. `store`
+    /// is the store file's path; a log already there counts as made.
     pub fn check_room(&self, store: &Path, volume: Volume) -> Result<(), String> {
-        let [journal_0, journal_1] = journal_paths(store);
-        let to_make: u64 = [journal_0, journal_1, log_path(store)]
-            .iter()
-            .map(|path| {
-                let made = std::fs::metadata(path).map_or(0, |meta| meta.len());
-                self.journal_bytes.saturating_sub(made)
-            })
-            .sum();
+        let made = std::fs::metadata(log_path(store)).map_or(0, |meta| meta.len());
+        let to_make = self.log_bytes.saturating_sub(made);
         let needed = to_make + self.min_free_bytes + STARTING_ROOM_BYTES;
         if volume.free_bytes >= needed {
             return Ok(());
         }
         let mib = |bytes: u64| bytes.div_ceil(MIB);
         Err(format!(
-            "the volume holding {} has {} MiB free, and the store needs {} MiB to start: 3 × {} MiB of journals and write log (store.journal_mib), a free-space floor of {} MiB (store.min_free_mib) and 1 MiB for the store itself; give it a larger volume or lower those settings",
+            "the volume holding {} has {} MiB free, and the store needs {} MiB to start: {} MiB of write log (store.write_log_mib), a free-space floor of {} MiB (store.min_free_mib) and 1 MiB for the store itself; give it a larger volume or lower those settings",
             store.parent().unwrap_or(store).display(),
             volume.free_bytes / MIB,
             mib(needed),
-            mib(self.journal_bytes),
+            mib(self.log_bytes),
             mib(self.min_free_bytes),
         ))
     }
@@ -116,7 +104,7 @@ mod tests {
     fn sizes_follow_the_volume_between_their_bounds() {
         let of = |total_mib| {
             let sizes = Sizes::for_volume(volume(total_mib), None, None);
-            (sizes.journal_bytes / MIB, sizes.min_free_bytes / MIB)
+            (sizes.log_bytes / MIB, sizes.min_free_bytes / MIB)
         };
         assert_eq!(of(8), (1, 1));
         assert_eq!(of(64), (2, 4));
@@ -128,26 +116,24 @@ mod tests {
     #[test]
     fn configured_sizes_win() {
         let sizes = Sizes::for_volume(volume(64), Some(5), Some(0));
-        assert_eq!((sizes.journal_bytes, sizes.min_free_bytes), (5 * MIB, 0));
+        assert_eq!((sizes.log_bytes, sizes.min_free_bytes), (5 * MIB, 0));
     }
 
     #[test]
     fn a_volume_too_small_is_one_sentence_naming_the_settings() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("processmanager.redb");
-        let small = volume(4);
+        let small = volume(2);
         let sizes = Sizes::for_volume(small, None, None);
         assert!(sizes.check_room(&store, volume(64)).is_ok());
         let refused = sizes.check_room(&store, small).unwrap_err();
         assert!(
-            refused.contains("store.journal_mib") && refused.contains("store.min_free_mib"),
+            refused.contains("store.write_log_mib") && refused.contains("store.min_free_mib"),
             "{refused}"
         );
         assert!(!refused.contains('\n'), "{refused}");
-        // Files already made take no more room.
-        for path in journal_paths(&store).iter().chain([&log_path(&store)]) {
-            std::fs::write(path, vec![0u8; MIB as usize]).unwrap();
-        }
+        // A log already made takes no more room.
+        std::fs::write(log_path(&store), vec![0u8; MIB as usize]).unwrap();
         assert!(sizes.check_room(&store, small).is_ok());
     }
 }

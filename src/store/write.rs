@@ -16,8 +16,7 @@ use super::schema::{
     self, decode_evolved_or_corrupt, decode_or_corrupt, record_key, Counters, DedupRecord, Due,
     FeedEntry, HistoryRecordRef, Kind, Source, StoredResult, BY_ATTRIBUTE, BY_CORRELATION,
     BY_CORRELATION_PREFIX, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE, DURATIONS,
-    EVENTS, FEED, FEED_MARKS, META, META_COUNTERS, META_FEED_FLOOR, META_LOGGED_GROUP, PROCESS_IDS,
-    RECORDS,
+    EVENTS, FEED, FEED_MARKS, META, META_COUNTERS, META_FEED_FLOOR, PROCESS_IDS, RECORDS,
 };
 use super::{codec, StoreError};
 use crate::domain::{
@@ -196,19 +195,6 @@ pub struct WriteBatch<'txn> {
     pub made: Vec<(EventType, EventOutcome)>,
 }
 
-/// The number of the last write group the store holds (`store::grouplog`);
-/// 0 before the first.
-pub fn load_logged_group(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    schema::logged_group(&txn.open_table(META)?)
-}
-
-/// Records that the store holds write group `number`.
-pub fn set_logged_group(txn: &WriteTransaction, number: u64) -> Result<(), StoreError> {
-    txn.open_table(META)?
-        .insert(META_LOGGED_GROUP, codec::encode(&number).as_slice())?;
-    Ok(())
-}
-
 /// Reads the counters as last committed.
 pub fn load_counters(txn: &WriteTransaction) -> Result<Counters, StoreError> {
     let meta = txn.open_table(META)?;
@@ -260,14 +246,6 @@ impl<'txn> WriteBatch<'txn> {
     /// The per-type defaults given to processes from now on.
     pub fn set_timeouts(&mut self, timeouts: std::sync::Arc<TimeoutDefaults>) {
         self.timeouts = timeouts;
-    }
-
-    /// `finish`, recording too that the store holds write group `number`
-    /// (`store::grouplog`).
-    pub fn finish_group(mut self, number: u64) -> Result<Counters, StoreError> {
-        self.meta
-            .insert(META_LOGGED_GROUP, codec::encode(&number).as_slice())?;
-        self.finish()
     }
 
     /// Writes the changed processes and tasks, their index entries and the

@@ -689,7 +689,7 @@ fn after_kill_9_inspect_and_backup_ask_for_recovery_and_a_restart_gives_it() {
 }
 
 #[test]
-fn inspect_refuses_a_store_whose_journal_cannot_be_read() {
+fn the_journals_an_earlier_build_left_are_read_then_removed_by_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = path(dir.path());
     let daemon = Daemon::start_in(dir.path());
@@ -699,11 +699,21 @@ fn inspect_refuses_a_store_whose_journal_cannot_be_read() {
     );
     let (status, _, _) = daemon.terminate();
     assert!(status.success());
-    // Whether the journal holds records the store file lacks is unknown:
-    // reading the store file alone could show less than was acknowledged.
-    let journal = dir.path().join("processmanager.redb.journal-1");
-    std::fs::remove_file(&journal).unwrap();
-    std::fs::create_dir(&journal).unwrap();
+    let journals = [
+        "processmanager.redb.journal-0",
+        "processmanager.redb.journal-1",
+    ]
+    .map(|name| dir.path().join(name));
+    assert!(
+        journals.iter().all(|journal| !journal.exists()),
+        "this build keeps no page journal"
+    );
+    // What an earlier build left: its two zero-filled journals, the second
+    // one unreadable. Whether it holds pages the store file lacks is
+    // unknown, so reading the store file alone could show less than was
+    // acknowledged.
+    std::fs::write(&journals[0], vec![0u8; 1 << 20]).unwrap();
+    std::fs::create_dir(&journals[1]).unwrap();
     let refused = run(&["inspect", "--data-dir", data_dir]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(
@@ -711,6 +721,19 @@ fn inspect_refuses_a_store_whose_journal_cannot_be_read() {
         "{}",
         stderr(&refused)
     );
+    // Readable and empty, as a clean stop of that build left them: the
+    // store is whole, and the first daemon removes them.
+    std::fs::remove_dir(&journals[1]).unwrap();
+    std::fs::write(&journals[1], vec![0u8; 1 << 20]).unwrap();
+    assert_eq!(
+        json_of(&run(&["inspect", "--data-dir", data_dir, "--json"]))["processes_total"],
+        1
+    );
+    let daemon = Daemon::start_in(dir.path());
+    assert!(journals.iter().all(|journal| !journal.exists()));
+    assert_eq!(daemon.client().get("/v1/processes/p").status, 200);
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
 }
 
 #[test]

@@ -576,7 +576,7 @@ fn full_disk_round(disk_size: &str, store_settings: &str, floor_bytes: u64) {
     );
     let client = daemon.client();
     // Leave about 1.5 MiB above the free-space floor for the store, beside
-    // its journals and write log.
+    // its write log.
     let stats = rustix::fs::statvfs(disk.path()).unwrap();
     let free = stats.f_bavail * stats.f_frsize;
     let filler = usize::try_from(free - floor_bytes - 1_500_000).unwrap();
@@ -629,7 +629,7 @@ fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers_alone() {
     // The free-space guard refuses writes before redb meets the full disk.
     full_disk_round(
         "8m",
-        "min_free_mib = 1\ncache_mib = 4\njournal_mib = 1\n",
+        "min_free_mib = 1\ncache_mib = 4\nwrite_log_mib = 1\n",
         1 << 20,
     );
 }
@@ -639,24 +639,25 @@ fn an_io_error_mid_commit_is_answered_503_and_the_store_reopened() {
     // No guard: redb meets ENOSPC inside a commit, the writer reopens it.
     full_disk_round(
         "8m",
-        "min_free_mib = 0\ncache_mib = 4\njournal_mib = 1\n",
+        "min_free_mib = 0\ncache_mib = 4\nwrite_log_mib = 1\n",
         0,
     );
 }
 
 #[test]
 fn on_a_64_mib_volume_the_defaults_start_work_and_survive_it_filling() {
-    // Nothing configured: the journals, the write log and the floor follow
-    // the volume (3 × 2 MiB and 4 MiB here).
+    // Nothing configured: the write log and the floor follow the volume
+    // (2 MiB and 4 MiB here).
     full_disk_round("64m", "", 4 << 20);
 }
 
 #[test]
 fn a_volume_too_small_for_the_store_is_refused_in_one_sentence() {
-    let disk = SmallDisk::mount("4m");
+    // It would need 1 MiB of write log, a floor of 1 MiB and 1 MiB to start.
+    let disk = SmallDisk::mount("2m");
     let stderr = serve_refused("127.0.0.1:0", &disk.path().join("data"));
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    for says in ["store.journal_mib", "store.min_free_mib", "larger volume"] {
+    for says in ["store.write_log_mib", "store.min_free_mib", "larger volume"] {
         assert!(stderr.contains(says), "{stderr}");
     }
 }

@@ -1,24 +1,12 @@
-//! The log of write groups: what makes an answer durable between redb's
-//! durable commits.
+//! The write log: one preallocated file beside the store
+//! (`processmanager.redb.groups`) holding the groups acknowledged since the
+//! store's last durable commit, one framed record each (`framing`, magic
+//! "PMG1"). `super` says when records are appended, retracted and
+//! replayed, and when the log starts over.
 //!
-//! The writer applies a group of requests in one redb transaction, appends
-//! the group's inputs (its requests and the server clock it used) to this
-//! log as one record, syncs that one sequential write, and only then
-//! commits the transaction, without redb's own durability, and answers.
-//! Every so often a commit is made durable instead (a checkpoint), and the
-//! log starts over from its beginning.
-//!
-//! On start, the groups logged after the last durable commit are applied
-//! again, in order, through the same code: applying a group is
-//! deterministic given the store before it, its requests and its clock, so
-//! the store ends where it was when the process stopped.
-//!
-//! Records are numbered. The store remembers the number of the last group
-//! a durable commit holds; a record counts only if its number follows the
-//! one before it, so the records of earlier rounds that a shorter round
-//! did not overwrite, and a record torn by a crash, end the log. Records
-//! also carry the store file's inode: a log never replays onto a file that
-//! replaced its store (a restore).
+//! A record counts only if its number follows the one before it, so the
+//! records of earlier rounds that a shorter round did not overwrite, and a
+//! record torn by a crash, end the log.
 
 use super::framing::{self, HEADER_BYTES};
 use std::fs::{File, OpenOptions};
@@ -41,7 +29,7 @@ pub fn log_path(store: &Path) -> PathBuf {
 }
 
 /// One group read back from the log: its number and payload.
-pub use super::framing::Record as LoggedGroup;
+use super::framing::Record as LoggedGroup;
 
 /// True when the log of a store file holds groups numbered after
 /// `durable`, which the store file lacks until a writer replays them.
@@ -55,16 +43,8 @@ pub fn has_pending(store: &Path, durable: u64) -> io::Result<bool> {
     Ok(!pending_in(&file, ino, durable)?.0.is_empty())
 }
 
-/// Removes the log of a store file that is about to be replaced.
-pub fn remove(store: &Path) -> io::Result<()> {
-    match std::fs::remove_file(log_path(store)) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
-    }
-}
-
 #[derive(Debug)]
-pub struct GroupLog {
+pub struct WriteLog {
     file: File,
     ino: u64,
     /// The size asked for; the file takes it when the log starts over.
@@ -82,10 +62,10 @@ pub struct GroupLog {
     buffer: Vec<u8>,
 }
 
-impl GroupLog {
+impl WriteLog {
     /// Opens (or creates, zero-filled) the log of a store file, `capacity`
     /// bytes long (`None`: the size it has, or the default for a new one).
-    pub fn open(store: &Path, capacity: Option<u64>) -> io::Result<GroupLog> {
+    pub fn open(store: &Path, capacity: Option<u64>) -> io::Result<WriteLog> {
         let ino = std::fs::metadata(store)?.ino();
         let file = OpenOptions::new()
             .read(true)
@@ -99,7 +79,7 @@ impl GroupLog {
             None if len == 0 => DEFAULT_LOG_BYTES,
             None => len.max(MIN_LOG_BYTES),
         };
-        Ok(GroupLog {
+        Ok(WriteLog {
             file,
             ino,
             capacity,
@@ -237,12 +217,12 @@ fn pending_in(file: &File, ino: u64, durable: u64) -> io::Result<(Vec<LoggedGrou
 mod tests {
     use super::*;
 
-    fn open(dir: &Path) -> GroupLog {
+    fn open(dir: &Path) -> WriteLog {
         let store = dir.join("store");
         if !store.exists() {
             std::fs::write(&store, b"").unwrap();
         }
-        let mut log = GroupLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
+        let mut log = WriteLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
         log.start_over().unwrap();
         log
     }
@@ -258,7 +238,7 @@ mod tests {
         for number in 1..=5 {
             assert!(log.append(number, &[number as u8; 100]).unwrap());
         }
-        let reopened = GroupLog::open(&dir.path().join("store"), None).unwrap();
+        let reopened = WriteLog::open(&dir.path().join("store"), None).unwrap();
         let pending = reopened.pending(3).unwrap();
         assert_eq!(numbers(&pending), [4, 5]);
         assert_eq!(pending[0].payload, [4u8; 100]);
@@ -340,7 +320,7 @@ mod tests {
         for number in 1..=3 {
             log.append(number, &[1; 10]).unwrap();
         }
-        let mut reopened = GroupLog::open(&dir.path().join("store"), None).unwrap();
+        let mut reopened = WriteLog::open(&dir.path().join("store"), None).unwrap();
         reopened.append_after_pending(1).unwrap();
         assert_eq!(reopened.groups(), 2);
         reopened.append(4, &[4; 10]).unwrap();
@@ -353,13 +333,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         std::fs::write(&store, b"").unwrap();
-        let mut large = GroupLog::open(&store, Some(4 * MIN_LOG_BYTES)).unwrap();
+        let mut large = WriteLog::open(&store, Some(4 * MIN_LOG_BYTES)).unwrap();
         large.start_over().unwrap();
         let far = 3 * MIN_LOG_BYTES as usize / 2;
         large.append(1, &vec![1; far]).unwrap();
         large.append(2, &[2; 10]).unwrap();
         // Restarted with a smaller log while both groups are pending.
-        let mut small = GroupLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
+        let mut small = WriteLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
         small.append_after_pending(0).unwrap();
         assert_eq!(numbers(&small.pending(0).unwrap()), [1, 2]);
         assert!(small.append(3, &[3; 10]).unwrap());

@@ -1,4 +1,4 @@
-//! How the journal and the write log frame their records: a 32-byte header
+//! How the write log (and an earlier build's page journal) frame records: a 32-byte header
 //! (a magic number, the CRC-32 of everything after it, a number the file
 //! orders its records by, the store file's inode, the payload's length),
 //! then the payload. A record counts only when it is whole, its checksum
