@@ -159,6 +159,26 @@ pub fn open_for_writer(path: &Path, cache_bytes: usize) -> Result<Database, Stor
     let db = builder(cache_bytes)
         .create_with_backend(backend(path)?)
         .map_err(|error| map_open_error(path, error))?;
+    prepare_for_writer(path, db)
+}
+
+/// `open_for_writer` on a file of a simulated disk
+/// (`durability::simulated`).
+#[cfg(test)]
+pub fn open_simulated(
+    file: durability::simulated::SimulatedFile,
+    cache_bytes: usize,
+) -> Result<Database, StoreError> {
+    let path = Path::new("simulated");
+    let db = builder(cache_bytes)
+        .create_with_backend(file)
+        .map_err(|error| map_open_error(path, error))?;
+    prepare_for_writer(path, db)
+}
+
+/// Checks the schema version of a store just opened for writing, upgrades
+/// an older one, or makes a new one: its tables and meta.
+fn prepare_for_writer(path: &Path, db: Database) -> Result<Database, StoreError> {
     let txn = db.begin_write()?;
     let existing: Vec<String> = txn
         .list_tables()?

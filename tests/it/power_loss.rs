@@ -6,7 +6,10 @@
 //! there after the restart, and the store must verify.
 //!
 //! LazyFS (github.com/dsrhaslab/lazyfs) is built from source and cannot
-//! be fetched on CI machines, so this test runs when told where it is:
+//! be fetched on CI machines, so this test runs when told where it is. CI
+//! runs the writer's own path on a simulated disk that loses power the
+//! same way instead (`power_lost_at_any_write_or_sync_loses_no_answered_group`
+//! in `src/writer.rs`).
 //!
 //! ```sh
 //! PM_LAZYFS=/path/to/lazyfs/build/lazyfs \

@@ -4,9 +4,8 @@
 //! then the payload. A record counts only when it is whole, its checksum
 //! matches, and it belongs to the store file it is read for.
 
-use std::fs::File;
+use super::LogFile;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 pub const HEADER_BYTES: usize = 32;
 
@@ -32,7 +31,13 @@ pub fn seal(record: &mut [u8], magic: u32, number: u64, ino: u64) {
 
 /// The record at `pos`, if a whole and intact one with this magic number,
 /// of the store file with inode `ino`, ends before `end`.
-pub fn read(file: &File, magic: u32, ino: u64, pos: u64, end: u64) -> io::Result<Option<Record>> {
+pub fn read(
+    file: &(impl LogFile + ?Sized),
+    magic: u32,
+    ino: u64,
+    pos: u64,
+    end: u64,
+) -> io::Result<Option<Record>> {
     if pos + HEADER_BYTES as u64 > end {
         return Ok(None);
     }

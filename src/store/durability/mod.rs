@@ -39,6 +39,8 @@
 
 mod framing;
 pub mod legacy_journal;
+#[cfg(test)]
+pub mod simulated;
 mod write_log;
 
 use super::schema::{self, Counters, META, META_LOGGED_GROUP};
@@ -48,9 +50,7 @@ use redb::{Database, ReadableDatabase, WriteTransaction};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
-use write_log::WriteLog;
-
-pub use write_log::{log_path, DEFAULT_LOG_BYTES};
+pub use write_log::{log_path, WriteLog, DEFAULT_LOG_BYTES};
 
 /// Groups committed without redb's durability between two durable
 /// commits, at most.
@@ -87,6 +87,16 @@ impl Durability {
         apply: impl FnMut(&mut WriteBatch<'_>, &LoggedGroup) -> Result<(), StoreError>,
     ) -> Result<(Durability, Counters), StoreError> {
         let log = WriteLog::open(path, Some(log_bytes)).map_err(io_error)?;
+        Durability::with_log(db, log, quick_repair, apply)
+    }
+
+    /// `open`, with a write log already open.
+    pub fn with_log(
+        db: &Database,
+        log: WriteLog,
+        quick_repair: bool,
+        apply: impl FnMut(&mut WriteBatch<'_>, &LoggedGroup) -> Result<(), StoreError>,
+    ) -> Result<(Durability, Counters), StoreError> {
         let mut durability = Durability {
             log,
             number: 0,
@@ -190,6 +200,40 @@ impl Durability {
         set_logged_group(&txn, self.number)?;
         txn.commit()?;
         self.log.start_over().map_err(io_error)
+    }
+}
+
+/// What the write log needs of its file: `std::fs::File`, or in tests a
+/// disk that can lose power (`simulated`).
+pub trait LogFile: std::fmt::Debug + Send + Sync {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn size(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the data written so far durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the data and the file's size durable.
+    fn sync_all(&self) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        File::sync_all(self)
     }
 }
 

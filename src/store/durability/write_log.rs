@@ -9,9 +9,10 @@
 //! record torn by a crash, end the log.
 
 use super::framing::{self, HEADER_BYTES};
+use super::LogFile;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The size of the log file, unless told otherwise.
@@ -45,7 +46,7 @@ pub fn has_pending(store: &Path, durable: u64) -> io::Result<bool> {
 
 #[derive(Debug)]
 pub struct WriteLog {
-    file: File,
+    file: Box<dyn LogFile>,
     ino: u64,
     /// The size asked for; the file takes it when the log starts over.
     capacity: u64,
@@ -73,7 +74,12 @@ impl WriteLog {
             .create(true)
             .truncate(false)
             .open(log_path(store))?;
-        let len = file.metadata()?.len();
+        WriteLog::on(Box::new(file), ino, capacity)
+    }
+
+    /// The log in `file`, of the store file with inode `ino`.
+    pub fn on(file: Box<dyn LogFile>, ino: u64, capacity: Option<u64>) -> io::Result<WriteLog> {
+        let len = file.size()?;
         let capacity = match capacity {
             Some(capacity) => capacity.max(MIN_LOG_BYTES),
             None if len == 0 => DEFAULT_LOG_BYTES,
@@ -94,7 +100,7 @@ impl WriteLog {
     /// The groups numbered after `durable`, in order: what the last
     /// process logged and acknowledged after its last durable commit.
     pub fn pending(&self, durable: u64) -> io::Result<Vec<LoggedGroup>> {
-        Ok(pending_in(&self.file, self.ino, durable)?.0)
+        Ok(pending_in(&*self.file, self.ino, durable)?.0)
     }
 
     /// Goes on appending after the groups `pending` returned, which stay
@@ -103,7 +109,7 @@ impl WriteLog {
         // Never shorter than it is: that would cut off the pending groups,
         // which the store does not yet hold durably.
         self.size(false)?;
-        let (pending, end) = pending_in(&self.file, self.ino, durable)?;
+        let (pending, end) = pending_in(&*self.file, self.ino, durable)?;
         self.pos = end;
         self.groups = pending.len() as u32;
         self.last = None;
@@ -125,7 +131,7 @@ impl WriteLog {
     /// Brings the file to `capacity`: grows it always, shrinks it only
     /// when `shrink` (nothing in it is needed any more).
     fn size(&mut self, shrink: bool) -> io::Result<()> {
-        let len = self.file.metadata()?.len();
+        let len = self.file.size()?;
         self.limit = if shrink {
             self.capacity
         } else {
@@ -195,8 +201,12 @@ impl WriteLog {
 
 /// The groups of a log numbered after `durable`, in order, and where the
 /// log's valid records end.
-fn pending_in(file: &File, ino: u64, durable: u64) -> io::Result<(Vec<LoggedGroup>, u64)> {
-    let len = file.metadata()?.len();
+fn pending_in(
+    file: &(impl LogFile + ?Sized),
+    ino: u64,
+    durable: u64,
+) -> io::Result<(Vec<LoggedGroup>, u64)> {
+    let len = file.size()?;
     let mut groups = Vec::new();
     let mut pos = 0;
     let mut previous: Option<u64> = None;
