@@ -11,7 +11,7 @@
 //!     drain the queue, apply every event with the domain rules inside one
 //!     redb write transaction, append the group to the write log with
 //!     one fdatasync, commit without redb's own durability, then answer
-//!     each request; every 50 groups or 1 MiB of log a durable redb
+//!     each request; every 500 groups or 2 MiB of log a durable redb
 //!     commit instead (all of it in store::durability)
 //! dashboards --GET--> http: a redb read snapshot, never blocked by the writer
 //! ```

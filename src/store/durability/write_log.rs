@@ -154,6 +154,11 @@ impl WriteLog {
         Ok(())
     }
 
+    /// The size the log takes when it starts over.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// Bytes of records since the log started over.
     pub fn written(&self) -> u64 {
         self.pos
