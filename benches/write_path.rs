@@ -22,11 +22,15 @@
 //! Reported per size, as the median of PM_BENCH_ROUNDS rounds (default 3)
 //! with the range: single events as a ratio to the floor and their p99,
 //! batches in events/s and as a ratio to the floor, and each figure at the
-//! largest size against the same at 64; the daemon's peak RSS.
+//! largest size against the same at 64; the daemon's peak RSS. Each round
+//! ends by killing the daemon (kill -9) during batched writes to 10,000
+//! active runs, at a moment that differs by round, and timing how soon it
+//! is ready again on that store.
 
 mod support;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use support::*;
 
 const SINGLE_CONNECTIONS: usize = 64;
@@ -174,6 +178,7 @@ fn main() {
     let floor = Server::floor();
     let mut figures: Vec<Vec<Figures>> = (0..sizes.len()).map(|_| Vec::new()).collect();
     let mut peak_rss = Vec::new();
+    let mut recovery = Vec::new();
     let mut tag = 0;
     for round in 1..=rounds {
         let dir = copy_store(&built);
@@ -217,7 +222,26 @@ fn main() {
             );
             figures[index].push(f);
         }
+        // Killed during batched writes to 10,000 active runs, at a moment
+        // that differs by round: how soon is it ready again, the groups
+        // logged since its last durable commit applied again.
+        tag += 1;
+        let writes = std::thread::spawn({
+            let (addr, plan) = (
+                daemon.addr,
+                interleaved_plan(10_000, BATCH_CONNECTIONS, BATCH, tag),
+            );
+            move || run_load(addr, BATCH_CONNECTIONS, Duration::from_secs(5), plan)
+        });
+        std::thread::sleep(Duration::from_millis(1_000 + 1_300 * round as u64 % 3_000));
         peak_rss.push(mib(daemon.peak_rss_bytes()));
+        daemon.kill9();
+        let _ = writes.join();
+        let spawned = Instant::now();
+        let daemon = Server::daemon(dir.path());
+        let ready = wait_ready(daemon.addr, spawned).as_secs_f64();
+        println!("round {round}, ready {ready:.2} s after kill -9 during batched writes");
+        recovery.push(ready);
         daemon.stop();
     }
     println!("\nresults (median of {rounds} rounds, lowest and highest in brackets)");
@@ -248,5 +272,10 @@ fn main() {
     println!(
         "daemon peak RSS: {} MiB (target: under 160)",
         Spread::of(peak_rss).show(0)
+    );
+    let slowest = recovery.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "ready after kill -9 during batched writes: {} s, slowest {slowest:.2} s (target: within 1 s)",
+        Spread::of(recovery).show(2)
     );
 }
