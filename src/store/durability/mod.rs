@@ -17,10 +17,10 @@
 //!    before the failure is answered: nothing of the group remains.
 //! 4. **Checkpoint.** Every `CHECKPOINT_GROUPS` groups, once
 //!    `CHECKPOINT_BYTES` (or an eighth of a small log) are logged, for a
-//!    group whose record does not fit
-//!    in what is left of the log, and at a clean stop, the commit is made
-//!    durable instead, by redb's own two-phase commit, and the log starts
-//!    over. The store file alone then holds every group up to that one.
+//!    group whose record does not fit in what is left of the log, and at
+//!    a clean stop, the commit is made durable instead, by redb's own
+//!    two-phase commit, and the log starts over. The store file alone then
+//!    holds every group up to that one.
 //! 5. **Recover.** At start, and after the store is reopened following an
 //!    I/O error, the groups the log holds numbered after the store's
 //!    `logged_group` are applied again, in order, through the writer's
@@ -64,7 +64,11 @@ pub const CHECKPOINT_GROUPS: u32 = 500;
 /// Or fewer, once this much is logged. What the log holds is what a start
 /// after a crash applies again: 2 MiB of small batched events (about
 /// 50,000) replay in about half a second. 8 MiB measured no faster than
-/// 2 MiB at 10,000 active runs, and took 1.5 s to replay.
+/// 2 MiB at 10,000 active runs, and took 1.5 s to replay. A log smaller
+/// than 16 MiB (on a small volume) takes an eighth of its size instead:
+/// applying logged groups again needs room on the disk in proportion to
+/// what it applies, and after an I/O error on a full volume there is
+/// little left.
 pub const CHECKPOINT_BYTES: u64 = 2 << 20;
 
 /// A logged group read back for recovery: its number and what the writer
@@ -113,7 +117,7 @@ impl Durability {
     /// Applies the groups logged after the store's last durable commit, in
     /// order, with `apply`, in one transaction committed without redb's
     /// durability (the log keeps them until the next checkpoint, so that
-    /// this needs no room on the disk). Returns the counters.
+    /// this needs no sync). Returns the counters.
     pub fn recover(
         &mut self,
         db: &Database,
