@@ -1,6 +1,6 @@
 //! The page journal of earlier builds, which this build only replays.
 //!
-//! Builds up to 2026-11-27 wrote every page of the store file also to one
+//! Builds up to `5f06bcc` (2026-11-27) wrote every page of the store file also to one
 //! of two journal files beside it (`processmanager.redb.journal-0` and
 //! `-1`), and took redb's syncs there as one sequential write. After a
 //! crash, the store file alone could lack pages whose sync the journal
