@@ -1,8 +1,9 @@
 //! The page journal of earlier builds, which this build only replays.
 //!
-//! Builds up to `5f06bcc` (2026-11-27) wrote every page of the store file also to one
-//! of two journal files beside it (`processmanager.redb.journal-0` and
-//! `-1`), and took redb's syncs there as one sequential write. After a
+//! Builds up to `5f06bcc` (2026-11-27) wrote every page of the store file
+//! also to one of two journal files beside it
+//! (`processmanager.redb.journal-0` and `-1`), and took redb's syncs there
+//! as one sequential write. After a
 //! crash, the store file alone could lack pages whose sync the journal
 //! took, so such a store is whole only once its journals are replayed onto
 //! it. Once the write log made most commits non-durable, the journal no
