@@ -574,6 +574,8 @@ struct Committed {
     retention_time: Duration,
 }
 
+/// Applies a group in one transaction and hands it to `durability`, which
+/// makes it durable and visible; on an error nothing of the group stays.
 fn commit_group(
     db: &Database,
     counters: &Counters,

@@ -404,31 +404,10 @@ fn idle_and_slowloris_clients_holding_every_connection_lock_out_neither_probes_n
 fn a_full_house_of_requests_in_service_refuses_the_next_connection() {
     let (daemon, _config) = slow_client_daemon("max_connections = 1\n");
     // One request in service: its body arrives slowly (within the 1 s body
-    // timeout it is still being read).
-    let mut busy = TcpStream::connect(daemon.addr).unwrap();
-    busy.write_all(
-        b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
-    )
-    .unwrap();
-    // Until the daemon has it in service, a second connection would find
-    // it idle; /metrics on the second says when the first is in service.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut second = TcpStream::connect(daemon.addr).unwrap();
-        let _ = second.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-        let (answer, _) = read_until_closed(&mut second);
-        if answer.is_empty() {
-            break; // Refused: the one place is serving a request.
-        }
-        // Served: the first was not in service yet and gave way.
-        assert!(Instant::now() < deadline, "never refused: {answer}");
-        busy = TcpStream::connect(daemon.addr).unwrap();
-        busy.write_all(
-            b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
-        )
-        .unwrap();
-        std::thread::yield_now();
-    }
+    // timeout it is still being read), and the next connection is refused.
+    let mut busy = hold_every_place_in_service(daemon.addr, 1)
+        .pop()
+        .expect("the one place");
     let (answer, _) = read_until_closed(&mut busy);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let metrics = daemon.client().get("/metrics").text;
@@ -440,9 +419,9 @@ fn a_full_house_of_requests_in_service_refuses_the_next_connection() {
     }
 }
 
-/// Opens a POST on the main listener whose body never arrives in full: a
-/// request in service, which no full house may close. Returns once a
-/// further connection is refused, that is, once `count` of them hold every
+/// Opens `count` POSTs on the main listener whose bodies never arrive in
+/// full: requests in service, which no full house may close. Returns them
+/// once a further connection is refused, that is, once they hold every
 /// place.
 fn hold_every_place_in_service(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
     let open = || {

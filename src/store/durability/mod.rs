@@ -39,7 +39,7 @@
 //! (`legacy_journal`).
 
 mod framing;
-pub mod legacy_journal;
+mod legacy_journal;
 #[cfg(test)]
 pub mod simulated;
 mod write_log;
@@ -312,7 +312,7 @@ fn remove_if_there(path: &Path) -> io::Result<()> {
 }
 
 /// A file kept beside the store (`what`) could not be read.
-pub fn unreadable_beside(path: &Path, what: &str, error: io::Error) -> StoreError {
+fn unreadable_beside(path: &Path, what: &str, error: io::Error) -> StoreError {
     StoreError::Redb(redb::Error::Io(io::Error::new(
         error.kind(),
         format!("cannot read the {what} beside {}: {error}", path.display()),
