@@ -8,7 +8,11 @@
 //! of the active set (PM_BENCH_ACTIVE, default `64,1000,10000,100000`),
 //! measures four phases of PM_BENCH_SECS seconds (default 5): the HTTP
 //! floor and the daemon with single events at 64 connections, then the
-//! floor and the daemon with batches of 100 at 16 connections.
+//! floor and the daemon with batches of 100 at 16 connections; then a
+//! storage floor of as long on a copy of the store of its own: redb
+//! alone, each event one row of the history table under its run's key,
+//! 1,600 events (what the writer groups from 16 batches of 100; set with
+//! PM_BENCH_FLOOR_GROUP) to a durable commit.
 //!
 //! Each active run lives a realistic life of nine events (started; a task
 //! starts, fails, is retried and succeeds; a second task starts, reports
@@ -21,11 +25,11 @@
 //!
 //! Reported per size, as the median of PM_BENCH_ROUNDS rounds (default 3)
 //! with the range: single events as a ratio to the floor and their p99,
-//! batches in events/s and as a ratio to the floor, and each figure at the
-//! largest size against the same at 64; the daemon's peak RSS. Each round
-//! ends by killing the daemon (kill -9) during batched writes to 10,000
-//! active runs, at a moment that differs by round, and timing how soon it
-//! is ready again on that store.
+//! batches in events/s and as a ratio to the HTTP floor and to the storage
+//! floor, and each figure at the largest size against the same at 64; the
+//! daemon's peak RSS. Each round ends by killing the daemon (kill -9)
+//! during batched writes to 10,000 active runs, at a moment that differs
+//! by round, and timing how soon it is ready again on that store.
 
 mod support;
 
@@ -97,6 +101,11 @@ struct Runs {
 
 impl Runs {
     fn next_event(&mut self) -> serde_json::Value {
+        self.next_indexed().1
+    }
+
+    /// The next event and the index of the slot whose run sent it.
+    fn next_indexed(&mut self) -> (usize, serde_json::Value) {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;
@@ -108,7 +117,7 @@ impl Runs {
             *step = 0;
             *generation += 1;
         }
-        event
+        (index, event)
     }
 }
 
@@ -151,12 +160,61 @@ fn interleaved_plan(
     })
 }
 
+/// The storage floor for `active` interleaved runs: each event one row of
+/// the store's own history table, under its run's key (a new run takes
+/// the next ordinal, as in the daemon), `group` events to a durable
+/// commit, for `duration`. Nothing else is read or written: what redb
+/// alone does with one row an event in this shape. Returns events/s.
+fn storage_floor(
+    store: &std::path::Path,
+    (active, group): (u64, u64),
+    tag: u64,
+    duration: Duration,
+) -> f64 {
+    use processmanager::store::schema::{record_key, Kind, EVENTS};
+    let db = redb::Database::open(store).expect("the floor's copy of the store");
+    let mut runs = Runs {
+        slots: (0..active)
+            .map(|slot| (tag * 10_000_000 + slot, 0, 0))
+            .collect(),
+        state: 0x9e37_79b9_7f4a_7c15 ^ tag << 32,
+    };
+    // Each slot's run and its ordinal; new runs numbered past the store's.
+    let mut ordinals: Vec<u64> = (0..active).map(|slot| (1 << 40) + slot).collect();
+    let mut next_ordinal = (1 << 40) + active;
+    let (mut seq, mut events) = (1u64 << 40, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(EVENTS).expect("table");
+            for _ in 0..group {
+                let (slot, event) = runs.next_indexed();
+                if event["type"] == "process.started" {
+                    ordinals[slot] = next_ordinal;
+                    next_ordinal += 1;
+                }
+                seq += 1;
+                let key = record_key(ordinals[slot], Kind::History, &seq.to_be_bytes());
+                table
+                    .insert(key.as_slice(), event.to_string().as_bytes())
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+        events += group;
+    }
+    events as f64 / started.elapsed().as_secs_f64()
+}
+
 /// One size's figures in one round.
 struct Figures {
     single_ratio: f64,
     single_p99: f64,
     batch_events: f64,
     batch_ratio: f64,
+    /// The storage floor's events/s (`storage_floor`).
+    storage: f64,
 }
 
 fn main() {
@@ -176,6 +234,12 @@ fn main() {
     );
     let built = build_cached_store("write-path", processes, 5, built_event);
     let floor = Server::floor();
+    // The storage floor writes into a copy of its own.
+    let storage_copy = copy_store(&built);
+    let storage_path = processmanager::store::store_path(storage_copy.path());
+    // As many events as the writer groups when 16 connections each send
+    // a batch of 100.
+    let floor_group = env_number("PM_BENCH_FLOOR_GROUP", (BATCH_CONNECTIONS * BATCH) as u64);
     let mut figures: Vec<Vec<Figures>> = (0..sizes.len()).map(|_| Vec::new()).collect();
     let mut peak_rss = Vec::new();
     let mut recovery = Vec::new();
@@ -198,6 +262,8 @@ fn main() {
             let single = phase(daemon.addr, SINGLE_CONNECTIONS, 1);
             let batch_floor = phase(floor.addr, BATCH_CONNECTIONS, BATCH);
             let batch = phase(daemon.addr, BATCH_CONNECTIONS, BATCH);
+            tag += 1;
+            let storage = storage_floor(&storage_path, (active, floor_group), tag, secs);
             assert_eq!(
                 single.errors + batch.errors,
                 0,
@@ -208,9 +274,10 @@ fn main() {
                 single_p99: single.percentile_ms(0.99),
                 batch_events: batch.events_per_sec(),
                 batch_ratio: batch.events_per_sec() / batch_floor.events_per_sec(),
+                storage,
             };
             println!(
-                "round {round}, {active:>6} active: single {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms; batches {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms",
+                "round {round}, {active:>6} active: single {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms; batches {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms; storage floor {:>7.0} ev/s",
                 single.events_per_sec(),
                 f.single_ratio,
                 single_floor.events_per_sec(),
@@ -219,6 +286,7 @@ fn main() {
                 f.batch_ratio,
                 batch_floor.events_per_sec(),
                 batch.percentile_ms(0.99),
+                storage,
             );
             figures[index].push(f);
         }
@@ -245,15 +313,17 @@ fn main() {
         daemon.stop();
     }
     println!("\nresults (median of {rounds} rounds, lowest and highest in brackets)");
-    println!("| active runs | single events / floor | single p99 | batches of 100, events/s | batches / floor |");
-    println!("|---:|---|---|---|---|");
+    println!("| active runs | single events / floor | single p99 | batches of 100, events/s | batches / floor | storage floor, events/s | batches / storage floor |");
+    println!("|---:|---|---|---|---|---|---|");
     for (size, runs) in sizes.iter().zip(&figures) {
         println!(
-            "| {size} | {}x | {} ms | {} | {}x |",
+            "| {size} | {}x | {} ms | {} | {}x | {} | {}x |",
             Spread::of(runs.iter().map(|f| f.single_ratio)).show(3),
             Spread::of(runs.iter().map(|f| f.single_p99)).show(2),
             Spread::of(runs.iter().map(|f| f.batch_events)).show(0),
             Spread::of(runs.iter().map(|f| f.batch_ratio)).show(3),
+            Spread::of(runs.iter().map(|f| f.storage)).show(0),
+            Spread::of(runs.iter().map(|f| f.batch_events / f.storage)).show(3),
         );
     }
     if sizes.len() > 1 {
