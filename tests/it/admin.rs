@@ -721,6 +721,14 @@ fn the_journals_an_earlier_build_left_are_read_then_removed_by_the_daemon() {
         "{}",
         stderr(&refused)
     );
+    // A writable open replays it, and says that this is what failed.
+    let refused = run(&["compact", "--data-dir", data_dir]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("cannot apply the journal an earlier build left beside"),
+        "{}",
+        stderr(&refused)
+    );
     // Readable and empty, as a clean stop of that build left them: the
     // store is whole, and the first daemon removes them.
     std::fs::remove_dir(&journals[1]).unwrap();

@@ -269,14 +269,14 @@ fn io_error(error: io::Error) -> StoreError {
 pub fn needs_recovery(path: &Path, db: &impl ReadableDatabase) -> Result<bool, StoreError> {
     let durable = schema::logged_group(&db.begin_read()?.open_table(META)?)?;
     write_log::has_pending(path, durable)
-        .map_err(|error| unreadable_beside(path, "write log", error))
+        .map_err(|error| failed_beside(path, "read the write log", error))
 }
 
 /// True when an earlier build's journal holds pages the store file lacks
 /// (`legacy_journal`), which only a writable open replays.
 pub fn needs_journal_replay(path: &Path) -> Result<bool, StoreError> {
     legacy_journal::has_pending_records(path)
-        .map_err(|error| unreadable_beside(path, "journal", error))
+        .map_err(|error| failed_beside(path, "read the journal", error))
 }
 
 /// Opens the store file for writing (creating it when missing), after
@@ -293,7 +293,9 @@ pub fn open_store_file(path: &Path) -> Result<File, StoreError> {
         io::ErrorKind::WouldBlock => StoreError::Locked {
             path: path.to_owned(),
         },
-        _ => unreadable_beside(path, "journal", error),
+        // Reading the journal, writing its pages to the store file, or
+        // removing it: the error names which.
+        _ => failed_beside(path, "apply the journal an earlier build left", error),
     })?;
     Ok(file)
 }
@@ -311,10 +313,10 @@ fn remove_if_there(path: &Path) -> io::Result<()> {
     }
 }
 
-/// A file kept beside the store (`what`) could not be read.
-fn unreadable_beside(path: &Path, what: &str, error: io::Error) -> StoreError {
+/// Doing `what` with a file kept beside the store failed.
+fn failed_beside(path: &Path, what: &str, error: io::Error) -> StoreError {
     StoreError::Redb(redb::Error::Io(io::Error::new(
         error.kind(),
-        format!("cannot read the {what} beside {}: {error}", path.display()),
+        format!("cannot {what} beside {}: {error}", path.display()),
     )))
 }
