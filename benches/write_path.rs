@@ -9,10 +9,11 @@
 //! measures four phases of PM_BENCH_SECS seconds (default 5): the HTTP
 //! floor and the daemon with single events at 64 connections, then the
 //! floor and the daemon with batches of 100 at 16 connections; then a
-//! storage floor of as long on a copy of the store of its own: redb
-//! alone, each event one row of the history table under its run's key,
-//! 1,600 events (what the writer groups from 16 batches of 100; set with
-//! PM_BENCH_FLOOR_GROUP) to a durable commit.
+//! storage floor of as long on a copy of the store of its own (fresh each
+//! round, like the daemon's): redb alone, each event one row of the
+//! history table under its run's key, 1,600 events (what the writer
+//! groups from 16 batches of 100; set with PM_BENCH_FLOOR_GROUP) to a
+//! durable commit.
 //!
 //! Each active run lives a realistic life of nine events (started; a task
 //! starts, fails, is retried and succeeds; a second task starts, reports
@@ -234,9 +235,6 @@ fn main() {
     );
     let built = build_cached_store("write-path", processes, 5, built_event);
     let floor = Server::floor();
-    // The storage floor writes into a copy of its own.
-    let storage_copy = copy_store(&built);
-    let storage_path = processmanager::store::store_path(storage_copy.path());
     // As many events as the writer groups when 16 connections each send
     // a batch of 100.
     let floor_group = env_number("PM_BENCH_FLOOR_GROUP", (BATCH_CONNECTIONS * BATCH) as u64);
@@ -246,6 +244,10 @@ fn main() {
     let mut tag = 0;
     for round in 1..=rounds {
         let dir = copy_store(&built);
+        // The storage floor writes into a copy of its own, which grows
+        // through the round as the daemon's does.
+        let storage_copy = copy_store(&built);
+        let storage_path = processmanager::store::store_path(storage_copy.path());
         let daemon = Server::daemon(dir.path());
         for (index, &active) in sizes.iter().enumerate() {
             // Each phase on runs of its own.
