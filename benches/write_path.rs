@@ -10,10 +10,12 @@
 //! floor and the daemon with single events at 64 connections, then the
 //! floor and the daemon with batches of 100 at 16 connections; then a
 //! storage floor of as long on a copy of the store of its own (fresh each
-//! round, like the daemon's): redb alone, each event one row of the
-//! history table under its run's key, 1,600 events (what the writer
-//! groups from 16 batches of 100; set with PM_BENCH_FLOOR_GROUP) to a
-//! durable commit.
+//! round, like the daemon's): redb alone, with the daemon's default
+//! cache, each event one row of the history table under its run's key,
+//! 1,600 events to a commit (what the writer groups from 16 batches of
+//! 100; PM_BENCH_FLOOR_GROUP), and the commits durable as often as the
+//! daemon's checkpoints make its own (PM_BENCH_FLOOR_ALL_DURABLE=1: every
+//! one).
 //!
 //! Each active run lives a realistic life of nine events (started; a task
 //! starts, fails, is retried and succeeds; a second task starts, reports
@@ -163,17 +165,29 @@ fn interleaved_plan(
 
 /// The storage floor for `active` interleaved runs: each event one row of
 /// the store's own history table, under its run's key (a new run takes
-/// the next ordinal, as in the daemon), `group` events to a durable
-/// commit, for `duration`. Nothing else is read or written: what redb
+/// the next ordinal, as in the daemon), `group` events to a commit, for
+/// `duration`, with the daemon's default cache. The commits follow the
+/// daemon's rule: without redb's durability, and durable every
+/// `CHECKPOINT_GROUPS` commits or once `CHECKPOINT_BYTES` of rows are
+/// written since the last durable one (the daemon counts its write log's
+/// bytes; a row here is about a logged event's size). With `all_durable`,
+/// every commit is durable. Nothing else is read or written: what redb
 /// alone does with one row an event in this shape. Returns events/s.
 fn storage_floor(
     store: &std::path::Path,
-    (active, group): (u64, u64),
+    active: u64,
+    (group, all_durable): (u64, bool),
     tag: u64,
     duration: Duration,
 ) -> f64 {
     use processmanager::store::schema::{record_key, Kind, EVENTS};
-    let db = redb::Database::open(store).expect("the floor's copy of the store");
+    let db = redb::Builder::new()
+        .set_cache_size(processmanager::config::Config::default().store.cache_mib << 20)
+        .open(store)
+        .expect("the floor's copy of the store");
+    use processmanager::store::durability::{CHECKPOINT_BYTES, CHECKPOINT_GROUPS};
+    // Commits and bytes since the last durable commit.
+    let (mut commits, mut bytes) = (0u32, 0u64);
     let mut runs = Runs {
         slots: (0..active)
             .map(|slot| (tag * 10_000_000 + slot, 0, 0))
@@ -186,7 +200,14 @@ fn storage_floor(
     let (mut seq, mut events) = (1u64 << 40, 0u64);
     let started = Instant::now();
     while started.elapsed() < duration {
-        let txn = db.begin_write().expect("txn");
+        let mut txn = db.begin_write().expect("txn");
+        commits += 1;
+        if all_durable || commits >= CHECKPOINT_GROUPS || bytes >= CHECKPOINT_BYTES {
+            (commits, bytes) = (0, 0);
+        } else {
+            txn.set_durability(redb::Durability::None)
+                .expect("durability");
+        }
         {
             let mut table = txn.open_table(EVENTS).expect("table");
             for _ in 0..group {
@@ -197,8 +218,10 @@ fn storage_floor(
                 }
                 seq += 1;
                 let key = record_key(ordinals[slot], Kind::History, &seq.to_be_bytes());
+                let row = event.to_string();
+                bytes += row.len() as u64;
                 table
-                    .insert(key.as_slice(), event.to_string().as_bytes())
+                    .insert(key.as_slice(), row.as_bytes())
                     .expect("insert");
             }
         }
@@ -237,7 +260,10 @@ fn main() {
     let floor = Server::floor();
     // As many events as the writer groups when 16 connections each send
     // a batch of 100.
-    let floor_group = env_number("PM_BENCH_FLOOR_GROUP", (BATCH_CONNECTIONS * BATCH) as u64);
+    let floor_commits = (
+        env_number("PM_BENCH_FLOOR_GROUP", (BATCH_CONNECTIONS * BATCH) as u64),
+        std::env::var("PM_BENCH_FLOOR_ALL_DURABLE").as_deref() == Ok("1"),
+    );
     let mut figures: Vec<Vec<Figures>> = (0..sizes.len()).map(|_| Vec::new()).collect();
     let mut peak_rss = Vec::new();
     let mut recovery = Vec::new();
@@ -265,7 +291,7 @@ fn main() {
             let batch_floor = phase(floor.addr, BATCH_CONNECTIONS, BATCH);
             let batch = phase(daemon.addr, BATCH_CONNECTIONS, BATCH);
             tag += 1;
-            let storage = storage_floor(&storage_path, (active, floor_group), tag, secs);
+            let storage = storage_floor(&storage_path, active, floor_commits, tag, secs);
             assert_eq!(
                 single.errors + batch.errors,
                 0,
