@@ -180,12 +180,12 @@ fn storage_floor(
     tag: u64,
     duration: Duration,
 ) -> f64 {
+    use processmanager::store::durability::{CHECKPOINT_BYTES, CHECKPOINT_GROUPS};
     use processmanager::store::schema::{record_key, Kind, EVENTS};
     let db = redb::Builder::new()
         .set_cache_size(processmanager::config::Config::default().store.cache_mib << 20)
         .open(store)
         .expect("the floor's copy of the store");
-    use processmanager::store::durability::{CHECKPOINT_BYTES, CHECKPOINT_GROUPS};
     // Commits and bytes since the last durable commit.
     let (mut commits, mut bytes) = (0u32, 0u64);
     let mut runs = Runs {
@@ -258,8 +258,9 @@ fn main() {
     );
     let built = build_cached_store("write-path", processes, 5, built_event);
     let floor = Server::floor();
-    // As many events as the writer groups when 16 connections each send
-    // a batch of 100.
+    // The storage floor's commits: as many events as the writer groups
+    // when 16 connections each send a batch of 100, and whether each is
+    // durable.
     let floor_commits = (
         env_number("PM_BENCH_FLOOR_GROUP", (BATCH_CONNECTIONS * BATCH) as u64),
         std::env::var("PM_BENCH_FLOOR_ALL_DURABLE").as_deref() == Ok("1"),
