@@ -89,7 +89,7 @@ pub const META_INDEXED_ATTRIBUTES: &str = "indexed_attributes";
 pub const META_FEED_FLOOR: &str = "feed_floor";
 pub const META_COUNTERS: &str = "counters";
 /// The number of the last write group the store holds, for replaying the
-/// write log (`store::grouplog`).
+/// write log (`store::durability`).
 pub const META_LOGGED_GROUP: &str = "logged_group";
 
 /// Record kinds, the byte after the ordinal in a `RECORDS` key. Their order
@@ -300,7 +300,7 @@ impl Counters {
     }
 }
 
-/// The number of the last write group the store holds (`store::grouplog`),
+/// The number of the last write group the store holds (`store::durability`),
 /// from its `META` table, read or written; 0 before the first.
 pub fn logged_group(
     meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
