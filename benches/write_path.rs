@@ -15,7 +15,10 @@
 //! 1,600 events to a commit (what the writer groups from 16 batches of
 //! 100; PM_BENCH_FLOOR_GROUP), and the commits durable as often as the
 //! daemon's checkpoints make its own (PM_BENCH_FLOOR_ALL_DURABLE=1: every
-//! one).
+//! one). PM_BENCH_APPLY_FLOOR=N adds a floor for a design not built: what
+//! a thread applying N events to a durable commit, each table in key
+//! order and each run's records once, would write (`apply_floor`), with
+//! history under each run's key and, the other layout, appended by seq.
 //!
 //! Each active run lives a realistic life of nine events (started; a task
 //! starts, fails, is retried and succeeds; a second task starts, reports
@@ -238,6 +241,132 @@ fn storage_floor(
     events as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The apply floor (`PM_BENCH_APPLY_FLOOR`, events to a commit): what the
+/// second thread of the deferred-apply design (docs/benchmarks-diary.md)
+/// would write for `active` interleaved runs, redb alone on the storage
+/// floor's copy with the daemon's cache. Each commit takes
+/// `per_commit` events at once, as that thread would take a second of
+/// them, and writes each table in key order: for every event its history
+/// row and idempotency key (`EVENTS`) and its feed item (`FEED`); for
+/// every run the commit touches, its process record and one task record
+/// (`RECORDS`), once. Every commit is durable, as that thread's must be
+/// before the write log may drop what it covers. Only the transactions
+/// are timed (sorting included, making the rows not): the most that
+/// design's apply could take on this machine, without the writer, the
+/// reads or the HTTP work that would share the two cores with it.
+/// `by_seq`: the other history layout, each row appended by seq (in the
+/// feed's table, one row with the feed item) and under its run's key only
+/// an empty entry that finds it. Returns events/s.
+fn apply_floor(
+    store: &std::path::Path,
+    active: u64,
+    (per_commit, by_seq): (u64, bool),
+    tag: u64,
+    duration: Duration,
+) -> f64 {
+    use processmanager::store::schema::{
+        record_key, task_ordinal_bytes, Kind, EVENTS, FEED, RECORDS,
+    };
+    let db = redb::Builder::new()
+        .set_cache_size(processmanager::config::Config::default().store.cache_mib << 20)
+        .open(store)
+        .expect("the floor's copy of the store");
+    let mut runs = Runs {
+        slots: (0..active)
+            .map(|slot| (tag * 10_000_000 + slot, 0, 0))
+            .collect(),
+        state: 0x9e37_79b9_7f4a_7c15 ^ tag << 32,
+    };
+    let first = (1 << 40) + (tag << 32);
+    let mut ordinals: Vec<u64> = (0..active).map(|slot| first + slot).collect();
+    let mut next_ordinal = first + active;
+    // About the sizes the daemon stores: an idempotency record, a feed
+    // item, a process record and a task record.
+    let (dedup_row, feed_row) = ([7u8; 40], [7u8; 20]);
+    let (process_row, task_row) = ([7u8; 300], [7u8; 150]);
+    let (mut seq, mut events) = (1u64 << 40, 0u64);
+    let mut timed = Duration::ZERO;
+    while timed < duration {
+        let mut history = Vec::with_capacity(per_commit as usize);
+        let mut dedup = Vec::with_capacity(per_commit as usize);
+        let mut touched = Vec::with_capacity(per_commit as usize);
+        let first_seq = seq + 1;
+        for _ in 0..per_commit {
+            let (slot, event) = runs.next_indexed();
+            if event["type"] == "process.started" {
+                ordinals[slot] = next_ordinal;
+                next_ordinal += 1;
+            }
+            seq += 1;
+            let ordinal = ordinals[slot];
+            history.push((
+                record_key(ordinal, Kind::History, &seq.to_be_bytes()),
+                event.to_string(),
+            ));
+            dedup.push(record_key(
+                ordinal,
+                Kind::Dedup,
+                format!("e-{seq}").as_bytes(),
+            ));
+            touched.push(ordinal);
+        }
+        let started = Instant::now();
+        history.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        dedup.sort_unstable();
+        touched.sort_unstable();
+        touched.dedup();
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(EVENTS).expect("table");
+            let mut feed = txn.open_table(FEED).expect("table");
+            if by_seq {
+                // The row goes to the feed, keyed by seq (appended); under
+                // the run's key, only an empty entry that finds it.
+                for (key, _) in &history {
+                    table.insert(key.as_slice(), [].as_slice()).expect("insert");
+                }
+                history.sort_unstable_by(|a, b| a.0[a.0.len() - 8..].cmp(&b.0[b.0.len() - 8..]));
+                for (seq, (_, row)) in (first_seq..=seq).zip(&history) {
+                    feed.insert(seq, row.as_bytes()).expect("insert");
+                }
+            } else {
+                for (key, row) in &history {
+                    table
+                        .insert(key.as_slice(), row.as_bytes())
+                        .expect("insert");
+                }
+                for seq in first_seq..=seq {
+                    feed.insert(seq, feed_row.as_slice()).expect("insert");
+                }
+            }
+            for key in &dedup {
+                table
+                    .insert(key.as_slice(), dedup_row.as_slice())
+                    .expect("insert");
+            }
+            let mut records = txn.open_table(RECORDS).expect("table");
+            for &ordinal in &touched {
+                records
+                    .insert(
+                        record_key(ordinal, Kind::Process, &[]).as_slice(),
+                        process_row.as_slice(),
+                    )
+                    .expect("insert");
+                records
+                    .insert(
+                        record_key(ordinal, Kind::Task, &task_ordinal_bytes(0)).as_slice(),
+                        task_row.as_slice(),
+                    )
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+        timed += started.elapsed();
+        events += per_commit;
+    }
+    events as f64 / timed.as_secs_f64()
+}
+
 /// One size's figures in one round.
 struct Figures {
     single_ratio: f64,
@@ -246,6 +375,9 @@ struct Figures {
     batch_ratio: f64,
     /// The storage floor's events/s (`storage_floor`).
     storage: f64,
+    /// The apply floor's events/s (`apply_floor`), when asked for: history
+    /// under each run's key, and appended by seq.
+    apply: Option<(f64, f64)>,
 }
 
 fn main() {
@@ -272,6 +404,15 @@ fn main() {
         env_number("PM_BENCH_FLOOR_GROUP", (BATCH_CONNECTIONS * BATCH) as u64),
         std::env::var("PM_BENCH_FLOOR_ALL_DURABLE").as_deref() == Ok("1"),
     );
+    // The deferred-apply design's floor, when asked for: events to one of
+    // its commits.
+    let apply_per_commit = std::env::var("PM_BENCH_APPLY_FLOOR")
+        .ok()
+        .map(|per_commit| {
+            per_commit
+                .parse::<u64>()
+                .expect("PM_BENCH_APPLY_FLOOR: a number")
+        });
     let mut figures: Vec<Vec<Figures>> = (0..sizes.len()).map(|_| Vec::new()).collect();
     let mut peak_rss = Vec::new();
     let mut recovery = Vec::new();
@@ -300,6 +441,13 @@ fn main() {
             let batch = phase(daemon.addr, BATCH_CONNECTIONS, BATCH);
             tag += 1;
             let storage = storage_floor(&storage_path, active, floor_commits, tag, secs);
+            let apply = apply_per_commit.map(|per_commit| {
+                let mut layout = |by_seq| {
+                    tag += 1;
+                    apply_floor(&storage_path, active, (per_commit, by_seq), tag, secs)
+                };
+                (layout(false), layout(true))
+            });
             assert_eq!(
                 single.errors + batch.errors,
                 0,
@@ -311,6 +459,7 @@ fn main() {
                 batch_events: batch.events_per_sec(),
                 batch_ratio: batch.events_per_sec() / batch_floor.events_per_sec(),
                 storage,
+                apply,
             };
             println!(
                 "round {round}, {active:>6} active: single {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms; batches {:>7.0} ev/s ({:.3}x floor {:.0}), p99 {:>6.2} ms; storage floor {:>7.0} ev/s",
@@ -324,6 +473,12 @@ fn main() {
                 batch.percentile_ms(0.99),
                 storage,
             );
+            if let Some((by_run, by_seq)) = apply {
+                println!(
+                    "round {round}, {active:>6} active: apply floor {by_run:>7.0} ev/s ({:.2}x the storage floor), history by seq {by_seq:>7.0} ev/s",
+                    by_run / storage
+                );
+            }
             figures[index].push(f);
         }
         // Killed during batched writes to 10,000 active runs, at a moment
@@ -361,6 +516,16 @@ fn main() {
             Spread::of(runs.iter().map(|f| f.storage)).show(0),
             Spread::of(runs.iter().map(|f| f.batch_events / f.storage)).show(3),
         );
+    }
+    if apply_per_commit.is_some() {
+        for (size, runs) in sizes.iter().zip(&figures) {
+            let applies: Vec<(f64, f64)> = runs.iter().filter_map(|f| f.apply).collect();
+            println!(
+                "apply floor at {size} active runs: {} events/s; history by seq {} events/s",
+                Spread::of(applies.iter().map(|a| a.0)).show(0),
+                Spread::of(applies.iter().map(|a| a.1)).show(0)
+            );
+        }
     }
     if sizes.len() > 1 {
         let (first, last) = (&figures[0], &figures[sizes.len() - 1]);
