@@ -764,3 +764,67 @@ fn a_database_that_does_not_exist_is_an_error_not_a_wait() {
         "{said}"
     );
 }
+
+/// The tables carry their layout: a mirror records it, takes tables an
+/// earlier build made (which did not record one) as layout 1, and stops,
+/// writing nothing, at tables laid out by a newer build.
+#[test]
+fn tables_of_a_newer_layout_stop_the_mirror_and_are_left_alone() {
+    let pg = Postgres::start(false);
+    let daemon = Daemon::start();
+    let mut db = pg.client();
+    let layouts = |db: &mut postgres::Client| -> Vec<i32> {
+        db.query("SELECT version FROM pm_mirror_schema", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    let mirrored = |db: &mut postgres::Client, id: &str| -> i64 {
+        db.query_one("SELECT count(*) FROM pm_processes WHERE id = $1", &[&id])
+            .unwrap()
+            .get(0)
+    };
+    daemon.client().post(&event("process.started", "a"));
+    mirror_once(&daemon, &pg, "app");
+    assert_eq!(layouts(&mut db), [1]);
+
+    // Tables as a build before the layout was recorded left them.
+    db.batch_execute("DROP TABLE pm_mirror_schema").unwrap();
+    daemon.client().post(&event("process.started", "b"));
+    mirror_once(&daemon, &pg, "app");
+    assert_eq!(layouts(&mut db), [1]);
+    assert_eq!(mirrored(&mut db, "b"), 1);
+
+    // Tables a newer build laid out.
+    db.batch_execute("UPDATE pm_mirror_schema SET version = 2")
+        .unwrap();
+    let before = offset(&mut db, "app");
+    daemon.client().post(&event("process.started", "c"));
+    let mut mirror = mirror_command(&daemon, &pg, "app", &["--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = mirror.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            mirror.kill().unwrap();
+            panic!("the mirror waits at tables of a newer layout instead of stopping");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut mirror.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("layout version 2, newer than this build's 1"),
+        "{said}"
+    );
+    assert_eq!(mirrored(&mut db, "c"), 0);
+    assert_eq!(offset(&mut db, "app"), before);
+    assert_eq!(layouts(&mut db), [2]);
+}

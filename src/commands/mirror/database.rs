@@ -11,6 +11,22 @@ use tokio_postgres::Client;
 /// The tables and indexes, created when missing.
 const SCHEMA: &str = include_str!("schema.sql");
 
+/// The layout of the tables this build makes and writes, as
+/// `pm_mirror_schema` records it. A later layout raises it and brings
+/// older tables up to it in `create_tables`.
+pub const MIRROR_SCHEMA_VERSION: i32 = 1;
+
+/// The tables were made by a later build, whose rows this one would get
+/// wrong: nothing is written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the mirror's tables in this database have layout version {found}, newer than this build's \
+     {MIRROR_SCHEMA_VERSION}: mirror with the newer processmanager, or into another database"
+)]
+pub struct NewerTables {
+    pub found: i32,
+}
+
 /// Taken while the tables are created, so that mirrors starting together
 /// do not race in PostgreSQL's catalog ("mirror" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6d69_7272_6f72;
@@ -63,12 +79,33 @@ impl Database {
         })
     }
 
-    /// Creates the tables and indexes that are missing.
+    /// Creates the tables and indexes that are missing and records their
+    /// layout; tables of a later layout are an error (`NewerTables`), and
+    /// nothing is changed.
     pub async fn create_tables(&mut self) -> anyhow::Result<()> {
         let txn = self.client.transaction().await?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await?;
         txn.batch_execute(SCHEMA).await?;
+        // Tables made before the layout was recorded are layout 1.
+        let found: Option<i32> = txn
+            .query_one("SELECT max(version) FROM pm_mirror_schema", &[])
+            .await?
+            .get(0);
+        match found {
+            // Dropping the transaction takes back whatever SCHEMA made.
+            Some(found) if found > MIRROR_SCHEMA_VERSION => {
+                return Err(NewerTables { found }.into())
+            }
+            Some(_) => {}
+            None => {
+                txn.execute(
+                    "INSERT INTO pm_mirror_schema (version) VALUES ($1)",
+                    &[&MIRROR_SCHEMA_VERSION],
+                )
+                .await?;
+            }
+        }
         txn.commit().await?;
         Ok(())
     }

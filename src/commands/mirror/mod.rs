@@ -243,11 +243,14 @@ impl Mirror {
                     Failure::Retry(error)
                 }
             })?;
-            connected
-                .create_tables()
-                .await
-                .map_err(|error| error.context("cannot create the mirror's tables"))
-                .map_err(Failure::Retry)?;
+            connected.create_tables().await.map_err(|error| {
+                if error.is::<database::NewerTables>() {
+                    // Waiting will not make this build newer.
+                    Failure::Fatal(error)
+                } else {
+                    Failure::Retry(error.context("cannot create the mirror's tables"))
+                }
+            })?;
             *database = Some(connected);
         }
         let db = database.as_mut().expect("connected above");

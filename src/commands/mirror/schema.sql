@@ -2,6 +2,13 @@
 -- row carries the `source` (one daemon) it came from, so that many
 -- daemons share the tables and a question across all of them is one query.
 
+-- The layout of these tables, one row (`MIRROR_SCHEMA_VERSION` in
+-- database.rs): a mirror brings older tables up to its own layout, and
+-- stops at tables of a later one.
+CREATE TABLE IF NOT EXISTS pm_mirror_schema (
+    version integer NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS pm_mirror_offsets (
     source text PRIMARY KEY,
     -- The feed position applied: every item up to it is in the tables.
