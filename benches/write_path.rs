@@ -284,7 +284,9 @@ fn apply_floor(
     // item, a process record and a task record.
     let (dedup_row, feed_row) = ([7u8; 40], [7u8; 20]);
     let (process_row, task_row) = ([7u8; 300], [7u8; 150]);
-    let (mut seq, mut events) = (1u64 << 40, 0u64);
+    // Seqs past every phase's before, as ordinals are: the feed's table
+    // is appended to, never written over.
+    let (mut seq, mut events) = (first, 0u64);
     let mut timed = Duration::ZERO;
     while timed < duration {
         let mut history = Vec::with_capacity(per_commit as usize);
