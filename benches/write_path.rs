@@ -166,6 +166,59 @@ fn interleaved_plan(
     })
 }
 
+/// The runs of one floor phase on a copy of the store: interleaved as the
+/// load's are, each event with its run's ordinal and the next seq.
+struct FloorRuns {
+    runs: Runs,
+    ordinals: Vec<u64>,
+    next_ordinal: u64,
+    seq: u64,
+}
+
+impl FloorRuns {
+    /// `active` runs of the phase `tag`. Like the daemon, which numbers a
+    /// new process past every one before it, runs (and seqs) are numbered
+    /// past the store's and past those of the phases before on this copy
+    /// (the tag tells them apart): a phase whose runs took ordinals an
+    /// earlier phase had filled would insert into full pages, a shape the
+    /// daemon never makes. Before this, the floor at 10,000 runs measured
+    /// half of what it does alone when it ran after the smaller sizes.
+    fn new(active: u64, tag: u64) -> FloorRuns {
+        let first = (1 << 40) + (tag << 32);
+        FloorRuns {
+            runs: Runs {
+                slots: (0..active)
+                    .map(|slot| (tag * 10_000_000 + slot, 0, 0))
+                    .collect(),
+                state: 0x9e37_79b9_7f4a_7c15 ^ tag << 32,
+            },
+            ordinals: (0..active).map(|slot| first + slot).collect(),
+            next_ordinal: first + active,
+            seq: first,
+        }
+    }
+
+    /// The next event: its run's ordinal (a new run takes the next), its
+    /// seq, and the event.
+    fn next(&mut self) -> (u64, u64, serde_json::Value) {
+        let (slot, event) = self.runs.next_indexed();
+        if event["type"] == "process.started" {
+            self.ordinals[slot] = self.next_ordinal;
+            self.next_ordinal += 1;
+        }
+        self.seq += 1;
+        (self.ordinals[slot], self.seq, event)
+    }
+}
+
+/// The floor's copy of the store, with the daemon's cache.
+fn open_floor_copy(store: &std::path::Path) -> redb::Database {
+    redb::Builder::new()
+        .set_cache_size(processmanager::config::Config::default().store.cache_mib << 20)
+        .open(store)
+        .expect("the floor's copy of the store")
+}
+
 /// The storage floor for `active` interleaved runs: each event one row of
 /// the store's own history table, under its run's key (a new run takes
 /// the next ordinal, as in the daemon), `group` events to a commit, for
@@ -185,29 +238,11 @@ fn storage_floor(
 ) -> f64 {
     use processmanager::store::durability::{CHECKPOINT_BYTES, CHECKPOINT_GROUPS};
     use processmanager::store::schema::{record_key, Kind, EVENTS};
-    let db = redb::Builder::new()
-        .set_cache_size(processmanager::config::Config::default().store.cache_mib << 20)
-        .open(store)
-        .expect("the floor's copy of the store");
+    let db = open_floor_copy(store);
     // Commits and bytes since the last durable commit.
     let (mut commits, mut bytes) = (0u32, 0u64);
-    let mut runs = Runs {
-        slots: (0..active)
-            .map(|slot| (tag * 10_000_000 + slot, 0, 0))
-            .collect(),
-        state: 0x9e37_79b9_7f4a_7c15 ^ tag << 32,
-    };
-    // Each slot's run and its ordinal. Like the daemon, which numbers a
-    // new process past every one before it, runs are numbered past the
-    // store's and past those of the phases before on this copy (the tag
-    // tells them apart): a phase whose runs took ordinals an earlier
-    // phase had filled would insert into full pages, a shape the daemon
-    // never makes. Before this, the floor at 10,000 runs measured half of
-    // what it does alone when it ran after the smaller sizes.
-    let first = (1 << 40) + (tag << 32);
-    let mut ordinals: Vec<u64> = (0..active).map(|slot| first + slot).collect();
-    let mut next_ordinal = first + active;
-    let (mut seq, mut events) = (1u64 << 40, 0u64);
+    let mut runs = FloorRuns::new(active, tag);
+    let mut events = 0u64;
     let started = Instant::now();
     while started.elapsed() < duration {
         let mut txn = db.begin_write().expect("txn");
@@ -221,13 +256,8 @@ fn storage_floor(
         {
             let mut table = txn.open_table(EVENTS).expect("table");
             for _ in 0..group {
-                let (slot, event) = runs.next_indexed();
-                if event["type"] == "process.started" {
-                    ordinals[slot] = next_ordinal;
-                    next_ordinal += 1;
-                }
-                seq += 1;
-                let key = record_key(ordinals[slot], Kind::History, &seq.to_be_bytes());
+                let (ordinal, seq, event) = runs.next();
+                let key = record_key(ordinal, Kind::History, &seq.to_be_bytes());
                 let row = event.to_string();
                 bytes += row.len() as u64;
                 table
@@ -267,40 +297,21 @@ fn apply_floor(
     use processmanager::store::schema::{
         record_key, task_ordinal_bytes, Kind, EVENTS, FEED, RECORDS,
     };
-    let db = redb::Builder::new()
-        .set_cache_size(processmanager::config::Config::default().store.cache_mib << 20)
-        .open(store)
-        .expect("the floor's copy of the store");
-    let mut runs = Runs {
-        slots: (0..active)
-            .map(|slot| (tag * 10_000_000 + slot, 0, 0))
-            .collect(),
-        state: 0x9e37_79b9_7f4a_7c15 ^ tag << 32,
-    };
-    let first = (1 << 40) + (tag << 32);
-    let mut ordinals: Vec<u64> = (0..active).map(|slot| first + slot).collect();
-    let mut next_ordinal = first + active;
+    let db = open_floor_copy(store);
+    let mut runs = FloorRuns::new(active, tag);
     // About the sizes the daemon stores: an idempotency record, a feed
     // item, a process record and a task record.
     let (dedup_row, feed_row) = ([7u8; 40], [7u8; 20]);
     let (process_row, task_row) = ([7u8; 300], [7u8; 150]);
-    // Seqs past every phase's before, as ordinals are: the feed's table
-    // is appended to, never written over.
-    let (mut seq, mut events) = (first, 0u64);
+    let mut events = 0u64;
     let mut timed = Duration::ZERO;
     while timed < duration {
         let mut history = Vec::with_capacity(per_commit as usize);
         let mut dedup = Vec::with_capacity(per_commit as usize);
         let mut touched = Vec::with_capacity(per_commit as usize);
-        let first_seq = seq + 1;
+        let first_seq = runs.seq + 1;
         for _ in 0..per_commit {
-            let (slot, event) = runs.next_indexed();
-            if event["type"] == "process.started" {
-                ordinals[slot] = next_ordinal;
-                next_ordinal += 1;
-            }
-            seq += 1;
-            let ordinal = ordinals[slot];
+            let (ordinal, seq, event) = runs.next();
             history.push((
                 record_key(ordinal, Kind::History, &seq.to_be_bytes()),
                 event.to_string(),
@@ -328,7 +339,7 @@ fn apply_floor(
                     table.insert(key.as_slice(), [].as_slice()).expect("insert");
                 }
                 history.sort_unstable_by(|a, b| a.0[a.0.len() - 8..].cmp(&b.0[b.0.len() - 8..]));
-                for (seq, (_, row)) in (first_seq..=seq).zip(&history) {
+                for (seq, (_, row)) in (first_seq..=runs.seq).zip(&history) {
                     feed.insert(seq, row.as_bytes()).expect("insert");
                 }
             } else {
@@ -337,7 +348,7 @@ fn apply_floor(
                         .insert(key.as_slice(), row.as_bytes())
                         .expect("insert");
                 }
-                for seq in first_seq..=seq {
+                for seq in first_seq..=runs.seq {
                     feed.insert(seq, feed_row.as_slice()).expect("insert");
                 }
             }
