@@ -5,7 +5,7 @@
 //! PostgreSQL with what the daemons answer.
 
 use crate::pg_server::Postgres;
-use crate::support::{command, event, task_event, with, Client, Daemon, DaemonOptions};
+use crate::support::{command, event, task_event, wait_exit, with, Client, Daemon, DaemonOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -806,16 +806,9 @@ fn tables_of_a_newer_layout_stop_the_mirror_and_are_left_alone() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = mirror.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            mirror.kill().unwrap();
-            panic!("the mirror waits at tables of a newer layout instead of stopping");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = wait_exit(&mut mirror, Duration::from_secs(60)) else {
+        mirror.kill().unwrap();
+        panic!("the mirror waits at tables of a newer layout instead of stopping");
     };
     let mut said = String::new();
     std::io::Read::read_to_string(&mut mirror.stderr.take().unwrap(), &mut said).unwrap();

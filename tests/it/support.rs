@@ -417,16 +417,7 @@ impl Daemon {
 
     /// Waits for the daemon to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_exit(&mut self.child, limit)
     }
 
     /// SIGTERM, then the exit status (the contract gives it 10 seconds).
@@ -688,5 +679,20 @@ pub fn wait_for_events(client: &Client, target: u64, limit: Duration) {
     {
         assert!(Instant::now() < deadline, "the load stalled");
         std::thread::yield_now();
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`; `None` if it is still
+/// running then.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -1,8 +1,9 @@
 //! How the write log (and an earlier build's page journal) frame records:
 //! a 32-byte header (a magic number, the CRC-32 of everything after it, a
 //! number the file orders its records by, the store file's inode, the
-//! payload's length), then the payload. A record counts only when it is whole, its checksum
-//! matches, and it belongs to the store file it is read for.
+//! payload's length), then the payload. A record counts only when it is
+//! whole, its checksum matches, and it belongs to the store file it is
+//! read for.
 
 use super::LogFile;
 use std::io;
