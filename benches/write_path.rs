@@ -32,10 +32,13 @@
 //! Reported per size, as the median of PM_BENCH_ROUNDS rounds (default 3)
 //! with the range: single events as a ratio to the floor and their p99,
 //! batches in events/s and as a ratio to the HTTP floor and to the storage
-//! floor, and each figure at the largest size against the same at 64; the
-//! daemon's peak RSS. Each round ends by killing the daemon (kill -9)
-//! during batched writes to 10,000 active runs, at a moment that differs
-//! by round, and timing how soon it is ready again on that store.
+//! floor, and each figure at the largest size against the same at 64; how
+//! busy the daemon's writer thread and its other threads were in each of
+//! its phases, as a share of one core (from `/proc`), which says whether
+//! the writer's one core is what bounds it; the daemon's peak RSS. Each
+//! round ends by killing the daemon (kill -9) during batched writes to
+//! 10,000 active runs, at a moment that differs by round, and timing how
+//! soon it is ready again on that store.
 
 mod support;
 
@@ -43,6 +46,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
+/// The name of the daemon's writer thread (`processmanager::writer`).
+const WRITER_THREAD: &str = "pm-writer";
 const SINGLE_CONNECTIONS: usize = 64;
 const BATCH_CONNECTIONS: usize = 16;
 const BATCH: usize = 100;
@@ -386,6 +391,9 @@ struct Figures {
     single_p99: f64,
     batch_events: f64,
     batch_ratio: f64,
+    /// The share of a core the writer thread, and the daemon's other
+    /// threads, were busy: in the single-event phase, and in the batch one.
+    cpu: [(f64, f64); 2],
     /// The storage floor's events/s (`storage_floor`).
     storage: f64,
     /// The apply floor's events/s (`apply_floor`), when asked for: history
@@ -448,10 +456,18 @@ fn main() {
                     interleaved_plan(active, connections, per_request, tag),
                 )
             };
+            // The daemon's phases, with how busy its threads were.
+            let measured = |phase: &mut dyn FnMut() -> LoadResult| {
+                let (before, started) = (CpuUsed::of(daemon.pid(), WRITER_THREAD), Instant::now());
+                let result = phase();
+                let cpu =
+                    CpuUsed::of(daemon.pid(), WRITER_THREAD).busy_since(before, started.elapsed());
+                (result, cpu)
+            };
             let single_floor = phase(floor.addr, SINGLE_CONNECTIONS, 1);
-            let single = phase(daemon.addr, SINGLE_CONNECTIONS, 1);
+            let (single, single_cpu) = measured(&mut || phase(daemon.addr, SINGLE_CONNECTIONS, 1));
             let batch_floor = phase(floor.addr, BATCH_CONNECTIONS, BATCH);
-            let batch = phase(daemon.addr, BATCH_CONNECTIONS, BATCH);
+            let (batch, batch_cpu) = measured(&mut || phase(daemon.addr, BATCH_CONNECTIONS, BATCH));
             tag += 1;
             let storage = storage_floor(&storage_path, active, floor_commits, tag, secs);
             let apply = apply_per_commit.map(|per_commit| {
@@ -471,6 +487,7 @@ fn main() {
                 single_p99: single.percentile_ms(0.99),
                 batch_events: batch.events_per_sec(),
                 batch_ratio: batch.events_per_sec() / batch_floor.events_per_sec(),
+                cpu: [single_cpu, batch_cpu],
                 storage,
                 apply,
             };
@@ -485,6 +502,13 @@ fn main() {
                 batch_floor.events_per_sec(),
                 batch.percentile_ms(0.99),
                 storage,
+            );
+            println!(
+                "round {round}, {active:>6} active: writer thread busy {:.0}% of a core with single events, {:.0}% with batches; the daemon's other threads {:.0}% and {:.0}%",
+                single_cpu.0 * 100.0,
+                batch_cpu.0 * 100.0,
+                single_cpu.1 * 100.0,
+                batch_cpu.1 * 100.0,
             );
             if let Some((by_run, by_seq)) = apply {
                 println!(
@@ -528,6 +552,28 @@ fn main() {
             Spread::of(runs.iter().map(|f| f.batch_ratio)).show(3),
             Spread::of(runs.iter().map(|f| f.storage)).show(0),
             Spread::of(runs.iter().map(|f| f.batch_events / f.storage)).show(3),
+        );
+    }
+    println!(
+        "\nhow busy the daemon was, in % of one core (this machine: {})",
+        machine()
+    );
+    println!("| active runs | writer thread, single events | other threads, single events | writer thread, batches | other threads, batches |");
+    println!("|---:|---|---|---|---|");
+    for (size, runs) in sizes.iter().zip(&figures) {
+        let busy = |phase: usize, writer: bool| {
+            Spread::of(runs.iter().map(|f| {
+                let (thread, rest) = f.cpu[phase];
+                100.0 * if writer { thread } else { rest }
+            }))
+            .show(0)
+        };
+        println!(
+            "| {size} | {} | {} | {} | {} |",
+            busy(0, true),
+            busy(0, false),
+            busy(1, true),
+            busy(1, false)
         );
     }
     if apply_per_commit.is_some() {

@@ -177,6 +177,64 @@ impl Drop for Server {
     }
 }
 
+/// CPU time used so far, in seconds: by a whole process (its ended
+/// threads included) and by its thread named `thread` (the first such).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUsed {
+    pub process: f64,
+    pub thread: f64,
+}
+
+impl CpuUsed {
+    pub fn of(pid: u32, thread: &str) -> CpuUsed {
+        let named = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == thread)
+            });
+        CpuUsed {
+            process: cpu_seconds(&format!("/proc/{pid}/stat")),
+            thread: named.map_or(0.0, |task| {
+                cpu_seconds(&task.path().join("stat").to_string_lossy())
+            }),
+        }
+    }
+
+    /// The share of one core each used from `earlier` to now, over `wall`:
+    /// the thread's, and the rest of the process's.
+    pub fn busy_since(self, earlier: CpuUsed, wall: Duration) -> (f64, f64) {
+        let wall = wall.as_secs_f64();
+        let thread = (self.thread - earlier.thread) / wall;
+        let process = (self.process - earlier.process) / wall;
+        (thread, (process - thread).max(0.0))
+    }
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+fn cpu_seconds(stat: &str) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .expect("getconf CLK_TCK")
+    });
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // The fields after the command name, which may hold spaces.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // utime and stime are fields 14 and 15; the name was field 2.
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+    (field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0)) / ticks
+}
+
 pub fn peak_rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
