@@ -186,6 +186,8 @@ pub struct CpuUsed {
 }
 
 impl CpuUsed {
+    /// Of process `pid` and its thread `thread`, which must be there: a
+    /// table of zeros would say nothing true.
     pub fn of(pid: u32, thread: &str) -> CpuUsed {
         let named = std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
@@ -194,12 +196,11 @@ impl CpuUsed {
             .find(|task| {
                 std::fs::read_to_string(task.path().join("comm"))
                     .is_ok_and(|comm| comm.trim_end() == thread)
-            });
+            })
+            .unwrap_or_else(|| panic!("process {pid} has no thread named {thread}"));
         CpuUsed {
             process: cpu_seconds(&format!("/proc/{pid}/stat")),
-            thread: named.map_or(0.0, |task| {
-                cpu_seconds(&task.path().join("stat").to_string_lossy())
-            }),
+            thread: cpu_seconds(&named.path().join("stat").to_string_lossy()),
         }
     }
 
@@ -225,14 +226,19 @@ fn cpu_seconds(stat: &str) -> f64 {
             .and_then(|text| text.trim().parse().ok())
             .expect("getconf CLK_TCK")
     });
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let text = std::fs::read_to_string(stat).unwrap_or_else(|error| panic!("{stat}: {error}"));
     // The fields after the command name, which may hold spaces.
     let fields: Vec<&str> = text
         .rsplit_once(')')
         .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
     // utime and stime are fields 14 and 15; the name was field 2.
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
-    (field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0)) / ticks
+    let field = |n: usize| -> f64 {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("{stat} has no field {n}: {text}"))
+    };
+    (field(14) + field(15)) / ticks
 }
 
 pub fn peak_rss_of(pid: u32) -> u64 {
