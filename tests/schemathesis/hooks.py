@@ -8,6 +8,7 @@ positive cases are filtered: a negative case already breaks a rule that
 the schema states, and the server must refuse it whatever else it holds.
 """
 
+import itertools
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -122,28 +123,65 @@ def _as_event(cloudevent):
     return event
 
 
-# When each process was deleted (answered 204), by id, in milliseconds.
-_deleted_at_ms = {}
+# The calls, numbered in the order they were answered (one at a time).
+_calls = itertools.count()
+# When each process was last deleted (answered 204), by id: the call's
+# number, and the clock in milliseconds.
+_deleted = {}
+# The number of the last call whose answer said an event of each process
+# was stored, by id.
+_stored = {}
+
+
+def _stored_processes(answer):
+    """The ids of the processes an ingest answer (one event's, or a batch's
+    `results`) says it stored an event of."""
+    if isinstance(answer, dict) and isinstance(answer.get("results"), list):
+        items = answer["results"]
+    else:
+        items = [answer]
+    return [
+        item["process_id"]
+        for item in items
+        if isinstance(item, dict)
+        and item.get("result") in ("accepted", "stale")
+        and isinstance(item.get("process_id"), str)
+    ]
 
 
 @schemathesis.hook
 def after_call(context, case, response):
+    call = next(_calls)
     if case.method.upper() == "DELETE" and response.status_code == 204:
-        _deleted_at_ms[case.path_parameters["id"]] = int(time.time() * 1000)
+        _deleted[case.path_parameters["id"]] = (call, int(time.time() * 1000))
+    if case.method.upper() == "POST" and case.path == "/v1/events" and 200 <= response.status_code < 300:
+        try:
+            answer = response.json()
+        except ValueError:
+            return
+        for process_id in _stored_processes(answer):
+            _stored[process_id] = call
 
 
-def _recreated(response):
-    """True for a process that is younger than its id's last deletion: an
-    event for it after the DELETE made it anew, as the contract says any
-    event for an unknown process does (ids are the sender's)."""
+def _recreated(case, response):
+    """True for a process that an event made anew after its id's last
+    deletion, as the contract says any event for an unknown process does
+    (ids are the sender's): an event stored by a call after the DELETE, or
+    (in a GET's answer) a process younger than the deletion. A HEAD's
+    answer has no body, so only the first can tell."""
+    deleted = _deleted.get((case.path_parameters or {}).get("id"))
+    if deleted is None:
+        return False
+    deleted_call, deleted_ms = deleted
+    if _stored.get(case.path_parameters["id"], -1) > deleted_call:
+        return True
     try:
         process = response.json()
         created = datetime.fromisoformat(process["created_at"].replace("Z", "+00:00"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
-    deleted = _deleted_at_ms.get(process.get("id"))
     created_ms = int(created.astimezone(timezone.utc).timestamp() * 1000)
-    return deleted is not None and created_ms >= deleted - 1
+    return created_ms >= deleted_ms - 1
 
 
 @schemathesis.hook
@@ -159,7 +197,7 @@ def filter_failure(context, failure, case, response):
     - a deleted process found again (use after free) when an event for its
       id came after the DELETE and made it anew."""
     if failure.code == "ST301" and response.status_code == 200:
-        return not _recreated(response)
+        return not _recreated(case, response)
     if failure.code != "ST202" or response.status_code != 422:
         return True
     try:
