@@ -169,11 +169,11 @@ def _recreated(case, response):
     (ids are the sender's): an event stored by a call after the DELETE, or
     (in a GET's answer) a process younger than the deletion. A HEAD's
     answer has no body, so only the first can tell."""
-    deleted = _deleted.get((case.path_parameters or {}).get("id"))
-    if deleted is None:
+    process_id = (case.path_parameters or {}).get("id")
+    if process_id not in _deleted:
         return False
-    deleted_call, deleted_ms = deleted
-    if _stored.get(case.path_parameters["id"], -1) > deleted_call:
+    deleted_call, deleted_ms = _deleted[process_id]
+    if _stored.get(process_id, -1) > deleted_call:
         return True
     try:
         process = response.json()
