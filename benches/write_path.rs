@@ -15,10 +15,12 @@
 //! 1,600 events to a commit (what the writer groups from 16 batches of
 //! 100; PM_BENCH_FLOOR_GROUP), and the commits durable as often as the
 //! daemon's checkpoints make its own (PM_BENCH_FLOOR_ALL_DURABLE=1: every
-//! one). PM_BENCH_APPLY_FLOOR=N adds a floor for a design not built: what
-//! a thread applying N events to a durable commit, each table in key
-//! order and each run's records once, would write (`apply_floor`), with
-//! history under each run's key and, the other layout, appended by seq.
+//! one). Then a rules floor: the domain's rules and each event's history
+//! row, in memory on one thread, nothing stored (`rules_floor`): the least
+//! a writer of any design does. PM_BENCH_APPLY_FLOOR=N adds a floor for a
+//! design not built: what a thread applying N events to a durable commit,
+//! each table in key order and each run's records once, would write
+//! (`apply_floor`), in three history layouts (`Layout`).
 //!
 //! Each active run lives a realistic life of nine events (started; a task
 //! starts, fails, is retried and succeeds; a second task starts, reports
@@ -33,9 +35,14 @@
 //! with the range: single events as a ratio to the floor and their p99,
 //! batches in events/s and as a ratio to the HTTP floor and to the storage
 //! floor, and each figure at the largest size against the same at 64; how
-//! busy the daemon's writer thread and its other threads were in each of
-//! its phases, as a share of one core (from `/proc`), which says whether
-//! the writer's one core is what bounds it; the daemon's peak RSS. Each
+//! busy the daemon's writer thread, its other threads and the load client
+//! were in each of the daemon's phases, as a share of one core (from
+//! `/proc`), which says whether the writer's one core is what bounds it;
+//! what a batched event costs the machine in CPU, and the events/s the
+//! machine's cores allow at that cost; with the apply floor, the least
+//! that cost could be in the deferred-apply design (the load client and
+//! the HTTP threads as measured, the rules floor, the apply floor); the
+//! daemon's peak RSS. Each
 //! round ends by killing the daemon (kill -9) during batched writes to
 //! 10,000 active runs, at a moment that differs by round, and timing how
 //! soon it is ready again on that store.
@@ -276,6 +283,21 @@ fn storage_floor(
     events as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Where the apply floor puts each event's history row and idempotency key.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Each row under its run's key, as the daemon does.
+    ByRun,
+    /// Each history row appended by seq, under its run's key only an empty
+    /// entry that finds it.
+    BySeq,
+    /// A run's rows of one commit together in one row, and its keys in
+    /// another: the fewest rows any layout could write.
+    Chunked,
+}
+
+const LAYOUTS: [Layout; 3] = [Layout::ByRun, Layout::BySeq, Layout::Chunked];
+
 /// The apply floor (`PM_BENCH_APPLY_FLOOR`, events to a commit): what the
 /// second thread of the deferred-apply design (docs/benchmarks-diary.md)
 /// would write for `active` interleaved runs, redb alone on the storage
@@ -289,16 +311,16 @@ fn storage_floor(
 /// are timed (sorting included, making the rows not): the most that
 /// design's apply could take on this machine, without the writer, the
 /// reads or the HTTP work that would share the two cores with it.
-/// `by_seq`: the other history layout, each row appended by seq (in the
-/// feed's table, one row with the feed item) and under its run's key only
-/// an empty entry that finds it. Returns events/s.
+/// `layout` says where the history rows and idempotency keys go. Returns
+/// events/s, by the clock and by the thread's CPU time (its durable
+/// commits also wait for the disk).
 fn apply_floor(
     store: &std::path::Path,
     active: u64,
-    (per_commit, by_seq): (u64, bool),
+    (per_commit, layout): (u64, Layout),
     tag: u64,
     duration: Duration,
-) -> f64 {
+) -> (f64, f64) {
     use processmanager::store::schema::{
         record_key, task_ordinal_bytes, Kind, EVENTS, FEED, RECORDS,
     };
@@ -309,7 +331,7 @@ fn apply_floor(
     let (dedup_row, feed_row) = ([7u8; 40], [7u8; 20]);
     let (process_row, task_row) = ([7u8; 300], [7u8; 150]);
     let mut events = 0u64;
-    let mut timed = Duration::ZERO;
+    let (mut timed, mut cpu) = (Duration::ZERO, 0.0);
     while timed < duration {
         let mut history = Vec::with_capacity(per_commit as usize);
         let mut dedup = Vec::with_capacity(per_commit as usize);
@@ -328,7 +350,7 @@ fn apply_floor(
             ));
             touched.push(ordinal);
         }
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), thread_cpu_seconds());
         history.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         dedup.sort_unstable();
         touched.sort_unstable();
@@ -337,24 +359,49 @@ fn apply_floor(
         {
             let mut table = txn.open_table(EVENTS).expect("table");
             let mut feed = txn.open_table(FEED).expect("table");
-            if by_seq {
-                // The row goes to the feed, keyed by seq (appended); under
-                // the run's key, only an empty entry that finds it.
-                for (key, _) in &history {
-                    table.insert(key.as_slice(), [].as_slice()).expect("insert");
+            match layout {
+                Layout::ByRun => {
+                    for (key, row) in &history {
+                        table
+                            .insert(key.as_slice(), row.as_bytes())
+                            .expect("insert");
+                    }
+                    for seq in first_seq..=runs.seq {
+                        feed.insert(seq, feed_row.as_slice()).expect("insert");
+                    }
                 }
-                history.sort_unstable_by(|a, b| a.0[a.0.len() - 8..].cmp(&b.0[b.0.len() - 8..]));
-                for (seq, (_, row)) in (first_seq..=runs.seq).zip(&history) {
-                    feed.insert(seq, row.as_bytes()).expect("insert");
+                Layout::BySeq => {
+                    // The row goes to the feed, keyed by seq (appended);
+                    // under the run's key, only an empty entry that finds it.
+                    for (key, _) in &history {
+                        table.insert(key.as_slice(), [].as_slice()).expect("insert");
+                    }
+                    history
+                        .sort_unstable_by(|a, b| a.0[a.0.len() - 8..].cmp(&b.0[b.0.len() - 8..]));
+                    for (seq, (_, row)) in (first_seq..=runs.seq).zip(&history) {
+                        feed.insert(seq, row.as_bytes()).expect("insert");
+                    }
                 }
-            } else {
-                for (key, row) in &history {
-                    table
-                        .insert(key.as_slice(), row.as_bytes())
-                        .expect("insert");
-                }
-                for seq in first_seq..=runs.seq {
-                    feed.insert(seq, feed_row.as_slice()).expect("insert");
+                Layout::Chunked => {
+                    // One row per run and commit, keyed by its first event's
+                    // key, holding the run's rows of the commit one after
+                    // another; the same for its idempotency keys.
+                    for chunk in history.chunk_by(|a, b| a.0[..8] == b.0[..8]) {
+                        let rows: String = chunk.iter().map(|(_, row)| row.as_str()).collect();
+                        table
+                            .insert(chunk[0].0.as_slice(), rows.as_bytes())
+                            .expect("insert");
+                    }
+                    for chunk in dedup.chunk_by(|a, b| a[..8] == b[..8]) {
+                        let rows = dedup_row.repeat(chunk.len());
+                        table
+                            .insert(chunk[0].as_slice(), rows.as_slice())
+                            .expect("insert");
+                    }
+                    dedup.clear();
+                    for seq in first_seq..=runs.seq {
+                        feed.insert(seq, feed_row.as_slice()).expect("insert");
+                    }
                 }
             }
             for key in &dedup {
@@ -380,8 +427,85 @@ fn apply_floor(
         }
         txn.commit().expect("commit");
         timed += started.elapsed();
+        cpu += thread_cpu_seconds() - cpu_before;
         events += per_commit;
     }
+    (events as f64 / timed.as_secs_f64(), events as f64 / cpu)
+}
+
+/// The rules floor: the least the writer of any design does for an event
+/// on one thread, all in memory. For `active` interleaved runs: find the
+/// event's run, look up and keep its idempotency key, apply the domain's
+/// rules (`domain::apply`) to the run's process and task, and encode its
+/// history row. No store, no write log, no indexes, no records written
+/// back: what remains of the writer's work once everything else is
+/// deferred. Events are parsed before the clock runs. Returns events/s.
+fn rules_floor(active: u64, tag: u64, duration: Duration) -> f64 {
+    use processmanager::domain::{self, Event, Process, Task};
+    use processmanager::store::schema::{HistoryRecordRef, Source, StoredResult};
+    use std::collections::{HashMap, HashSet};
+    #[derive(Default)]
+    struct Run {
+        process: Option<Process>,
+        tasks: HashMap<String, Task>,
+        keys: HashSet<String>,
+    }
+    let mut floor_runs = FloorRuns::new(active, tag);
+    let mut runs: HashMap<String, Run> = HashMap::new();
+    let (mut events, mut timed, mut bytes) = (0u64, Duration::ZERO, 0usize);
+    while timed < duration {
+        let chunk: Vec<(u64, Event)> = (0..10_000)
+            .map(|_| {
+                let (_, seq, value) = floor_runs.next();
+                let input: domain::EventInput = serde_json::from_value(value).expect("valid event");
+                (seq, input.validate(None).expect("valid event"))
+            })
+            .collect();
+        let started = Instant::now();
+        for (seq, event) in &chunk {
+            let now = 1_764_000_000_000 + *seq as i64;
+            let run = runs.entry(event.process_id.clone()).or_default();
+            if let Some(key) = &event.event_id {
+                if !run.keys.insert(key.clone()) {
+                    continue;
+                }
+            }
+            let process = run
+                .process
+                .get_or_insert_with(|| Process::new(event.process_id.clone(), now));
+            let (task, task_is_new) = match &event.task_id {
+                Some(id) => {
+                    let is_new = !run.tasks.contains_key(id);
+                    let task = run
+                        .tasks
+                        .entry(id.clone())
+                        .or_insert_with(|| Task::new(id.clone(), now));
+                    (Some(task), is_new)
+                }
+                None => (None, false),
+            };
+            let outcome = domain::apply(process, task, task_is_new, event, now);
+            let result = match outcome {
+                domain::Outcome::Accepted => StoredResult::Accepted,
+                _ => StoredResult::Stale,
+            };
+            bytes += processmanager::store::codec::encode(&HistoryRecordRef {
+                seq: *seq,
+                result,
+                received_at: now,
+                event,
+                source: Source::Sender,
+            })
+            .len();
+            if event.kind == domain::EventType::ProcessSucceeded {
+                // The run's life is over; its slot's next run has an id of its own.
+                runs.remove(&event.process_id);
+            }
+        }
+        timed += started.elapsed();
+        events += chunk.len() as u64;
+    }
+    assert!(bytes > 0, "history rows encoded");
     events as f64 / timed.as_secs_f64()
 }
 
@@ -391,14 +515,19 @@ struct Figures {
     single_p99: f64,
     batch_events: f64,
     batch_ratio: f64,
-    /// The share of a core the writer thread, and the daemon's other
-    /// threads, were busy: in the single-event phase, and in the batch one.
-    cpu: [(f64, f64); 2],
+    /// The share of a core the writer thread, the daemon's other threads
+    /// and the load client were busy: in the single-event phase, and in
+    /// the batch one.
+    cpu: [Busy; 2],
+    /// Events/s in the single-event phase, and in the batch one.
+    events: [f64; 2],
+    /// The rules floor's events/s (`rules_floor`).
+    rules: f64,
     /// The storage floor's events/s (`storage_floor`).
     storage: f64,
     /// The apply floor's events/s (`apply_floor`), when asked for: history
     /// under each run's key, and appended by seq.
-    apply: Option<(f64, f64)>,
+    apply: Option<[(f64, f64); 3]>,
 }
 
 fn main() {
@@ -470,12 +599,13 @@ fn main() {
             let (batch, batch_cpu) = measured(&mut || phase(daemon.addr, BATCH_CONNECTIONS, BATCH));
             tag += 1;
             let storage = storage_floor(&storage_path, active, floor_commits, tag, secs);
+            tag += 1;
+            let rules = rules_floor(active, tag, secs);
             let apply = apply_per_commit.map(|per_commit| {
-                let mut layout = |by_seq| {
+                LAYOUTS.map(|layout| {
                     tag += 1;
-                    apply_floor(&storage_path, active, (per_commit, by_seq), tag, secs)
-                };
-                (layout(false), layout(true))
+                    apply_floor(&storage_path, active, (per_commit, layout), tag, secs)
+                })
             });
             assert_eq!(
                 single.errors + batch.errors,
@@ -488,6 +618,8 @@ fn main() {
                 batch_events: batch.events_per_sec(),
                 batch_ratio: batch.events_per_sec() / batch_floor.events_per_sec(),
                 cpu: [single_cpu, batch_cpu],
+                events: [single.events_per_sec(), batch.events_per_sec()],
+                rules,
                 storage,
                 apply,
             };
@@ -504,16 +636,25 @@ fn main() {
                 storage,
             );
             println!(
-                "round {round}, {active:>6} active: writer thread busy {:.0}% of a core with single events, {:.0}% with batches; the daemon's other threads {:.0}% and {:.0}%",
-                single_cpu.0 * 100.0,
-                batch_cpu.0 * 100.0,
-                single_cpu.1 * 100.0,
-                batch_cpu.1 * 100.0,
+                "round {round}, {active:>6} active: writer thread busy {:.0}% of a core with single events, {:.0}% with batches; the daemon's other threads {:.0}% and {:.0}%; the load client {:.0}% and {:.0}%",
+                single_cpu.thread * 100.0,
+                batch_cpu.thread * 100.0,
+                single_cpu.rest * 100.0,
+                batch_cpu.rest * 100.0,
+                single_cpu.client * 100.0,
+                batch_cpu.client * 100.0,
             );
-            if let Some((by_run, by_seq)) = apply {
+            println!("round {round}, {active:>6} active: rules floor {rules:>7.0} ev/s");
+            if let Some([by_run, by_seq, chunked]) = apply {
                 println!(
-                    "round {round}, {active:>6} active: apply floor {by_run:>7.0} ev/s ({:.2}x the storage floor), history by seq {by_seq:>7.0} ev/s",
-                    by_run / storage
+                    "round {round}, {active:>6} active: apply floor {:>7.0} ev/s ({:.2}x the storage floor; {:.0} ev/s of its CPU), history by seq {:>7.0} ev/s ({:.0}), in chunks {:>7.0} ev/s ({:.0})",
+                    by_run.0,
+                    by_run.0 / storage,
+                    by_run.1,
+                    by_seq.0,
+                    by_seq.1,
+                    chunked.0,
+                    chunked.1
                 );
             }
             figures[index].push(f);
@@ -558,32 +699,70 @@ fn main() {
         "\nhow busy the daemon was, in % of one core (this machine: {})",
         machine()
     );
-    println!("| active runs | writer thread, single events | other threads, single events | writer thread, batches | other threads, batches |");
-    println!("|---:|---|---|---|---|");
+    println!("| active runs | writer thread, single events | other threads, single events | load client, single events | writer thread, batches | other threads, batches | load client, batches |");
+    println!("|---:|---|---|---|---|---|---|");
     for (size, runs) in sizes.iter().zip(&figures) {
-        let busy = |phase: usize, writer: bool| {
-            Spread::of(runs.iter().map(|f| {
-                let (thread, rest) = f.cpu[phase];
-                100.0 * if writer { thread } else { rest }
-            }))
-            .show(0)
+        let busy = |phase: usize, part: fn(&Busy) -> f64| {
+            Spread::of(runs.iter().map(|f| 100.0 * part(&f.cpu[phase]))).show(0)
         };
         println!(
-            "| {size} | {} | {} | {} | {} |",
-            busy(0, true),
-            busy(0, false),
-            busy(1, true),
-            busy(1, false)
+            "| {size} | {} | {} | {} | {} | {} | {} |",
+            busy(0, |b| b.thread),
+            busy(0, |b| b.rest),
+            busy(0, |b| b.client),
+            busy(1, |b| b.thread),
+            busy(1, |b| b.rest),
+            busy(1, |b| b.client)
         );
     }
+    // What one event costs the machine, whoever spends it: what bounds
+    // events/s once every core is busy, whatever the design of the writer.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "\nCPU per batched event, in µs (medians), and the events/s this machine's {cores} cores allow at that cost"
+    );
+    println!("| active runs | writer thread | other threads | load client | all | events/s the cores allow | rules floor |");
+    println!("|---:|---|---|---|---|---|---|");
+    for (size, runs) in sizes.iter().zip(&figures) {
+        let micros = |part: fn(&Busy) -> f64| {
+            Spread::of(runs.iter().map(|f| 1e6 * part(&f.cpu[1]) / f.events[1]))
+        };
+        let all = micros(|b| b.thread + b.rest + b.client);
+        println!(
+            "| {size} | {} | {} | {} | {} | {:.0} | {} |",
+            micros(|b| b.thread).show(1),
+            micros(|b| b.rest).show(1),
+            micros(|b| b.client).show(1),
+            all.show(1),
+            cores as f64 * 1e6 / all.median,
+            Spread::of(runs.iter().map(|f| 1e6 / f.rules)).show(2),
+        );
+    }
+    // The deferred-apply design keeps the load client, the HTTP threads
+    // and the rules, and adds the apply: the least it could spend.
     if apply_per_commit.is_some() {
+        println!("\nthe deferred-apply design: its apply floor in events/s, by history layout, and the CPU it takes an event; the least a batched event could cost the machine in CPU (the load client and the daemon's other threads as measured, the rules floor, the apply floor's CPU), and the events/s that allows on {cores} cores");
+        println!("| active runs | layout | apply floor, events/s | apply floor, CPU per event | least CPU per event | events/s at most |");
+        println!("|---:|---|---|---|---|---|");
         for (size, runs) in sizes.iter().zip(&figures) {
-            let applies: Vec<(f64, f64)> = runs.iter().filter_map(|f| f.apply).collect();
-            println!(
-                "apply floor at {size} active runs: {} events/s; history by seq {} events/s",
-                Spread::of(applies.iter().map(|a| a.0)).show(0),
-                Spread::of(applies.iter().map(|a| a.1)).show(0)
-            );
+            for (index, name) in ["under the run's key", "appended by seq", "in chunks"]
+                .into_iter()
+                .enumerate()
+            {
+                let apply = |f: &Figures| f.apply.expect("the apply floor was asked for")[index];
+                let least = Spread::of(runs.iter().map(|f| {
+                    1e6 * (f.cpu[1].client + f.cpu[1].rest) / f.events[1]
+                        + 1e6 / f.rules
+                        + 1e6 / apply(f).1
+                }));
+                println!(
+                    "| {size} | {name} | {} | {} µs | {} µs | {:.0} |",
+                    Spread::of(runs.iter().map(|f| apply(f).0)).show(0),
+                    Spread::of(runs.iter().map(|f| 1e6 / apply(f).1)).show(1),
+                    least.show(1),
+                    cores as f64 * 1e6 / least.median,
+                );
+            }
         }
     }
     if sizes.len() > 1 {

@@ -178,11 +178,24 @@ impl Drop for Server {
 }
 
 /// CPU time used so far, in seconds: by a whole process (its ended
-/// threads included) and by its thread named `thread` (the first such).
+/// threads included), by its thread named `thread` (the first such), and
+/// by this process, the load client.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuUsed {
     pub process: f64,
     pub thread: f64,
+    pub client: f64,
+}
+
+/// The share of one core that was busy over a phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Busy {
+    /// The named thread of the measured process.
+    pub thread: f64,
+    /// The measured process's other threads.
+    pub rest: f64,
+    /// This process: the load client.
+    pub client: f64,
 }
 
 impl CpuUsed {
@@ -201,17 +214,26 @@ impl CpuUsed {
         CpuUsed {
             process: cpu_seconds(&format!("/proc/{pid}/stat")),
             thread: cpu_seconds(&named.path().join("stat").to_string_lossy()),
+            client: cpu_seconds("/proc/self/stat"),
         }
     }
 
-    /// The share of one core each used from `earlier` to now, over `wall`:
-    /// the thread's, and the rest of the process's.
-    pub fn busy_since(self, earlier: CpuUsed, wall: Duration) -> (f64, f64) {
+    /// The share of one core each used from `earlier` to now, over `wall`.
+    pub fn busy_since(self, earlier: CpuUsed, wall: Duration) -> Busy {
         let wall = wall.as_secs_f64();
         let thread = (self.thread - earlier.thread) / wall;
         let process = (self.process - earlier.process) / wall;
-        (thread, (process - thread).max(0.0))
+        Busy {
+            thread,
+            rest: (process - thread).max(0.0),
+            client: (self.client - earlier.client) / wall,
+        }
     }
+}
+
+/// CPU time the calling thread has used, in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    cpu_seconds("/proc/thread-self/stat")
 }
 
 /// utime + stime of a `/proc/.../stat` file, in seconds.
