@@ -15,7 +15,7 @@ use crate::domain::{EventType, Status};
 use crate::store::read::{FeedItem, FeedQuery, FeedRead, SharedSnapshots};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use hyper::{Request, StatusCode};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ enum Format {
     Page,
 }
 
-fn format_of(request: &Request<Incoming>) -> Format {
+fn format_of(request: &Request<()>) -> Format {
     let accept = request
         .headers()
         .get_all(hyper::header::ACCEPT)
@@ -97,7 +97,7 @@ struct ChangesRequest {
     include_processes: bool,
 }
 
-fn parse_changes(request: &Request<Incoming>) -> Result<ChangesRequest, ApiError> {
+fn parse_changes(request: &Request<()>) -> Result<ChangesRequest, ApiError> {
     let mut query = FeedQuery {
         limit: DEFAULT_PAGE_LIMIT,
         ..FeedQuery::default()
@@ -221,7 +221,7 @@ async fn read_with(
     .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
 }
 
-pub async fn changes(state: &AppState, request: &Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn changes(state: &AppState, request: &Request<()>) -> Result<Response, ApiError> {
     let ChangesRequest {
         mut query,
         wait,

@@ -27,9 +27,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const DRAIN_AT_MOST_BYTES: u64 = 64 * 1024 * 1024;
 const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
 
+/// Takes the body out of `body` only once the request is judged worth
+/// reading; a refusal before that leaves it for the caller to drain.
 pub async fn post_events(
     state: &AppState,
-    request: Request<Incoming>,
+    request: &Request<()>,
+    body: &mut Option<Incoming>,
 ) -> Result<Response, ApiError> {
     // With signing on, an unsigned request learns nothing but 401: the
     // media type is judged after the signature.
@@ -46,8 +49,12 @@ pub async fn post_events(
         .map(|verifier| (verifier, SignatureHeaders::from_headers(request.headers())));
     // Held until the answer: the body, its parsed events, and their place
     // in the writer's queue all count against the budget.
+    let body = body.take().ok_or_else(|| {
+        ApiError::Internal("the request body was taken before it was read".into())
+    })?;
     let (body, _budget) = read_body(
-        request,
+        request.headers(),
+        body,
         state.limits.max_body_bytes,
         state.limits.body_read_timeout,
         &state.body_budget,
@@ -162,7 +169,8 @@ fn budget_charge(bytes: usize) -> u32 {
 /// still sending gets the answer rather than a reset connection. The
 /// permit returned holds the body's share of the budget.
 async fn read_body(
-    request: Request<Incoming>,
+    headers: &HeaderMap,
+    mut body: Incoming,
     limit: usize,
     timeout: Duration,
     budget: &Arc<Semaphore>,
@@ -172,12 +180,10 @@ async fn read_body(
             "the body is larger than the limit of {limit} bytes"
         ))
     };
-    let declared = request
-        .headers()
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut body = request.into_body();
     if declared.is_some_and(|length| length > limit as u64) {
         drain_in_background(body);
         return Err(too_large());
@@ -229,7 +235,10 @@ async fn read_body(
     }
 }
 
-fn drain_in_background(mut body: Incoming) {
+/// Reads a body and drops it as it comes, in the background, up to
+/// `DRAIN_AT_MOST_BYTES` and for `DRAIN_AT_MOST`: a client still sending
+/// receives the answer, and the connection stays usable afterwards.
+pub fn drain_in_background(mut body: Incoming) {
     tokio::spawn(async move {
         let drain = async {
             let mut drained = 0u64;

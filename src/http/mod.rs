@@ -358,13 +358,17 @@ async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) 
     // Only pay for the request line when it will be logged.
     let described = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| format!("{} {}", request.method(), request.uri().path()));
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, ());
+    // Taken by the one route that reads a body; otherwise left here.
+    let mut body = Some(body);
     let response = if segments.is_empty() {
         Err(ApiError::InvalidQuery {
             parameter: "path".into(),
             detail: "the path is not UTF-8 once percent-decoded".into(),
         })
     } else {
-        route(state, surface, &segments, request).await
+        route(state, surface, &segments, &request, &mut body).await
     }
     .unwrap_or_else(|error| {
         if let Some(reason) = error.rejection() {
@@ -372,6 +376,14 @@ async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) 
         }
         error.into_response()
     });
+    // A body nobody read (the request was refused before it, or its route
+    // takes none) is read and dropped: left unread, it would make hyper
+    // close the connection after the answer, and a client that sends its
+    // next request on it, as keep-alive allows, would meet a closed
+    // socket instead of an answer.
+    if let Some(body) = body.filter(|body| !hyper::body::Body::is_end_stream(body)) {
+        ingest::drain_in_background(body);
+    }
     state
         .metrics
         .request(route_label, response.status().as_u16(), started.elapsed());
@@ -441,7 +453,8 @@ async fn route(
     state: &AppState,
     surface: Surface,
     segments: &[&str],
-    request: Request<Incoming>,
+    request: &Request<()>,
+    body: &mut Option<Incoming>,
 ) -> Result<Response, ApiError> {
     // HEAD is GET without the body (RFC 9110 9.3.2); hyper leaves the body
     // out of the answer to a HEAD request by itself.
@@ -499,7 +512,7 @@ async fn route(
         (Surface::Api, ["v1", "events"]) => {
             only(method, &Method::POST, "POST, OPTIONS")?;
             state.auth.require(request.headers(), Role::Ingest)?;
-            ingest::post_events(state, request).await
+            ingest::post_events(state, request, body).await
         }
         (Surface::Api, ["v1", "processes"]) => match *method {
             Method::GET => {
@@ -536,7 +549,7 @@ async fn route(
         (Surface::Api, ["v1", "changes"]) => {
             only(method, &Method::GET, "GET, HEAD")?;
             state.auth.require(request.headers(), Role::Read)?;
-            feed::changes(state, &request).await
+            feed::changes(state, request).await
         }
         (Surface::Api, ["v1", "admin", "backup"]) => {
             only(method, &Method::GET, "GET, HEAD")?;

@@ -102,3 +102,86 @@ fn without_tokens_it_refuses_to_listen_beyond_loopback() {
     let local = Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     assert_eq!(local.get("/livez").status, 200);
 }
+
+/// Reads one answer off a kept-alive connection: its head, and its body
+/// by `content-length` or in chunks.
+fn read_answer(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let line = |stream: &mut std::net::TcpStream| {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            let read = stream.read(&mut byte).expect("the answer arrives");
+            assert_eq!(read, 1, "the connection closed after {line:?}");
+            line.push(byte[0]);
+        }
+        String::from_utf8(line).expect("an HTTP line")
+    };
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        head += &line(stream);
+    }
+    let header = |wanted: &str| {
+        head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case(wanted)
+                .then(|| value.trim().to_ascii_lowercase())
+        })
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let size = usize::from_str_radix(line(stream).trim_end(), 16).expect("a chunk size");
+            let mut chunk = vec![0u8; size + 2];
+            stream.read_exact(&mut chunk).expect("a chunk");
+            body.extend_from_slice(&chunk[..size]);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let length = header("content-length").map_or(0, |length| length.parse().unwrap());
+        body.resize(length, 0);
+        stream.read_exact(&mut body).expect("the answer's body");
+    }
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// A request refused before its body is read (no token, no such route,
+/// a method the route does not take) must leave the connection usable:
+/// a client that sends its body after the answer came, then its next
+/// request on the same connection, as keep-alive allows, gets an answer
+/// to that one too, not a closed socket.
+#[test]
+fn a_request_refused_before_its_body_is_read_leaves_the_connection_usable() {
+    use std::io::Write;
+    let daemon = daemon_with_tokens();
+    let body = event("process.started", "p").to_string();
+    for (request, refused) in [
+        ("POST /v1/events", "HTTP/1.1 401"),
+        ("POST /nowhere", "HTTP/1.1 404"),
+        ("PUT /v1/events", "HTTP/1.1 405"),
+    ] {
+        let mut stream = std::net::TcpStream::connect(daemon.addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "{request} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: Bearer guess\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        // The refusal comes before the body is sent: it is judged on the head.
+        let answer = read_answer(&mut stream);
+        assert!(answer.starts_with(refused), "{request}: {answer}");
+        stream
+            .write_all(body.as_bytes())
+            .expect("the connection is open after the refusal");
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("the connection is open after the refusal");
+        let next = read_answer(&mut stream);
+        assert!(next.starts_with("HTTP/1.1 200"), "{request}, then: {next}");
+    }
+}
