@@ -47,11 +47,11 @@ pub async fn post_events(
         .webhooks
         .as_ref()
         .map(|verifier| (verifier, SignatureHeaders::from_headers(request.headers())));
-    // Held until the answer: the body, its parsed events, and their place
-    // in the writer's queue all count against the budget.
     let body = body.take().ok_or_else(|| {
         ApiError::Internal("the request body was taken before it was read".into())
     })?;
+    // Held until the answer: the body, its parsed events, and their place
+    // in the writer's queue all count against the budget.
     let (body, _budget) = read_body(
         request.headers(),
         body,
