@@ -525,8 +525,8 @@ struct Figures {
     rules: f64,
     /// The storage floor's events/s (`storage_floor`).
     storage: f64,
-    /// The apply floor's events/s (`apply_floor`), when asked for: history
-    /// under each run's key, and appended by seq.
+    /// The apply floor's events/s (`apply_floor`), when asked for, in each
+    /// of `LAYOUTS`: by the clock, and by its CPU time.
     apply: Option<[(f64, f64); 3]>,
 }
 
