@@ -22,13 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// After a 413, how much of the rest of a body is read and dropped so that
-/// the client, still sending, receives the answer instead of a reset.
-const DRAIN_AT_MOST_BYTES: u64 = 64 * 1024 * 1024;
-const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
-
-/// Takes the body out of `body` only once the request is judged worth
-/// reading; a refusal before that leaves it for the caller to drain.
+/// A body this refuses before reading it whole stays in `body`, for the
+/// caller to drain (`http::handle`).
 pub async fn post_events(
     state: &AppState,
     request: &Request<()>,
@@ -47,9 +42,6 @@ pub async fn post_events(
         .webhooks
         .as_ref()
         .map(|verifier| (verifier, SignatureHeaders::from_headers(request.headers())));
-    let body = body.take().ok_or_else(|| {
-        ApiError::Internal("the request body was taken before it was read".into())
-    })?;
     // Held until the answer: the body, its parsed events, and their place
     // in the writer's queue all count against the budget.
     let (body, _budget) = read_body(
@@ -164,13 +156,14 @@ fn budget_charge(bytes: usize) -> u32 {
 /// Reads the whole body, refusing it with 413 as soon as it is known to be
 /// too large, and with 429 once the bodies in flight would hold more than
 /// the budget: before reading when `Content-Length` says so, or as soon as
-/// a chunked body passes what is left. The rest of a refused body is
-/// drained in the background (read and dropped, never kept), so a client
-/// still sending gets the answer rather than a reset connection. The
+/// a chunked body passes what is left. A refused body is left in `body`,
+/// where the caller drains the rest of it, so a client still sending gets
+/// the answer rather than a reset connection; one that failed to arrive
+/// (broken, or too slow) is dropped, which closes the connection. The
 /// permit returned holds the body's share of the budget.
 async fn read_body(
     headers: &HeaderMap,
-    mut body: Incoming,
+    body: &mut Option<Incoming>,
     limit: usize,
     timeout: Duration,
     budget: &Arc<Semaphore>,
@@ -185,22 +178,21 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        drain_in_background(body);
         return Err(too_large());
     }
     let Ok(mut held) = budget
         .clone()
         .try_acquire_many_owned(budget_charge(declared.unwrap_or(0) as usize))
     else {
-        // Read and dropped as it comes, never kept: a client still sending
-        // receives the 429 rather than a reset connection.
-        drain_in_background(body);
         return Err(ApiError::OverBudget);
     };
+    let incoming = body.as_mut().ok_or_else(|| {
+        ApiError::Internal("the request body was taken before it was read".into())
+    })?;
     let mut collected =
         BytesMut::with_capacity(declared.map_or(8 * 1024, |length| length as usize));
     let read = async {
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|error| ApiError::MalformedJson {
                 detail: format!("the body could not be read: {error}"),
                 line: 0,
@@ -223,36 +215,19 @@ async fn read_body(
         }
         Ok(())
     };
-    match tokio::time::timeout(timeout, read).await {
+    let read = tokio::time::timeout(timeout, read).await;
+    match read {
         Ok(Ok(())) => Ok((collected.freeze(), held)),
-        Ok(Err(refused @ (ApiError::PayloadTooLarge(_) | ApiError::OverBudget))) => {
-            drop(held);
-            drain_in_background(body);
-            Err(refused)
+        Ok(Err(refused @ (ApiError::PayloadTooLarge(_) | ApiError::OverBudget))) => Err(refused),
+        Ok(Err(failed)) => {
+            *body = None;
+            Err(failed)
         }
-        Ok(Err(other)) => Err(other),
-        Err(_) => Err(ApiError::BodyTimeout),
+        Err(_) => {
+            *body = None;
+            Err(ApiError::BodyTimeout)
+        }
     }
-}
-
-/// Reads a body and drops it as it comes, in the background, up to
-/// `DRAIN_AT_MOST_BYTES` and for `DRAIN_AT_MOST`: a client still sending
-/// receives the answer, and the connection stays usable afterwards.
-pub fn drain_in_background(mut body: Incoming) {
-    tokio::spawn(async move {
-        let drain = async {
-            let mut drained = 0u64;
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data() {
-                    drained += data.len() as u64;
-                    if drained > DRAIN_AT_MOST_BYTES {
-                        break;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(DRAIN_AT_MOST, drain).await;
-    });
 }
 
 /// Parses and validates one event. Syntax errors are 400 with line and

@@ -376,13 +376,13 @@ async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) 
         }
         error.into_response()
     });
-    // A body nobody read (the request was refused before it, or its route
-    // takes none) is read and dropped: left unread, it would make hyper
-    // close the connection after the answer, and a client that sends its
-    // next request on it, as keep-alive allows, would meet a closed
-    // socket instead of an answer.
+    // A body nobody read whole (the request was refused before it or
+    // partway through it, or its route takes none) is read and dropped:
+    // left unread, it would make hyper close the connection after the
+    // answer, and a client that sends its next request on it, as
+    // keep-alive allows, would meet a closed socket instead of an answer.
     if let Some(body) = body.filter(|body| !hyper::body::Body::is_end_stream(body)) {
-        ingest::drain_in_background(body);
+        drain_in_background(body);
     }
     state
         .metrics
@@ -391,6 +391,31 @@ async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) 
         tracing::debug!(%request, status = response.status().as_u16(), "request");
     }
     response
+}
+
+/// How much of an unread body is read and dropped, and for how long, so
+/// that a client still sending receives the answer instead of a reset.
+const DRAIN_AT_MOST_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Reads a body and drops it as it comes, in the background, up to
+/// `DRAIN_AT_MOST_BYTES` and for `DRAIN_AT_MOST`: a client still sending
+/// receives the answer, and the connection stays usable afterwards.
+fn drain_in_background(mut body: Incoming) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut drained = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    drained += data.len() as u64;
+                    if drained > DRAIN_AT_MOST_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_AT_MOST, drain).await;
+    });
 }
 
 /// The route a path belongs to, as the metrics name it: a bounded set,
