@@ -19,8 +19,8 @@
 //! row, in memory on one thread, nothing stored (`rules_floor`): the least
 //! a writer of any design does. PM_BENCH_APPLY_FLOOR=N adds a floor for a
 //! design not built: what a thread applying N events to a durable commit,
-//! each table in key order and each run's records once, would write
-//! (`apply_floor`), in three history layouts (`Layout`).
+//! each table in key order and each run's records and index entries once,
+//! would write (`apply_floor`), in three history layouts (`Layout`).
 //!
 //! Each active run lives a realistic life of nine events (started; a task
 //! starts, fails, is retried and succeeds; a second task starts, reports
@@ -306,7 +306,9 @@ const LAYOUTS: [Layout; 3] = [Layout::ByRun, Layout::BySeq, Layout::Chunked];
 /// them, and writes each table in key order: for every event its history
 /// row and idempotency key (`EVENTS`) and its feed item (`FEED`); for
 /// every run the commit touches, its process record and one task record
-/// (`RECORDS`), once. Every commit is durable, as that thread's must be
+/// (`RECORDS`), once; and the index entries its runs' starts and ends make
+/// (`IndexEntries`), which every design writes at some point. Every
+/// commit is durable, as that thread's must be
 /// before the write log may drop what it covers. Only the transactions
 /// are timed (sorting included, making the rows not): the most that
 /// design's apply could take on this machine, without the writer, the
@@ -336,9 +338,11 @@ fn apply_floor(
         let mut history = Vec::with_capacity(per_commit as usize);
         let mut dedup = Vec::with_capacity(per_commit as usize);
         let mut touched = Vec::with_capacity(per_commit as usize);
+        let mut index = IndexEntries::default();
         let first_seq = runs.seq + 1;
         for _ in 0..per_commit {
             let (ordinal, seq, event) = runs.next();
+            index.note(ordinal, &event);
             history.push((
                 record_key(ordinal, Kind::History, &seq.to_be_bytes()),
                 event.to_string(),
@@ -424,6 +428,7 @@ fn apply_floor(
                     )
                     .expect("insert");
             }
+            index.write(&txn);
         }
         txn.commit().expect("commit");
         timed += started.elapsed();
@@ -431,6 +436,129 @@ fn apply_floor(
         events += per_commit;
     }
     (events as f64 / timed.as_secs_f64(), events as f64 / cpu)
+}
+
+/// The index entries the runs of one apply-floor commit make, as the
+/// daemon's writer makes them with its default configuration: a run that
+/// starts gets its id, its creation time, its status, its type with its
+/// status, its correlation id and that id's prefixes; a run that ends
+/// moves its status entries and gets a finished entry. A run that starts
+/// and ends in one commit gets its final entries only, as the deferred
+/// design would write them.
+#[derive(Default)]
+struct IndexEntries {
+    /// Ordinal, process id, type, correlation id.
+    started: Vec<(u64, String, String, String)>,
+    /// The ordinals of `started`.
+    started_now: std::collections::HashSet<u64>,
+    /// Ordinal, type, and whether it started in this commit.
+    ended: Vec<(u64, String, bool)>,
+}
+
+impl IndexEntries {
+    fn note(&mut self, ordinal: u64, event: &serde_json::Value) {
+        let text = |field: &str| event[field].as_str().unwrap_or_default().to_owned();
+        match event["type"].as_str() {
+            Some("process.started") => {
+                self.started_now.insert(ordinal);
+                self.started.push((
+                    ordinal,
+                    text("process_id"),
+                    text("process_type"),
+                    text("correlation_id"),
+                ));
+            }
+            Some("process.succeeded") => {
+                // Its type is its slot's, as `life_event` gives it; the
+                // slot is in its id, `run-{slot}-{generation}`.
+                let id = text("process_id");
+                let slot: u64 = id
+                    .split('-')
+                    .nth(1)
+                    .and_then(|slot| slot.parse().ok())
+                    .expect("a run's id holds its slot");
+                let new = self.started_now.contains(&ordinal);
+                self.ended
+                    .push((ordinal, format!("type-{}", slot % 7), new));
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes the entries, each table in key order.
+    fn write(mut self, txn: &redb::WriteTransaction) {
+        use processmanager::domain::Status;
+        use processmanager::store::schema::{
+            correlation_prefixes, BY_CORRELATION, BY_CORRELATION_PREFIX, BY_CREATED, BY_FINISHED,
+            BY_STATUS, BY_TYPE, PROCESS_IDS,
+        };
+        let now = processmanager::writer::now_millis();
+        let (running, succeeded) = (Status::Running.code(), Status::Succeeded.code());
+        let ended_now: std::collections::HashSet<u64> = self
+            .ended
+            .iter()
+            .filter(|ended| ended.2)
+            .map(|ended| ended.0)
+            .collect();
+        let status_of = |ordinal: u64| {
+            if ended_now.contains(&ordinal) {
+                succeeded
+            } else {
+                running
+            }
+        };
+        self.started.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        let mut ids = txn.open_table(PROCESS_IDS).expect("table");
+        for (ordinal, id, _, _) in &self.started {
+            ids.insert(id.as_str(), ordinal).expect("insert");
+        }
+        self.started.sort_unstable_by_key(|started| started.0);
+        let mut created = txn.open_table(BY_CREATED).expect("table");
+        let mut status = txn.open_table(BY_STATUS).expect("table");
+        for (ordinal, _, _, _) in &self.started {
+            created.insert((now, *ordinal), ()).expect("insert");
+            status
+                .insert((status_of(*ordinal), *ordinal), ())
+                .expect("insert");
+        }
+        self.ended.sort_unstable_by_key(|ended| ended.0);
+        let mut finished = txn.open_table(BY_FINISHED).expect("table");
+        for (ordinal, _, new) in &self.ended {
+            if !new {
+                status.remove((running, *ordinal)).expect("remove");
+                status.insert((succeeded, *ordinal), ()).expect("insert");
+            }
+            finished
+                .insert((succeeded, now, *ordinal), ())
+                .expect("insert");
+        }
+        let mut types = txn.open_table(BY_TYPE).expect("table");
+        for (ordinal, _, kind, _) in &self.started {
+            types
+                .insert((kind.as_str(), status_of(*ordinal), *ordinal), ())
+                .expect("insert");
+        }
+        for (ordinal, kind, new) in &self.ended {
+            if !new {
+                types
+                    .remove((kind.as_str(), running, *ordinal))
+                    .expect("remove");
+                types
+                    .insert((kind.as_str(), succeeded, *ordinal), ())
+                    .expect("insert");
+            }
+        }
+        let mut correlation = txn.open_table(BY_CORRELATION).expect("table");
+        let mut prefixes = txn.open_table(BY_CORRELATION_PREFIX).expect("table");
+        for (ordinal, _, _, id) in &self.started {
+            correlation
+                .insert((id.as_str(), *ordinal), ())
+                .expect("insert");
+            for (prefix, rest) in correlation_prefixes(id) {
+                prefixes.insert((prefix, *ordinal), rest).expect("insert");
+            }
+        }
+    }
 }
 
 /// The rules floor: the least the writer of any design does for an event
