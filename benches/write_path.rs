@@ -485,7 +485,8 @@ impl IndexEntries {
         }
     }
 
-    /// Writes the entries, each table in key order.
+    /// Writes the entries, table by table: the process ids in their order,
+    /// the others run by run in the order of the runs' ordinals.
     fn write(mut self, txn: &redb::WriteTransaction) {
         use processmanager::domain::Status;
         use processmanager::store::schema::{
