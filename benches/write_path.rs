@@ -19,7 +19,7 @@
 //! row, in memory on one thread, nothing stored (`rules_floor`): the least
 //! a writer of any design does. PM_BENCH_APPLY_FLOOR=N adds a floor for a
 //! design not built: what a thread applying N events to a durable commit,
-//! each table in key order and each run's records and index entries once,
+//! its rows in key order and each run's records and index entries once,
 //! would write (`apply_floor`), in three history layouts (`Layout`).
 //!
 //! Each active run lives a realistic life of nine events (started; a task
@@ -49,6 +49,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
@@ -450,9 +451,9 @@ struct IndexEntries {
     /// Ordinal, process id, type, correlation id.
     started: Vec<(u64, String, String, String)>,
     /// The ordinals of `started`.
-    started_now: std::collections::HashSet<u64>,
-    /// Ordinal, type, and whether it started in this commit.
-    ended: Vec<(u64, String, bool)>,
+    started_now: HashSet<u64>,
+    /// Ordinal, type.
+    ended: Vec<(u64, String)>,
 }
 
 impl IndexEntries {
@@ -477,9 +478,7 @@ impl IndexEntries {
                     .nth(1)
                     .and_then(|slot| slot.parse().ok())
                     .expect("a run's id holds its slot");
-                let new = self.started_now.contains(&ordinal);
-                self.ended
-                    .push((ordinal, format!("type-{}", slot % 7), new));
+                self.ended.push((ordinal, format!("type-{}", slot % 7)));
             }
             _ => {}
         }
@@ -495,14 +494,9 @@ impl IndexEntries {
         };
         let now = processmanager::writer::now_millis();
         let (running, succeeded) = (Status::Running.code(), Status::Succeeded.code());
-        let ended_now: std::collections::HashSet<u64> = self
-            .ended
-            .iter()
-            .filter(|ended| ended.2)
-            .map(|ended| ended.0)
-            .collect();
+        let ended: HashSet<u64> = self.ended.iter().map(|ended| ended.0).collect();
         let status_of = |ordinal: u64| {
-            if ended_now.contains(&ordinal) {
+            if ended.contains(&ordinal) {
                 succeeded
             } else {
                 running
@@ -524,8 +518,8 @@ impl IndexEntries {
         }
         self.ended.sort_unstable_by_key(|ended| ended.0);
         let mut finished = txn.open_table(BY_FINISHED).expect("table");
-        for (ordinal, _, new) in &self.ended {
-            if !new {
+        for (ordinal, _) in &self.ended {
+            if !self.started_now.contains(ordinal) {
                 status.remove((running, *ordinal)).expect("remove");
                 status.insert((succeeded, *ordinal), ()).expect("insert");
             }
@@ -539,8 +533,8 @@ impl IndexEntries {
                 .insert((kind.as_str(), status_of(*ordinal), *ordinal), ())
                 .expect("insert");
         }
-        for (ordinal, kind, new) in &self.ended {
-            if !new {
+        for (ordinal, kind) in &self.ended {
+            if !self.started_now.contains(ordinal) {
                 types
                     .remove((kind.as_str(), running, *ordinal))
                     .expect("remove");
@@ -572,7 +566,7 @@ impl IndexEntries {
 fn rules_floor(active: u64, tag: u64, duration: Duration) -> f64 {
     use processmanager::domain::{self, Event, Process, Task};
     use processmanager::store::schema::{HistoryRecordRef, Source, StoredResult};
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
     #[derive(Default)]
     struct Run {
         process: Option<Process>,
