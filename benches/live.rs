@@ -164,7 +164,7 @@ fn stream_round(secs: Duration) -> StreamRound {
             let mut socket = TcpStream::connect(daemon.addr).expect("connect");
             write!(
                 socket,
-                "GET /v1/changes?after_seq={from} HTTP/1.1\r\nHost: bench\r\nAccept: application/x-ndjson\r\n\r\n"
+                "GET /v1/changes?after_seq={from} HTTP/1.1\r\nHost: localhost\r\nAccept: application/x-ndjson\r\n\r\n"
             )
             .expect("request");
             socket
@@ -211,7 +211,7 @@ fn latency_round(secs: Duration) -> Vec<f64> {
         let mut socket = TcpStream::connect(addr).expect("connect");
         write!(
             socket,
-            "GET /v1/changes?after_seq={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n",
+            "GET /v1/changes?after_seq={} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
             last_seq(addr)
         )
         .expect("request");

@@ -287,6 +287,11 @@ pub struct HttpConfig {
     /// The address clients reach the API by (`https://host:port`), for
     /// absolute `Location` headers; unset: relative ones.
     pub public_url: Option<String>,
+    /// `Host` names the API answers to besides loopback ones and the
+    /// public URL's host: checked without tokens (a guard against DNS
+    /// rebinding), and also with tokens once the list is set. A name that
+    /// starts with a dot (`.example.com`) allows the names under it.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -393,6 +398,7 @@ impl Default for HttpConfig {
             max_connections: 1024,
             probe_listen: None,
             public_url: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -601,8 +601,8 @@ pub fn wait_ready(addr: SocketAddr, since: Instant) -> Duration {
     loop {
         if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
             use std::io::{Read, Write};
-            let _ =
-                stream.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let _ = stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
             let mut answer = String::new();
             let _ = stream.read_to_string(&mut answer);
             if answer.starts_with("HTTP/1.1 200") {

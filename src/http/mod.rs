@@ -7,9 +7,11 @@ mod auth;
 pub mod cloudevents;
 mod connections;
 mod feed;
+mod hosts;
 pub mod ingest;
 pub mod problem;
 mod query;
+mod routes;
 pub mod signature;
 pub mod views;
 
@@ -18,7 +20,7 @@ use crate::domain::Status;
 use crate::metrics::{Metrics, Rejection, StoreReading};
 use crate::store::read::SharedSnapshots;
 use crate::writer::WriterHandle;
-use auth::{Auth, Role};
+use auth::Auth;
 use bytes::Bytes;
 use connections::{Admission, Connections};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -26,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use percent_encoding::percent_decode_str;
@@ -88,6 +90,8 @@ pub struct AppState {
     /// 200, readyz 503) and everything else is 503 "starting".
     core: OnceLock<Core>,
     auth: Auth,
+    /// The `Host` names the API answers to (`hosts`).
+    allowed_hosts: hosts::AllowedHosts,
     /// Set when webhooks must be signed.
     webhooks: Option<signature::WebhookVerifier>,
     pub limits: Limits,
@@ -156,6 +160,11 @@ impl AppState {
             core: OnceLock::new(),
             webhooks: signature::WebhookVerifier::new(&config.webhooks)?,
             auth: Auth::new(&config.auth),
+            allowed_hosts: hosts::AllowedHosts::new(
+                config.auth.has_tokens(),
+                &config.http.allowed_hosts,
+                config.http.public_url.as_deref(),
+            ),
             limits: Limits {
                 max_batch: config.ingest.max_batch,
                 max_body_bytes: config.ingest.max_body_bytes,
@@ -291,6 +300,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok().map(|addr| addr.ip());
         let close = registration.connection.close.clone();
         let registration = Arc::new(registration);
         let service = service_fn({
@@ -299,7 +309,7 @@ pub async fn serve(
                 let in_service = registration.request_started();
                 let state = state.clone();
                 async move {
-                    let response = handle(&state, surface, request).await;
+                    let response = handle(&state, surface, request, local).await;
                     // In service until the answer's body is sent or dropped.
                     let (parts, body) = response.into_parts();
                     let body = body
@@ -342,7 +352,13 @@ pub async fn serve(
     }
 }
 
-async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) -> Response {
+/// Answers one request; `local` is the address the connection came in on.
+async fn handle(
+    state: &AppState,
+    surface: Surface,
+    request: Request<Incoming>,
+    local: Option<std::net::IpAddr>,
+) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_owned();
     // Segments percent-decoded (`run%3A1` is `run:1`), as RFC 3986 has
@@ -354,7 +370,7 @@ async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) 
         .collect();
     let segments = segments.unwrap_or_default();
     let segments: Vec<&str> = segments.iter().map(|segment| segment.as_ref()).collect();
-    let route_label = route_label(&segments);
+    let route_label = routes::label(&segments);
     // Only pay for the request line when it will be logged.
     let described = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| format!("{} {}", request.method(), request.uri().path()));
@@ -368,7 +384,7 @@ async fn handle(state: &AppState, surface: Surface, request: Request<Incoming>) 
             detail: "the path is not UTF-8 once percent-decoded".into(),
         })
     } else {
-        route(state, surface, &segments, &request, &mut body).await
+        routes::dispatch(state, surface, &segments, &request, local, &mut body).await
     }
     .unwrap_or_else(|error| {
         if let Some(reason) = error.rejection() {
@@ -418,31 +434,10 @@ fn drain_in_background(mut body: Incoming) {
     });
 }
 
-/// The route a path belongs to, as the metrics name it: a bounded set,
-/// never an id.
-fn route_label(segments: &[&str]) -> &'static str {
-    match segments {
-        ["livez"] => "/livez",
-        ["readyz"] => "/readyz",
-        ["healthz"] => "/healthz",
-        ["metrics"] => "/metrics",
-        ["v1", "events"] => "/v1/events",
-        ["v1", "processes"] => "/v1/processes",
-        ["v1", "processes", _] => "/v1/processes/{id}",
-        ["v1", "processes", _, "history"] => "/v1/processes/{id}/history",
-        ["v1", "processes", _, "await"] => "/v1/processes/{id}/await",
-        ["v1", "changes"] => "/v1/changes",
-        ["v1", "admin", "backup"] => "/v1/admin/backup",
-        ["v1", "stats"] => "/v1/stats",
-        ["v1", "stats", "durations"] => "/v1/stats/durations",
-        ["v1", "openapi.json"] => "/v1/openapi.json",
-        _ => "other",
-    }
-}
-
 /// The answer to `OPTIONS /v1/events`: the CloudEvents webhook
 /// validation handshake, or a plain `OPTIONS` when it is not one.
-fn handshake(judged: cloudevents::Handshake) -> Response {
+async fn handshake(state: &AppState, request: &Request<()>) -> Result<Response, ApiError> {
+    let judged = cloudevents::Handshake::judge(request.headers(), &state.cloudevents);
     let allow = |mut response: Response| {
         response.headers_mut().insert(
             hyper::header::ALLOW,
@@ -451,7 +446,7 @@ fn handshake(judged: cloudevents::Handshake) -> Response {
         response
     };
     match judged {
-        cloudevents::Handshake::Plain => allow(empty_response(StatusCode::NO_CONTENT)),
+        cloudevents::Handshake::Plain => Ok(allow(empty_response(StatusCode::NO_CONTENT))),
         cloudevents::Handshake::Allowed { origin } => {
             let mut response = allow(empty_response(StatusCode::OK));
             let headers = response.headers_mut();
@@ -461,146 +456,56 @@ fn handshake(judged: cloudevents::Handshake) -> Response {
             // No rate is promised beyond what the daemon's own bounds
             // answer with 429.
             headers.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
-            response
+            Ok(response)
         }
-        cloudevents::Handshake::Refused { origin } => {
-            ApiError::OriginNotAllowed(origin).into_response()
-        }
-        cloudevents::Handshake::Malformed => ApiError::InvalidHeader {
+        cloudevents::Handshake::Refused { origin } => Err(ApiError::OriginNotAllowed(origin)),
+        cloudevents::Handshake::Malformed => Err(ApiError::InvalidHeader {
             header: "WebHook-Request-Origin",
             detail: "`WebHook-Request-Origin` must be the DNS name of the sending system, such as eventgrid.azure.net",
-        }
-        .into_response(),
+        }),
     }
 }
 
-async fn route(
-    state: &AppState,
-    surface: Surface,
-    segments: &[&str],
-    request: &Request<()>,
-    body: &mut Option<Incoming>,
-) -> Result<Response, ApiError> {
-    // HEAD is GET without the body (RFC 9110 9.3.2); hyper leaves the body
-    // out of the answer to a HEAD request by itself.
-    let method = match request.method() {
-        &Method::HEAD => &Method::GET,
-        other => other,
-    };
-    match (surface, segments) {
-        (_, ["livez"]) => only(method, &Method::GET, "GET, HEAD")
-            .map(|()| json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        (_, ["readyz"] | ["healthz"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            if state.ready.load(Ordering::SeqCst) {
-                Ok(json_response(
-                    StatusCode::OK,
-                    &serde_json::json!({"status": "ready"}),
-                ))
-            } else {
-                Err(ApiError::Unavailable(
-                    "not ready: starting or shutting down",
-                ))
-            }
-        }
-        (_, ["metrics"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            if surface == Surface::Api {
-                state.auth.require(request.headers(), Role::Read)?;
-            }
-            let accept = request
-                .headers()
-                .get(hyper::header::ACCEPT)
-                .and_then(|value| value.to_str().ok());
-            metrics(state, crate::metrics::wants_openmetrics(accept)).await
-        }
-        (Surface::Api, ["v1", "openapi.json"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            let mut response = hyper::Response::new(full_body(state.openapi.clone()));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok(response)
-        }
-        (Surface::Probes, _) => Err(ApiError::NotFound(
-            "this listener serves /livez, /readyz and /metrics only; the API is on the main listener".into(),
-        )),
-        (Surface::Api, ["v1", "events"]) if method == Method::OPTIONS => {
-            // The CloudEvents validation handshake: it grants no access and
-            // reveals nothing, so it needs no token (a sender such as Event
-            // Grid sends none with it).
-            Ok(handshake(cloudevents::Handshake::judge(
-                request.headers(),
-                &state.cloudevents,
-            )))
-        }
-        (Surface::Api, ["v1", "events"]) => {
-            only(method, &Method::POST, "POST, OPTIONS")?;
-            state.auth.require(request.headers(), Role::Ingest)?;
-            ingest::post_events(state, request, body).await
-        }
-        (Surface::Api, ["v1", "processes"]) => match *method {
-            Method::GET => {
-                state.auth.require(request.headers(), Role::Read)?;
-                query::list_processes(state, request.uri().query()).await
-            }
-            Method::DELETE => {
-                state.auth.require(request.headers(), Role::Admin)?;
-                ingest::purge(state, request.uri().query()).await
-            }
-            _ => Err(ApiError::MethodNotAllowed("GET, HEAD, DELETE")),
-        },
-        (Surface::Api, ["v1", "processes", id]) => match *method {
-            Method::GET => {
-                state.auth.require(request.headers(), Role::Read)?;
-                query::get_process(state, path_process_id(id)?).await
-            }
-            Method::DELETE => {
-                state.auth.require(request.headers(), Role::Admin)?;
-                ingest::delete_process(state, path_process_id(id)?).await
-            }
-            _ => Err(ApiError::MethodNotAllowed("GET, HEAD, DELETE")),
-        },
-        (Surface::Api, ["v1", "processes", id, "history"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            state.auth.require(request.headers(), Role::Read)?;
-            query::history(state, path_process_id(id)?, request.uri().query()).await
-        }
-        (Surface::Api, ["v1", "processes", id, "await"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            state.auth.require(request.headers(), Role::Read)?;
-            feed::await_process(state, path_process_id(id)?, request.uri().query()).await
-        }
-        (Surface::Api, ["v1", "changes"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            state.auth.require(request.headers(), Role::Read)?;
-            feed::changes(state, request).await
-        }
-        (Surface::Api, ["v1", "admin", "backup"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            state.auth.require(request.headers(), Role::Admin)?;
-            admin::backup(state).await
-        }
-        (Surface::Api, ["v1", "stats"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            state.auth.require(request.headers(), Role::Read)?;
-            query::stats(state).await
-        }
-        (Surface::Api, ["v1", "stats", "durations"]) => {
-            only(method, &Method::GET, "GET, HEAD")?;
-            state.auth.require(request.headers(), Role::Read)?;
-            query::durations(state, request.uri().query()).await
-        }
-        (Surface::Api, _) => Err(ApiError::NotFound(format!(
-            "there is no resource at /{}",
-            segments.join("/")
-        ))),
+/// `GET /livez`: 200 while the process runs.
+async fn livez() -> Result<Response, ApiError> {
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok"}),
+    ))
+}
+
+/// `GET /readyz` (and `/healthz`): 200 once the store is open and until
+/// shutdown begins.
+async fn readyz(state: &AppState) -> Result<Response, ApiError> {
+    if state.ready.load(Ordering::SeqCst) {
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready"}),
+        ))
+    } else {
+        Err(ApiError::Unavailable(
+            "not ready: starting or shutting down",
+        ))
     }
+}
+
+/// `GET /v1/openapi.json`.
+async fn openapi(state: &AppState) -> Result<Response, ApiError> {
+    let mut response = hyper::Response::new(full_body(state.openapi.clone()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
 }
 
 /// `GET /metrics`: the counters as they stand, and the store as its latest
 /// commit has it (nothing of the store before it is open).
-async fn metrics(state: &AppState, openmetrics: bool) -> Result<Response, ApiError> {
+async fn metrics(state: &AppState, request: &Request<()>) -> Result<Response, ApiError> {
+    let accept = request
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let openmetrics = crate::metrics::wants_openmetrics(accept);
     let inflight_body_bytes = state
         .limits
         .max_inflight_bytes
@@ -654,28 +559,6 @@ async fn metrics(state: &AppState, openmetrics: bool) -> Result<Response, ApiErr
         }),
     );
     Ok(response)
-}
-
-/// A process id from the path, checked by the rule that writes follow, so
-/// that a read of an id no write could have made is a 400 naming the rule,
-/// not a 404 that echoes whatever was sent.
-fn path_process_id(id: &str) -> Result<&str, ApiError> {
-    if crate::domain::is_valid_id(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::InvalidQuery {
-            parameter: "process_id".into(),
-            detail: "a process id is 1 to 200 bytes of letters, digits and . _ : ~ -".into(),
-        })
-    }
-}
-
-fn only(method: &Method, allowed: &Method, allow_header: &'static str) -> Result<(), ApiError> {
-    if method == allowed {
-        Ok(())
-    } else {
-        Err(ApiError::MethodNotAllowed(allow_header))
-    }
 }
 
 /// Runs a store read that may wait (on the disk, or for a long scan) off

@@ -40,7 +40,11 @@ pub enum ApiError {
         indexed: Vec<String>,
     },
     NotFound(String),
-    MethodNotAllowed(&'static str),
+    /// The methods the resource allows, for `Allow`.
+    MethodNotAllowed(String),
+    /// Without tokens, a `Host` that is not a loopback name or address, the
+    /// public URL's host, or in `http.allowed_hosts` (`http::hosts`).
+    HostNotAllowed(String),
     Unauthorized,
     BadSignature(crate::http::signature::SignatureError),
     Forbidden,
@@ -271,6 +275,12 @@ impl ApiError {
                 "Method not allowed",
                 format!("this resource allows {allowed}"),
             ),
+            ApiError::HostNotAllowed(host) => problem(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "Host not allowed",
+                format!("this daemon answers requests for `{host}` only with tokens, as a guard against DNS rebinding: reach it as localhost, 127.0.0.1 or [::1], or add the name to http.allowed_hosts (or set http.public_url)"),
+            ),
             ApiError::Unauthorized => problem(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -386,7 +396,9 @@ impl ApiError {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::MethodNotAllowed(allowed) => {
-                headers.insert(ALLOW, HeaderValue::from_static(allowed));
+                if let Ok(allowed) = HeaderValue::from_str(&allowed) {
+                    headers.insert(ALLOW, allowed);
+                }
             }
             // The rest of a refused body is not worth reading on this connection.
             ApiError::PayloadTooLarge(_) => {

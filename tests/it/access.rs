@@ -168,7 +168,7 @@ fn a_request_refused_before_its_body_is_read_leaves_the_connection_usable() {
             .unwrap();
         write!(
             stream,
-            "{request} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: Bearer guess\r\ncontent-length: {}\r\n\r\n",
+            "{request} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nauthorization: Bearer guess\r\ncontent-length: {}\r\n\r\n",
             body.len()
         )
         .unwrap();
@@ -179,7 +179,7 @@ fn a_request_refused_before_its_body_is_read_leaves_the_connection_usable() {
             .write_all(body.as_bytes())
             .expect("the connection is open after the refusal");
         stream
-            .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\n\r\n")
             .expect("the connection is open after the refusal");
         let next = read_answer(&mut stream);
         assert!(next.starts_with("HTTP/1.1 200"), "{request}, then: {next}");

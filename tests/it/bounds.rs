@@ -204,7 +204,7 @@ fn a_chunked_body_is_refused_429_as_soon_as_it_passes_the_budget_and_the_client_
     // A 4 MiB body declared and sent slowly holds all of it meanwhile.
     let mut holder = std::net::TcpStream::connect(daemon.addr).unwrap();
     holder
-        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4194304\r\n\r\n[")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4194304\r\n\r\n[")
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !client
@@ -221,7 +221,7 @@ fn a_chunked_body_is_refused_429_as_soon_as_it_passes_the_budget_and_the_client_
     // A chunked batch is refused at its first chunk, and hears why.
     let mut chunked = std::net::TcpStream::connect(daemon.addr).unwrap();
     chunked
-        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\n[]\r\n0\r\n\r\n")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\n[]\r\n0\r\n\r\n")
         .unwrap();
     let mut answer = String::new();
     let _ = std::io::Read::read_to_string(&mut chunked, &mut answer);

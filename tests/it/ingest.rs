@@ -441,13 +441,13 @@ fn a_body_that_is_not_json_is_415() {
     let daemon = Daemon::start();
     let answer = raw_exchange(
         daemon.addr,
-        b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
     );
     assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
     assert!(answer.contains("unsupported_media_type"));
     let body = event("process.started", "abc").to_string();
     let request = format!(
-        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let with_charset = raw_exchange(daemon.addr, request.as_bytes());
@@ -458,7 +458,7 @@ fn a_body_that_is_not_json_is_415() {
 fn a_body_declared_too_large_is_413_before_it_is_read() {
     let daemon = Daemon::start();
     let request = format!(
-        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         5 * 1024 * 1024
     );
     // Nothing of the body is sent: the answer must come from the header alone.
@@ -480,7 +480,7 @@ fn a_client_still_sending_a_too_large_chunked_body_receives_the_413() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     stream
-        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
         .unwrap();
     // 6 MiB in 64 KiB chunks, past the 4 MiB limit, sent in full.
     let chunk = vec![b' '; 64 * 1024];

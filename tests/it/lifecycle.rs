@@ -155,7 +155,7 @@ fn shutdown_refuses_new_connections_and_finishes_the_request_in_flight() {
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    write!(stream, "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n", body.len()).unwrap();
+    write!(stream, "POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n", body.len()).unwrap();
     await_handler(&mut stream);
     stream.write_all(&body.as_bytes()[..10]).unwrap();
     stream.flush().unwrap();
@@ -189,7 +189,7 @@ fn a_second_signal_exits_at_once() {
     // A request that never completes holds the drain open.
     let mut stream = TcpStream::connect(daemon.addr).unwrap();
     stream
-        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n")
         .unwrap();
     await_handler(&mut stream);
     stream.write_all(b"{").unwrap();

@@ -41,7 +41,7 @@ fn raw_stream(addr: std::net::SocketAddr, accept: &str, headers: &str) -> TcpStr
         .unwrap();
     write!(
         socket,
-        "GET /v1/changes HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n{headers}\r\n"
+        "GET /v1/changes HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\n{headers}\r\n"
     )
     .unwrap();
     socket
@@ -576,7 +576,9 @@ fn two_thousand_waiters_hold_no_thread_and_all_wake_at_the_end() {
         .map(|_| {
             let mut socket = TcpStream::connect(daemon.addr).unwrap();
             socket
-                .write_all(b"GET /v1/processes/big/await?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .write_all(
+                    b"GET /v1/processes/big/await?wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                )
                 .unwrap();
             socket
         })

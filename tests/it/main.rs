@@ -8,6 +8,7 @@ mod cloudevents;
 mod conformance;
 mod deploy;
 mod examples;
+mod hosts;
 mod ingest;
 mod lifecycle;
 mod live;

@@ -267,7 +267,7 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let (daemon, _config) = slow_client_daemon("");
     let mut stream = TcpStream::connect(daemon.addr).unwrap();
     stream
-        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\n")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\n")
         .unwrap();
     let (_, took) = read_until_closed(&mut stream);
     assert!(took < Duration::from_secs(10), "held for {took:?}");
@@ -282,7 +282,7 @@ fn a_body_slower_than_the_timeout_is_408() {
     let (daemon, _config) = slow_client_daemon("");
     let mut stream = TcpStream::connect(daemon.addr).unwrap();
     stream
-        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":")
         .unwrap();
     let (answer, took) = read_until_closed(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -299,7 +299,7 @@ fn a_full_house_of_idle_connections_gives_way_to_a_new_client() {
         .map(|_| {
             let mut stream = TcpStream::connect(daemon.addr).unwrap();
             stream
-                .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n")
+                .write_all(b"GET /livez HTTP/1.1\r\nhost: localhost\r\n")
                 .unwrap();
             std::thread::spawn(move || read_until_closed(&mut stream))
         })
@@ -309,7 +309,7 @@ fn a_full_house_of_idle_connections_gives_way_to_a_new_client() {
     let connected = Instant::now();
     let mut third = TcpStream::connect(daemon.addr).unwrap();
     third
-        .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .write_all(b"GET /livez HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
         .unwrap();
     let (answer, _) = read_until_closed(&mut third);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -355,7 +355,10 @@ fn idle_and_slowloris_clients_holding_every_connection_lock_out_neither_probes_n
         std::thread::spawn(move || {
             let mut held: Vec<TcpStream> =
                 (0..32).map(|_| TcpStream::connect(addr).unwrap()).collect();
-            for byte in b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: ".iter().cycle() {
+            for byte in b"GET /livez HTTP/1.1\r\nhost: localhost\r\nx-slow: "
+                .iter()
+                .cycle()
+            {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -427,7 +430,7 @@ fn hold_every_place_in_service(addr: std::net::SocketAddr, count: usize) -> Vec<
     let open = || {
         let mut busy = TcpStream::connect(addr).unwrap();
         busy.write_all(
-            b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+            b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
         )
         .unwrap();
         busy
@@ -436,7 +439,8 @@ fn hold_every_place_in_service(addr: std::net::SocketAddr, count: usize) -> Vec<
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut extra = TcpStream::connect(addr).unwrap();
-        let _ = extra.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let _ =
+            extra.write_all(b"GET /livez HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
         let (answer, _) = read_until_closed(&mut extra);
         if answer.is_empty() {
             return held;

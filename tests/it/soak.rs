@@ -20,7 +20,7 @@ fn slowloris(addr: SocketAddr, count: usize, stop: &AtomicBool) {
     let mut held: Vec<TcpStream> = (0..count)
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
-    let header = b"POST /v1/events HTTP/1.1\r\nhost: x\r\nx-slow: ";
+    let header = b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\nx-slow: ";
     for byte in header.iter().cycle() {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -36,7 +36,7 @@ fn oversized_and_endless(addr: SocketAddr, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         if let Ok(mut stream) = TcpStream::connect(addr) {
             let _ = stream.write_all(
-                b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n[",
+                b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n[",
             );
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let mut answer = [0u8; 64];
@@ -44,7 +44,7 @@ fn oversized_and_endless(addr: SocketAddr, stop: &AtomicBool) {
         }
         if let Ok(mut stream) = TcpStream::connect(addr) {
             let _ = stream.write_all(
-                b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
             );
             let chunk = format!("{:x}\r\n{}\r\n", 65536, "[".repeat(65536));
             let started = Instant::now();
