@@ -46,8 +46,9 @@ impl AllowedHosts {
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
             // An address is never a rebound name: a browser that sends it
-            // connected to that address itself.
-            return ip.is_loopback() || Some(ip) == local;
+            // connected to that address itself. The unspecified address
+            // (0.0.0.0, [::]) reaches this machine as loopback does.
+            return ip.is_loopback() || ip.is_unspecified() || Some(ip) == local;
         }
         host == "localhost"
             || names.iter().any(|name| match name.strip_prefix('.') {
@@ -132,6 +133,8 @@ mod tests {
             "127.1.2.3:9",
             "[::1]",
             "[::1]:8080",
+            "0.0.0.0:8080",
+            "[::]:8080",
         ] {
             assert!(guard.allows(Some(host), None), "{host}");
         }
