@@ -415,7 +415,7 @@ impl WriterStore {
         kind: processmanager::domain::EventType,
         process: u64,
         timeout: bool,
-    ) -> processmanager::store::write::IncomingEvent {
+    ) -> processmanager::domain::IncomingEvent {
         let mut event = processmanager::domain::model::bare_event(kind, None);
         event.process_id = match self.shape {
             Shape::Bare => format!("hb-{process}"),
@@ -462,24 +462,20 @@ impl WriterStore {
         if timeout {
             event.heartbeat_timeout = Some(env_number("PM_BENCH_HEARTBEAT_TIMEOUT", 86_400) as u32);
         }
-        processmanager::store::write::IncomingEvent::new(event, self.now)
+        processmanager::domain::IncomingEvent::new(event, self.now)
     }
 
-    fn commit(&self, events: &[processmanager::store::write::IncomingEvent], durable: bool) {
-        use processmanager::store::write::{load_counters, WriteBatch};
-        let mut txn = self.db.begin_write().expect("txn");
-        if !durable {
-            txn.set_durability(redb::Durability::None)
-                .expect("durability");
-        }
-        let mut batch =
-            WriteBatch::open(&txn, load_counters(&txn).expect("counters")).expect("batch");
-        for incoming in events {
-            batch.apply(incoming, self.now).expect("applied");
-        }
-        batch.write_back().expect("written back");
-        batch.finish().expect("finished");
-        txn.commit().expect("committed");
+    /// Applies `events` in one step, as the daemon's apply step writes a
+    /// group: every apply step is durable (`_durable` is kept for the
+    /// callers' sake, from when commits could be otherwise).
+    fn commit(&self, events: &[processmanager::domain::IncomingEvent], _durable: bool) {
+        processmanager::store::write::offline(&self.db, |batch| {
+            for incoming in events {
+                batch.apply(incoming, self.now)?;
+            }
+            Ok(())
+        })
+        .expect("applied");
     }
 
     /// One group of heartbeats spread at random; the seconds it took.

@@ -185,13 +185,13 @@ pub struct TypeTimeoutsConfig {
 
 impl TimeoutsConfig {
     /// The defaults as the writer applies (and logs) them.
-    pub fn defaults(&self) -> crate::store::write::TimeoutDefaults {
+    pub fn defaults(&self) -> crate::domain::TimeoutDefaults {
         self.process_types
             .iter()
             .map(|(kind, config)| {
                 (
                     kind.clone(),
-                    crate::store::write::TypeTimeouts {
+                    crate::domain::TypeTimeouts {
                         heartbeat_timeout: config.heartbeat_timeout_secs,
                         deadline_after_ms: config.deadline_secs.map(|secs| {
                             i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
@@ -250,6 +250,14 @@ pub struct IngestConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct WriterConfig {
     pub max_group_events: usize,
+    /// Memory for the state acknowledged but not yet applied to the store
+    /// file, in MiB. When it is full the writer waits for the apply step
+    /// under way before it takes more (back-pressure: 429 once the queue
+    /// fills).
+    pub pending_mib: usize,
+    /// How long acknowledged groups wait, at most, before an apply step
+    /// writes them into the store file, in milliseconds.
+    pub apply_after_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -261,12 +269,10 @@ pub struct StoreConfig {
     /// redb is asked, so the store never meets a full disk mid-commit.
     /// `None`: a sixteenth of the volume, 1 to 64 MiB (`store::sizing`).
     pub min_free_mib: Option<u64>,
-    /// Size of the write log, which makes each group durable between the
-    /// store file's durable commits (`store::durability`). `None`: a
-    /// thirty-second of the volume, 1 to 32 MiB. Earlier builds called it
-    /// `journal_mib` and sized their page journals by it too; that name
-    /// is still read.
-    #[serde(alias = "journal_mib")]
+    /// Size of the two write logs together, which make each group durable
+    /// until an apply step writes it to the store file
+    /// (`store::durability`). `None`: a thirty-second of the volume, 1 to
+    /// 32 MiB.
     pub write_log_mib: Option<u64>,
 }
 
@@ -373,6 +379,8 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             max_group_events: 4096,
+            pending_mib: 64,
+            apply_after_ms: 1000,
         }
     }
 }
@@ -520,6 +528,8 @@ impl Config {
             ("ingest.queue_capacity", self.ingest.queue_capacity),
             ("ingest.max_inflight_bytes", self.ingest.max_inflight_bytes),
             ("writer.max_group_events", self.writer.max_group_events),
+            ("writer.pending_mib", self.writer.pending_mib),
+            ("writer.apply_after_ms", self.writer.apply_after_ms as usize),
             ("http.max_connections", self.http.max_connections),
             (
                 "store.write_log_mib",
@@ -787,11 +797,9 @@ mod tests {
     fn a_write_log_size_out_of_range_is_refused_with_its_name() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pm.toml");
-        // Under its new name, and under the name earlier builds read.
         for (name, value, says) in [
             ("write_log_mib", "0", "at least 1"),
             ("write_log_mib", "5000", "at most 4096"),
-            ("journal_mib", "5000", "at most 4096"),
         ] {
             std::fs::write(&file, format!("[store]\n{name} = {value}\n")).unwrap();
             let overrides = Overrides {

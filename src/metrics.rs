@@ -8,8 +8,8 @@
 //! every label has a bounded set of values (process types are capped by
 //! `metrics.max_process_types`, the rest count as `other`).
 
+use crate::domain::EventOutcome;
 use crate::domain::{EventType, Status};
-use crate::store::write::EventOutcome;
 use prometheus_client::encoding::{prometheus_text, text as openmetrics_text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -162,6 +162,8 @@ pub struct Metrics {
     request_seconds: Family<RouteLabels, Histogram>,
     commit_seconds: Histogram,
     commit_events: Histogram,
+    apply_seconds: Histogram,
+    applied_keys: Counter,
     queue_depth: Gauge,
     processes: Family<StatusLabels, Gauge>,
     processes_stalled: Gauge,
@@ -213,9 +215,22 @@ impl Metrics {
         let commit_seconds = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "commit_duration",
-            "Time to apply and commit one group of writes, its sync included",
+            "Time to decide one group of writes and make it durable in the write log, its sync included",
             Unit::Seconds,
             commit_seconds.clone(),
+        );
+        let apply_seconds = Histogram::new(latency_buckets());
+        registry.register_with_unit(
+            "apply_duration",
+            "Time of one apply step: pending groups written into the store file, durably",
+            Unit::Seconds,
+            apply_seconds.clone(),
+        );
+        let applied_keys = Counter::default();
+        registry.register(
+            "applied_keys",
+            "Table entries written (or removed) in the store file by apply steps, each key once a step",
+            applied_keys.clone(),
         );
         let commit_events = Histogram::new(exponential_buckets(1.0, 2.0, 13));
         registry.register(
@@ -315,6 +330,8 @@ impl Metrics {
             request_seconds,
             commit_seconds,
             commit_events,
+            apply_seconds,
+            applied_keys,
             queue_depth,
             processes,
             processes_stalled,
@@ -394,6 +411,12 @@ impl Metrics {
     pub fn commit(&self, events: usize, elapsed: Duration) {
         self.commit_seconds.observe(elapsed.as_secs_f64());
         self.commit_events.observe(events as f64);
+    }
+
+    /// One apply step done: `keys` written into the store file.
+    pub fn applied(&self, keys: u64, elapsed: Duration) {
+        self.apply_seconds.observe(elapsed.as_secs_f64());
+        self.applied_keys.inc_by(keys);
     }
 
     /// An event refused before it reached the writer (422, or 400 in a batch).

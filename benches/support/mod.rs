@@ -656,9 +656,8 @@ pub fn build_cached_store(
     events_per_process: u64,
     event_of: impl Fn(u64, u64) -> processmanager::domain::Event,
 ) -> std::path::PathBuf {
-    use processmanager::store::{
-        self, write::load_counters, write::IncomingEvent, write::WriteBatch,
-    };
+    use processmanager::domain::IncomingEvent;
+    use processmanager::store;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "bench-{name}-v{}-{processes}",
         store::schema::SCHEMA_VERSION
@@ -672,26 +671,25 @@ pub fn build_cached_store(
     let db = store::open_writable(&store::store_path(&dir), 256 << 20).expect("store");
     let mut p = 0;
     while p < processes {
-        let txn = db.begin_write().expect("txn");
-        let counters = load_counters(&txn).expect("counters");
-        let mut batch = WriteBatch::open(&txn, counters).expect("batch");
         let now = processmanager::writer::now_millis();
-        for _ in 0..5_000 {
-            if p == processes {
-                break;
+        store::write::offline(&db, |batch| {
+            for _ in 0..5_000 {
+                if p == processes {
+                    break;
+                }
+                for n in 0..events_per_process {
+                    let incoming = IncomingEvent {
+                        event: event_of(p, n),
+                        fingerprint: [0; 16],
+                        received_at: now,
+                    };
+                    batch.apply(&incoming, now)?;
+                }
+                p += 1;
             }
-            for n in 0..events_per_process {
-                let incoming = IncomingEvent {
-                    event: event_of(p, n),
-                    fingerprint: [0; 16],
-                    received_at: now,
-                };
-                batch.apply(&incoming, now).expect("apply");
-            }
-            p += 1;
-        }
-        batch.finish().expect("finish");
-        txn.commit().expect("commit");
+            Ok(())
+        })
+        .expect("apply");
         if p % 100_000 == 0 {
             eprintln!(
                 "  built {p} processes in {:.0} s",

@@ -58,7 +58,7 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
         }
         None => match store::open_read_only(&store::store_path(data_dir), 16 << 20) {
             Ok(db) => {
-                backup::write_snapshot(&db, &temp)?;
+                backup::write_snapshot(&store::read::Snapshot::begin(&db)?, &temp)?;
                 "store file".to_owned()
             }
             // A live daemon holds its store alone: it takes the backup.

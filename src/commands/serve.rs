@@ -111,24 +111,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         };
         let opening = tokio::task::spawn_blocking({
             let (path, stopping) = (path.clone(), stopping.clone());
-            let settings = WriterSettings {
-                queue_capacity: config.ingest.queue_capacity,
-                max_group_events: config.writer.max_group_events,
-                quick_repair: config.store.quick_repair,
-                min_free_bytes: sizes.min_free_bytes,
-                log_bytes: sizes.log_bytes,
-                caps: config.limits,
-                timeouts: Arc::new(config.timeouts.defaults()),
-                check_interval: std::time::Duration::from_millis(config.timeouts.check_interval_ms),
-                retention: config
-                    .retention
-                    .keep()
-                    .map_err(|error| anyhow::anyhow!("{error}"))?,
-                feed_keep: config
-                    .feed
-                    .keep()
-                    .map_err(|error| anyhow::anyhow!("{error}"))?,
-            };
+            let settings = WriterSettings::from_config(&config, &sizes)?;
             let indexed_attributes = config.index.attributes.clone();
             move || {
                 open_store(

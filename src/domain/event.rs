@@ -316,15 +316,6 @@ pub struct Event {
     pub deadline: Option<Option<Millis>>,
 }
 
-impl Event {
-    /// Whether it carries none of the fields added in version 1.1, so that
-    /// it hashes as it did before them (a resend across an upgrade is
-    /// still a duplicate).
-    pub fn has_timing(&self) -> bool {
-        self.heartbeat_timeout.is_some() || self.deadline.is_some()
-    }
-}
-
 /// Which field of an event broke which rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidField {

@@ -5,16 +5,22 @@
 pub mod caps;
 mod event;
 pub mod model;
+mod outcome;
 mod rules;
 mod status;
+pub mod timing;
 
 pub use caps::{Caps, LimitExceeded};
 pub use event::{
     is_valid_event_id, is_valid_id, parse_timestamp, ErrorInfo, Event, EventInput, EventType,
     InvalidField, Progress, Scope, MAX_ATTRIBUTE_KEY_BYTES, MAX_HEARTBEAT_TIMEOUT_SECS,
 };
+pub use outcome::{
+    EventOutcome, FinishedProcess, IncomingEvent, PurgeStep, Purged, Source, StoredResult,
+};
 pub use rules::{apply, Attempt, Outcome, Process, Task};
 pub use status::{Status, TaskCounts};
+pub use timing::{TimeoutDefaults, TypeTimeouts};
 
 /// Milliseconds since the Unix epoch, UTC. Every stored timestamp uses it:
 /// the API promises millisecond precision, and an integer orders and

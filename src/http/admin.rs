@@ -22,7 +22,7 @@ pub async fn backup(state: &AppState) -> Result<Response, ApiError> {
             .tempfile_in(&data_dir)
             .map_err(io)?
             .into_temp_path();
-        let counters = backup::write_snapshot(snapshots.database()?.as_ref(), &temp)?;
+        let counters = backup::write_snapshot(&*snapshots.get()?, &temp)?;
         let sha256 = backup::sha256_file(&temp).map_err(io)?;
         let length = std::fs::metadata(&temp).map_err(io)?.len();
         Ok((temp, counters, sha256, length))

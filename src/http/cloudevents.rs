@@ -10,8 +10,8 @@
 
 use super::problem::ApiError;
 use crate::config::CloudEventsConfig;
+use crate::domain::IncomingEvent;
 use crate::domain::{EventInput, EventType, InvalidField};
-use crate::store::write::IncomingEvent;
 use hyper::HeaderMap;
 use percent_encoding::percent_decode_str;
 use serde_json::value::RawValue;

@@ -6,9 +6,9 @@ use super::cloudevents::{self, Framing};
 use super::problem::ApiError;
 use super::signature::SignatureHeaders;
 use super::{json_response, AppState, Response, BODY_MEMORY_FACTOR};
+use crate::domain::StoredResult;
 use crate::domain::{EventInput, InvalidField, Status};
-use crate::store::schema::StoredResult;
-use crate::store::write::{EventOutcome, IncomingEvent};
+use crate::domain::{EventOutcome, IncomingEvent};
 use crate::writer::now_millis;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -533,7 +533,7 @@ pub async fn purge(state: &AppState, query: Option<&str>) -> Result<Response, Ap
         statuses = Status::PROCESS_ENDS.to_vec();
     }
     let writer = &state.core()?.writer;
-    let mut step = crate::store::write::PurgeStep {
+    let mut step = crate::domain::PurgeStep {
         cuts: statuses.into_iter().map(|status| (status, cut)).collect(),
         process_type,
         after: None,

@@ -1,9 +1,10 @@
 //! The JSON shapes of the API, borrowed from the stored records.
 
+use crate::domain::Source;
 use crate::domain::{Attempt, ErrorInfo, Millis, Process, Progress, Status, Task, TaskCounts};
 use crate::store::durations::{Summary, TERMINAL};
 use crate::store::read::FeedItem;
-use crate::store::schema::{Counters, HistoryRecord, Source};
+use crate::store::schema::{Counters, HistoryRecord};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -5,14 +5,13 @@
 //! whatever the writer does meanwhile. The copy is itself a store: every
 //! command and the daemon open it as they would any other.
 
+use super::layers::Merged;
 use super::schema::{
     self, Counters, BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STALLED, BY_STATUS, BY_TYPE, DUE,
     EVENTS, FEED, FEED_MARKS, META, PROCESS_IDS, RECORDS,
 };
 use super::{read::Snapshot, StoreError};
-use redb::{
-    Builder, Database, Durability, Key, ReadTransaction, ReadableDatabase, TableDefinition, Value,
-};
+use redb::{Builder, Database, Durability, Key, TableDefinition, Value};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
@@ -22,17 +21,13 @@ use std::path::{Path, PathBuf};
 /// to fit in one transaction's memory.
 const COPY_CHUNK: usize = 50_000;
 
+/// Copies one table, as `source` merges it, into `target`.
 fn copy_table<K: Key + 'static, V: Value + 'static>(
-    source: &ReadTransaction,
+    source: &Merged<'_, K, V>,
     target: &Database,
     definition: TableDefinition<K, V>,
 ) -> Result<(), StoreError> {
-    let table = match source.open_table(definition) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-        Err(other) => return Err(other.into()),
-    };
-    let mut entries = redb::ReadableTable::iter(&table)?.peekable();
+    let mut entries = source.range::<K::SelfType<'_>>(..)?.peekable();
     loop {
         let mut txn = target.begin_write()?;
         // Only the last commit needs to be durable; it makes all before it so.
@@ -52,35 +47,40 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     }
 }
 
-/// Writes the store as seen by `snapshot_source` (one read transaction) into
-/// a new store file at `path`, durably, and returns the counters it holds.
-/// `path` must not exist or be empty.
-pub fn write_snapshot(
-    snapshot_source: &impl ReadableDatabase,
-    path: &Path,
-) -> Result<Counters, StoreError> {
-    // Everything below reads this one transaction: the copy is the store as
-    // of one commit, whatever the writer does meanwhile.
-    let snapshot = Snapshot::begin(snapshot_source)?;
+/// Writes the store as `snapshot` sees it (the store file under whatever
+/// is pending, as of one acknowledged group) into a new store file at
+/// `path`, durably, and returns the counters it holds. `path` must not
+/// exist or be empty.
+pub fn write_snapshot(snapshot: &Snapshot, path: &Path) -> Result<Counters, StoreError> {
+    // Everything below reads this one snapshot: the copy is the store as
+    // of one group, whatever the writer does meanwhile.
     let counters = snapshot.counters()?;
-    let source = snapshot.transaction();
     let target = Builder::new().set_cache_size(16 << 20).create(path)?;
-    copy_table(source, &target, META)?;
-    copy_table(source, &target, PROCESS_IDS)?;
-    copy_table(source, &target, RECORDS)?;
-    copy_table(source, &target, EVENTS)?;
-    copy_table(source, &target, BY_CREATED)?;
-    copy_table(source, &target, BY_STATUS)?;
-    copy_table(source, &target, BY_TYPE)?;
-    copy_table(source, &target, BY_CORRELATION)?;
-    copy_table(source, &target, FEED)?;
-    copy_table(source, &target, DUE)?;
-    copy_table(source, &target, BY_STALLED)?;
-    copy_table(source, &target, BY_FINISHED)?;
-    copy_table(source, &target, FEED_MARKS)?;
-    copy_table(source, &target, schema::BY_CORRELATION_PREFIX)?;
-    copy_table(source, &target, schema::BY_ATTRIBUTE)?;
-    copy_table(source, &target, schema::DURATIONS)?;
+    {
+        let txn = target.begin_write()?;
+        schema::create_tables(&txn)?;
+        txn.commit()?;
+    }
+    copy_table(&snapshot.meta(), &target, META)?;
+    copy_table(&snapshot.process_ids(), &target, PROCESS_IDS)?;
+    copy_table(&snapshot.records(), &target, RECORDS)?;
+    copy_table(&snapshot.events(), &target, EVENTS)?;
+    copy_table(&snapshot.by_created(), &target, BY_CREATED)?;
+    copy_table(&snapshot.by_status(), &target, BY_STATUS)?;
+    copy_table(&snapshot.by_type(), &target, BY_TYPE)?;
+    copy_table(&snapshot.by_correlation(), &target, BY_CORRELATION)?;
+    copy_table(&snapshot.feed_entries(), &target, FEED)?;
+    copy_table(&snapshot.due(), &target, DUE)?;
+    copy_table(&snapshot.by_stalled(), &target, BY_STALLED)?;
+    copy_table(&snapshot.by_finished(), &target, BY_FINISHED)?;
+    copy_table(&snapshot.feed_marks(), &target, FEED_MARKS)?;
+    copy_table(
+        &snapshot.by_correlation_prefix(),
+        &target,
+        schema::BY_CORRELATION_PREFIX,
+    )?;
+    copy_table(&snapshot.by_attribute(), &target, schema::BY_ATTRIBUTE)?;
+    copy_table(&snapshot.duration_summaries(), &target, schema::DURATIONS)?;
     // A final durable commit makes every chunk before it durable.
     target.begin_write()?.commit()?;
     target.close()?;
@@ -152,11 +152,7 @@ pub fn open_checked_copy(file: &Path, near: &Path) -> Result<CheckedCopy, StoreE
             path: file.to_owned(),
             detail: error.to_string(),
         })?;
-    match super::check_schema(file, &db) {
-        // The copy is private and writable: bring it to this schema.
-        Err(StoreError::Outdated { .. }) => super::upgrade_in_place(&db)?,
-        other => other?,
-    }
+    super::check_schema(file, &db)?;
     Ok(CheckedCopy {
         db,
         _dir: dir,
@@ -176,8 +172,7 @@ impl CheckedCopy {
         db.close()?;
         let io = |error: std::io::Error| StoreError::Redb(redb::Error::Io(error));
         std::fs::rename(&path, target).map_err(io)?;
-        // The write log (and an earlier build's journals) of the store just
-        // replaced belong to it alone.
+        // The write logs of the store just replaced belong to it alone.
         super::durability::remove_beside(target).map_err(io)?;
         sync_file_and_dir(target).map_err(io)?;
         drop(dir);

@@ -24,11 +24,11 @@
 //! "what ran in that hour" should say. A stale event that moves the start
 //! of an ended process earlier is not counted again.
 
-use super::codec;
-use super::schema::{decode_or_corrupt, DURATIONS};
+use super::layers::{Lookup, Merged, WriteTable};
+use super::schema::decode_or_corrupt;
 use super::StoreError;
+use crate::codec;
 use crate::domain::{Millis, Status};
-use redb::{ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
 use std::collections::{BTreeMap, HashMap};
@@ -143,7 +143,7 @@ impl Pending {
     /// Counts a process of `process_type` that ended at `finished_at`.
     pub fn add(
         &mut self,
-        table: &Table<'_, (&'static str, u8, i64), &'static [u8]>,
+        table: &impl Lookup<(&'static str, u8, i64), &'static [u8]>,
         process_type: Option<&str>,
         (status, finished_at, duration_ms): (Status, Millis, Option<i64>),
     ) -> Result<(), StoreError> {
@@ -158,9 +158,9 @@ impl Pending {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     let (kind, resolution, start) = entry.key();
-                    let stored = table.get((kind.as_str(), *resolution, *start))?;
+                    let stored = table.lookup((kind.as_str(), *resolution, *start))?;
                     let summary = match stored {
-                        Some(bytes) => (Summary::decode(bytes.value())?, true),
+                        Some(bytes) => (Summary::decode(&bytes)?, true),
                         None => (Summary::default(), false),
                     };
                     entry.insert(summary)
@@ -175,7 +175,7 @@ impl Pending {
     /// and width that are older than they are kept.
     pub fn write(
         &mut self,
-        table: &mut Table<'_, (&'static str, u8, i64), &'static [u8]>,
+        table: &mut WriteTable<'_, (&'static str, u8, i64), &'static [u8]>,
     ) -> Result<(), StoreError> {
         for ((kind, resolution, start), (summary, existed)) in self.changed.drain() {
             table.insert(
@@ -197,36 +197,6 @@ impl Pending {
         }
         Ok(())
     }
-}
-
-/// Builds the summaries from the finished processes, for a store from
-/// before they existed. Returns how many processes were counted.
-pub fn build(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    let by_finished = txn.open_table(super::schema::BY_FINISHED)?;
-    let records = txn.open_table(super::schema::RECORDS)?;
-    let mut table = txn.open_table(DURATIONS)?;
-    let mut pending = Pending::default();
-    let mut counted = 0u64;
-    for entry in by_finished.iter()? {
-        let (key, _) = entry?;
-        let (_, finished_at, ordinal) = key.value();
-        let Some(process) = super::schema::process_record(&records, ordinal)? else {
-            continue;
-        };
-        pending.add(
-            &table,
-            process.process_type.as_deref(),
-            (process.status, finished_at, process.duration_ms()),
-        )?;
-        counted += 1;
-        // Bounded memory on a big store: the summaries go to the table as
-        // they fill, and are read back when touched again.
-        if counted.is_multiple_of(50_000) {
-            pending.write(&mut table)?;
-        }
-    }
-    pending.write(&mut table)?;
-    Ok(counted)
 }
 
 /// The runs of whole buckets that tile `[from, to)` (both on a minute),
@@ -284,7 +254,7 @@ pub fn window(from: Millis, to: Millis, now: Millis) -> (Millis, Millis) {
 /// An untyped process counts under the empty type. Types with none are
 /// left out.
 pub fn summarize(
-    table: &impl ReadableTable<(&'static str, u8, i64), &'static [u8]>,
+    table: &Merged<'_, (&'static str, u8, i64), &'static [u8]>,
     process_type: Option<&str>,
     (from, to): (Millis, Millis),
 ) -> Result<BTreeMap<String, Summary>, StoreError> {
@@ -332,6 +302,7 @@ pub fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::layers::{self, Applied, SharedLayer, Writing};
 
     #[test]
     fn tiles_cover_the_window_exactly_once() {
@@ -381,25 +352,59 @@ mod tests {
     const MINUTE: Millis = 60_000;
     const DAY: Millis = 86_400_000;
 
-    #[test]
-    fn old_summaries_go_as_new_ones_come_and_windows_use_what_is_kept() {
+    /// A store of no tables but empty ones, and a layer to write into.
+    fn layered() -> redb::Database {
         let db = redb::Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .unwrap();
         let txn = db.begin_write().unwrap();
-        let mut table = txn.open_table(DURATIONS).unwrap();
+        crate::store::schema::create_tables(&txn).unwrap();
+        txn.commit().unwrap();
+        db
+    }
+
+    /// Adds each of `runs` (finished at, duration) in a group of its own,
+    /// as the writer would, with an apply step every thousand groups.
+    fn add_each(db: &redb::Database, runs: impl Iterator<Item = (Millis, i64)>, status: Status) {
+        let mut layer = SharedLayer::default();
+        for (group, (at, duration)) in (1..).zip(runs) {
+            {
+                let applied = Applied::begin(db).unwrap();
+                let writing = Writing::new(None, layer.clone(), group);
+                let mut table = writing.durations(&applied);
+                let mut pending = Pending::default();
+                pending
+                    .add(&*table, Some("job"), (status, at, Some(duration)))
+                    .unwrap();
+                pending.write(&mut table).unwrap();
+            }
+            if group % 1000 == 0 {
+                apply(db, std::mem::take(&mut layer));
+            }
+        }
+        apply(db, layer);
+    }
+
+    fn apply(db: &redb::Database, layer: SharedLayer) {
+        let set = layer.read().unwrap();
+        crate::store::durability::apply_step(db, &[&set], 0, false).unwrap();
+    }
+
+    #[test]
+    fn old_summaries_go_as_new_ones_come_and_windows_use_what_is_kept() {
+        let db = layered();
         // One run a minute for thirty days, each taking its minute's
         // number of milliseconds, written a minute at a time as the writer
         // would.
         let now = 30 * DAY;
-        for minute in 0..30 * 1440 {
-            let mut pending = Pending::default();
-            let at = minute * MINUTE;
-            pending
-                .add(&table, Some("job"), (Status::Succeeded, at, Some(minute)))
-                .unwrap();
-            pending.write(&mut table).unwrap();
-        }
+        add_each(
+            &db,
+            (0..30 * 1440).map(|minute| (minute * MINUTE, minute)),
+            Status::Succeeded,
+        );
+        let applied = Applied::begin(&db).unwrap();
+        let view = layers::Pending::none();
+        let table = view.durations(&applied);
         let count = |resolution: u8| {
             table
                 .range(("job", resolution, Millis::MIN)..("job", resolution, Millis::MAX))
@@ -440,37 +445,34 @@ mod tests {
 
     #[test]
     fn a_backlog_of_old_summaries_goes_a_few_at_a_time() {
-        let db = redb::Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .unwrap();
-        let txn = db.begin_write().unwrap();
-        let mut table = txn.open_table(DURATIONS).unwrap();
-        // As an upgrade builds them: a year of minutes in one write.
-        let mut pending = Pending::default();
-        for minute in (0..365 * 1440).step_by(7) {
-            pending
-                .add(
-                    &table,
-                    Some("job"),
-                    (Status::Failed, minute * MINUTE, Some(1)),
-                )
-                .unwrap();
+        let db = layered();
+        // A year of minute summaries in the store file: a backlog, as a
+        // clock set far ahead for a while leaves.
+        {
+            let txn = db.begin_write().unwrap();
+            let mut table = txn.open_table(crate::store::schema::DURATIONS).unwrap();
+            let mut summary = Summary::default();
+            summary.add(Status::Failed, Some(1));
+            for minute in (0..365 * 1440).step_by(7) {
+                table
+                    .insert(("job", 0, minute * MINUTE), summary.encode().as_slice())
+                    .unwrap();
+            }
+            drop(table);
+            txn.commit().unwrap();
         }
-        pending.write(&mut table).unwrap();
-        let minutes = |table: &Table<'_, (&'static str, u8, i64), &'static [u8]>| {
-            table
+        let minutes = || {
+            let applied = Applied::begin(&db).unwrap();
+            layers::Pending::none()
+                .durations(&applied)
                 .range(("job", 0, Millis::MIN)..("job", 1, Millis::MIN))
                 .unwrap()
                 .count()
         };
-        let built = minutes(&table);
+        let built = minutes();
         // The next new minute drops at most TRIM_STEP of the old ones.
-        let mut pending = Pending::default();
-        pending
-            .add(&table, Some("job"), (Status::Failed, 365 * DAY, Some(1)))
-            .unwrap();
-        pending.write(&mut table).unwrap();
-        assert!(minutes(&table) >= built + 1 - TRIM_STEP, "{built}");
-        assert!(minutes(&table) < built + 1, "{built}");
+        add_each(&db, std::iter::once((365 * DAY, 1)), Status::Failed);
+        assert!(minutes() >= built + 1 - TRIM_STEP, "{built}");
+        assert!(minutes() < built + 1, "{built}");
     }
 }

@@ -10,7 +10,7 @@ use super::schema::{
     self, decode_or_corrupt, history_seq, Counters, DedupRecord, HistoryRecord, Kind,
     BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STATUS, BY_TYPE, EVENTS, PROCESS_IDS, RECORDS,
 };
-use super::write::{load_counters, WriteBatch};
+
 use super::StoreError;
 use crate::domain::{Millis, Process, Status, Task, TaskCounts};
 use redb::{Database, ReadOnlyTable, ReadableTable, ReadableTableMetadata};
@@ -70,7 +70,7 @@ struct Totals {
 
 /// Checks that every record decodes and that records, indexes and counters agree.
 pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
-    let txn = snapshot.transaction();
+    let txn = snapshot.file_transaction();
     let mut report = VerifyReport::default();
     let counters = match snapshot.counters() {
         Ok(counters) => counters,
@@ -167,17 +167,15 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             Kind::Process if !sub_key.is_empty() => {
                 report.problem(described("a process record with an unknown sub-key"))
             }
-            Kind::Process => {
-                match schema::decode_evolved_or_corrupt::<Process>("process record", value) {
-                    Ok(process) => gathered.process = Some(process),
-                    Err(error) => {
-                        report.problem(format!("{}: {error}", described("the process record")))
-                    }
+            Kind::Process => match schema::decode_or_corrupt::<Process>("process record", value) {
+                Ok(process) => gathered.process = Some(process),
+                Err(error) => {
+                    report.problem(format!("{}: {error}", described("the process record")))
                 }
-            }
+            },
             Kind::Task => match (
                 schema::task_ordinal_from(sub_key),
-                schema::decode_evolved_or_corrupt::<Task>("task record", value),
+                schema::decode_or_corrupt::<Task>("task record", value),
             ) {
                 (Some(task_ordinal), Ok(task)) => gathered.tasks.push((task_ordinal, task)),
                 (_, Err(error)) => {
@@ -204,7 +202,7 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
             },
             Kind::History => match (
                 history_seq(key),
-                schema::decode_evolved_or_corrupt::<HistoryRecord>("history record", value),
+                schema::decode_or_corrupt::<HistoryRecord>("history record", value),
             ) {
                 (Some(seq), Ok(record)) => {
                     if record.seq != seq {
@@ -539,7 +537,7 @@ impl Indexes {
 /// Process ids of finished processes whose `finished_at` is before `cut`,
 /// found in the finished index.
 pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, StoreError> {
-    let txn = snapshot.transaction();
+    let txn = snapshot.file_transaction();
     let by_finished = txn.open_table(BY_FINISHED)?;
     let records = txn.open_table(RECORDS)?;
     let mut ids = Vec::new();
@@ -564,24 +562,15 @@ pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, 
 pub fn delete_processes(db: &Database, ids: &[String]) -> Result<u64, StoreError> {
     let mut deleted = 0;
     for chunk in ids.chunks(5_000) {
-        let txn = db.begin_write()?;
-        let counters = load_counters(&txn)?;
-        let mut batch = WriteBatch::open(&txn, counters)?;
-        let mut removed_here = 0;
-        for id in chunk {
-            if batch.delete_process(id, None)? {
-                removed_here += 1;
+        deleted += super::write::offline(db, |batch| {
+            let mut removed = 0;
+            for id in chunk {
+                if batch.delete_process(id, None)? {
+                    removed += 1;
+                }
             }
-        }
-        let counters = batch.finish()?;
-        if removed_here > 0 {
-            txn.open_table(schema::META)?.insert(
-                schema::META_FEED_FLOOR,
-                crate::store::codec::encode(&counters.last_seq).as_slice(),
-            )?;
-        }
-        txn.commit()?;
-        deleted += removed_here;
+            Ok(removed)
+        })?;
     }
     Ok(deleted)
 }

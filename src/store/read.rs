@@ -7,30 +7,56 @@
 //! shown, resumes a walk exactly where it stopped: processes created after
 //! the walk began sort above it and are never shown, none is shown twice.
 
+use super::layers::{Applied, Merged, Pending, SharedLayer};
 use super::schema::{
-    decode_evolved_or_corrupt, decode_or_corrupt, history_seq, record_key, record_kind_end,
-    Counters, FeedEntry, HistoryRecord, Kind, BY_ATTRIBUTE, BY_CORRELATION, BY_CORRELATION_PREFIX,
-    BY_CREATED, BY_STALLED, BY_STATUS, BY_TYPE, DURATIONS, EVENTS, FEED, META, META_COUNTERS,
-    PROCESS_IDS, RECORDS,
+    decode_or_corrupt, history_seq, record_key, record_kind_end, Counters, FeedEntry,
+    HistoryRecord, Kind,
 };
 use super::StoreError;
 use crate::domain::{EventType, Millis, Process, Status, Task};
-use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// A consistent view of the store as of one commit.
+/// The store file as of one apply step, shared by readers.
+struct AppliedState {
+    applied: Applied,
+    /// For a daemon's snapshot, the handle it was read from: a reopen
+    /// waits until no snapshot of the old handle is left.
+    _handle: Option<Arc<Database>>,
+}
+
+/// A consistent view of the store: the store file as of its last apply
+/// step under the pending layers, up to one acknowledged group.
 pub struct Snapshot {
-    txn: ReadTransaction,
-    /// The tables every point read uses, opened once per snapshot.
-    records: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    events: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    process_ids: ReadOnlyTable<&'static str, u64>,
-    /// For a shared snapshot, the handle it was read from: a reopen waits
-    /// until no snapshot of the old handle is left.
-    handle: Option<Arc<Database>>,
+    applied: Arc<AppliedState>,
+    pending: Pending,
+    /// For a daemon's snapshot: its group, counted among the live readers
+    /// while it lives, so that the writer keeps what it sees.
+    _reader: Option<ReaderMark>,
+}
+
+/// The groups live readers see, with how many see each.
+type Readers = Arc<Mutex<std::collections::BTreeMap<u64, usize>>>;
+
+/// A live reader's group, counted in `Readers` until it is dropped.
+struct ReaderMark {
+    readers: Readers,
+    visible: u64,
+}
+
+impl Drop for ReaderMark {
+    fn drop(&mut self) {
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = readers.get_mut(&self.visible) {
+            *count -= 1;
+            if *count == 0 {
+                readers.remove(&self.visible);
+            }
+        }
+    }
 }
 
 /// A position in a newest-first listing: the last process shown.
@@ -142,15 +168,18 @@ pub struct HistoryPage {
 
 type Ordinals<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
 
-/// One snapshot shared by every reader until the writer commits again,
-/// and the one handle on the store that the daemon reads and writes with.
+/// What readers see, and the one handle on the store that the daemon
+/// reads and writes with.
 ///
 /// Beginning a read transaction takes file locks (other processes may read
 /// the store) and opening tables walks a tree: too much for every request.
-/// The writer calls `invalidate` after each commit and before it answers,
-/// so a request that begins after a 2xx always sees that write. Nothing
-/// keeps an old snapshot once a newer commit exists, which lets redb reuse
-/// the pages it frees.
+/// The store file changes only at an apply step, so its read transaction
+/// is shared by every reader until the next one (`applied`); each group
+/// only makes more of the pending layers visible (`publish`), which costs
+/// a reader nothing to take. The writer publishes a group before it
+/// answers for it, so a request that begins after a 2xx sees that write.
+/// Nothing keeps an old read transaction once a newer apply exists, which
+/// lets redb reuse the pages it frees.
 ///
 /// After an I/O error redb refuses every further use of its handle; the
 /// writer then calls `reopen`, which waits for the readers of the old
@@ -159,18 +188,43 @@ pub struct SharedSnapshots {
     path: PathBuf,
     cache_bytes: usize,
     db: RwLock<Option<Arc<Database>>>,
-    current: Mutex<Option<Arc<Snapshot>>>,
+    published: Mutex<Published>,
+    readers: Readers,
+}
+
+/// The state readers take, changed only together.
+struct Published {
+    /// The store file as of its last apply step, once a reader asked.
+    applied: Option<Arc<AppliedState>>,
+    /// The layer being applied, if any.
+    frozen: Option<SharedLayer>,
+    /// The layer the writer writes into.
+    active: SharedLayer,
+    /// The last group readers see.
+    visible: u64,
 }
 
 impl SharedSnapshots {
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let db = super::open_for_writer(path, cache_bytes)?;
-        Ok(SharedSnapshots {
+        Ok(SharedSnapshots::with_database(db, path, cache_bytes))
+    }
+
+    /// Over a store already open (on a disk of a test's, say), at `path`
+    /// should it need reopening.
+    pub fn with_database(db: Database, path: &Path, cache_bytes: usize) -> Self {
+        SharedSnapshots {
             path: path.to_owned(),
             cache_bytes,
             db: RwLock::new(Some(Arc::new(db))),
-            current: Mutex::new(None),
-        })
+            published: Mutex::new(Published {
+                applied: None,
+                frozen: None,
+                active: SharedLayer::default(),
+                visible: 0,
+            }),
+            readers: Readers::default(),
+        }
     }
 
     /// The store file.
@@ -187,27 +241,98 @@ impl SharedSnapshots {
             .ok_or(StoreError::Reopening)
     }
 
-    /// The newest committed state.
-    pub fn get(&self) -> Result<Arc<Snapshot>, StoreError> {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(snapshot) = current.as_ref() {
-            return Ok(snapshot.clone());
-        }
-        let db = self.database()?;
-        let mut snapshot = Snapshot::begin(db.as_ref())?;
-        snapshot.handle = Some(db);
-        let snapshot = Arc::new(snapshot);
-        *current = Some(snapshot.clone());
-        Ok(snapshot)
-    }
-
-    /// Forgets the shared snapshot; the next reader begins a new one.
-    pub fn invalidate(&self) {
-        let stale = self
-            .current
+    fn published(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
+    }
+
+    /// The newest acknowledged state.
+    pub fn get(&self) -> Result<Arc<Snapshot>, StoreError> {
+        let mut published = self.published();
+        let applied = match &published.applied {
+            Some(applied) => applied.clone(),
+            None => {
+                let db = self.database()?;
+                let applied = Arc::new(AppliedState {
+                    applied: Applied::begin(db.as_ref())?,
+                    _handle: Some(db),
+                });
+                published.applied = Some(applied.clone());
+                applied
+            }
+        };
+        let visible = published.visible;
+        *self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(visible)
+            .or_default() += 1;
+        Ok(Arc::new(Snapshot {
+            applied,
+            pending: Pending::new(published.frozen.clone(), published.active.clone(), visible),
+            _reader: Some(ReaderMark {
+                readers: self.readers.clone(),
+                visible,
+            }),
+        }))
+    }
+
+    /// The oldest group a live reader sees: the writer keeps every version
+    /// a reader from there on may need.
+    pub fn reader_floor(&self) -> u64 {
+        let visible = self.published().visible;
+        let oldest = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .next()
+            .copied();
+        oldest.map_or(visible, |oldest| oldest.min(visible))
+    }
+
+    /// Readers from now on see the groups up to `group`.
+    pub fn publish(&self, group: u64) {
+        self.published().visible = group;
+    }
+
+    /// Readers from now on see `frozen` (being applied) under `active`.
+    pub fn set_layers(&self, frozen: Option<SharedLayer>, active: SharedLayer) {
+        let mut published = self.published();
+        published.frozen = frozen;
+        published.active = active;
+    }
+
+    /// The store file holds what the frozen layer held: readers from now
+    /// on read a new transaction of it, without that layer.
+    pub fn applied_step(&self) {
+        let stale = {
+            let mut published = self.published();
+            published.frozen = None;
+            published.applied.take()
+        };
+        drop(stale);
+    }
+
+    /// An apply step of its own wrote every layer into the store file:
+    /// readers from now on read a new transaction of it, under `active`
+    /// (new and empty) alone.
+    pub fn applied_step_into(&self, active: SharedLayer) {
+        let stale = {
+            let mut published = self.published();
+            published.frozen = None;
+            published.active = active;
+            published.applied.take()
+        };
+        drop(stale);
+    }
+
+    /// Forgets the shared read transaction; the next reader begins a new
+    /// one.
+    fn invalidate(&self) {
+        let stale = self.published().applied.take();
         drop(stale);
     }
 
@@ -258,35 +383,91 @@ impl SharedSnapshots {
     }
 }
 
+/// Each table of a snapshot: the store file's under the pending layers.
+macro_rules! tables {
+    ($($name:ident: $field:ident, $key:ty => $value:ty;)*) => {
+        impl Snapshot {
+            $(
+                pub fn $name(&self) -> Merged<'_, $key, $value> {
+                    self.pending.$field(&self.applied.applied)
+                }
+            )*
+        }
+    };
+}
+
+tables! {
+    meta: meta, &'static str => &'static [u8];
+    process_ids: process_ids, &'static str => u64;
+    records: records, &'static [u8] => &'static [u8];
+    events: events, &'static [u8] => &'static [u8];
+    by_created: by_created, (i64, u64) => ();
+    by_status: by_status, (u8, u64) => ();
+    by_type: by_type, (&'static str, u8, u64) => ();
+    by_correlation: by_correlation, (&'static str, u64) => ();
+    feed_entries: feed, u64 => &'static [u8];
+    by_stalled: by_stalled, u64 => ();
+    by_finished: by_finished, (u8, i64, u64) => ();
+    by_correlation_prefix: by_correlation_prefix, (&'static str, u64) => &'static str;
+    by_attribute: by_attribute, (&'static str, &'static str, u64) => ();
+    due: due, (i64, u64, u8, u32) => ();
+    feed_marks: feed_marks, u64 => i64;
+    duration_summaries: durations, (&'static str, u8, i64) => &'static [u8];
+}
+
 impl Snapshot {
+    /// The store file alone, without pending layers: a backup, or a store
+    /// no daemon holds (whose write log holds nothing it lacks).
     pub fn begin(db: &impl ReadableDatabase) -> Result<Snapshot, StoreError> {
-        let txn = db.begin_read()?;
         Ok(Snapshot {
-            records: txn.open_table(RECORDS)?,
-            events: txn.open_table(EVENTS)?,
-            process_ids: txn.open_table(PROCESS_IDS)?,
-            handle: None,
-            txn,
+            applied: Arc::new(AppliedState {
+                applied: Applied::begin(db)?,
+                _handle: None,
+            }),
+            pending: Pending::none(),
+            _reader: None,
         })
     }
 
-    /// The read transaction behind this snapshot, for copying it whole.
-    pub fn transaction(&self) -> &ReadTransaction {
-        &self.txn
+    /// The store file under `pending`.
+    pub fn with_pending(
+        db: &impl ReadableDatabase,
+        pending: Pending,
+    ) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            applied: Arc::new(AppliedState {
+                applied: Applied::begin(db)?,
+                _handle: None,
+            }),
+            pending,
+            _reader: None,
+        })
+    }
+
+    /// The store file's read transaction behind this snapshot, without the
+    /// pending layers: for what checks the file itself.
+    pub fn file_transaction(&self) -> &ReadTransaction {
+        self.applied.applied.transaction()
+    }
+
+    /// The store file as of its last apply step, and the pending layers
+    /// over it: for the writer.
+    pub fn parts(&self) -> (&Applied, &Pending) {
+        (&self.applied.applied, &self.pending)
     }
 
     pub fn counters(&self) -> Result<Counters, StoreError> {
-        let meta = self.txn.open_table(META)?;
-        let bytes = meta.get(META_COUNTERS)?;
-        match bytes {
-            Some(bytes) => decode_or_corrupt("counters", bytes.value()),
-            None => Ok(Counters::default()),
-        }
+        super::write::load_counters(&self.meta())
+    }
+
+    /// The store's id.
+    pub fn store_id(&self) -> Result<String, StoreError> {
+        super::schema::store_id(&self.meta())
     }
 
     pub fn ordinal_of(&self, process_id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .process_ids
+            .process_ids()
             .get(process_id)?
             .map(|ordinal| ordinal.value()))
     }
@@ -297,7 +478,7 @@ impl Snapshot {
         let start = record_key(ordinal, Kind::Process, &[]);
         let end = record_key(ordinal, Kind::Process, super::schema::PROCESS_ATTRIBUTES);
         let mut process = None;
-        for entry in self.records.range(start.as_slice()..=end.as_slice())? {
+        for entry in self.records().range(start.as_slice()..=end.as_slice())? {
             let (key, value) = entry?;
             take_process_record(key.value(), value.value(), &mut process)?;
         }
@@ -323,15 +504,12 @@ impl Snapshot {
         let end = record_kind_end(ordinal, Kind::Task);
         let mut process = None;
         let mut tasks = Vec::new();
-        for entry in self.records.range(start.as_slice()..end.as_slice())? {
+        for entry in self.records().range(start.as_slice()..end.as_slice())? {
             let (key, value) = entry?;
             if key.value().get(8) == Some(&(Kind::Process as u8)) {
                 take_process_record(key.value(), value.value(), &mut process)?;
             } else {
-                tasks.push(decode_evolved_or_corrupt::<Task>(
-                    "task record",
-                    value.value(),
-                )?);
+                tasks.push(decode_or_corrupt::<Task>("task record", value.bytes())?);
             }
         }
         Ok(process.map(|process| (process, tasks)))
@@ -356,7 +534,7 @@ impl Snapshot {
         let end = record_kind_end(ordinal, Kind::History);
         let mut items = Vec::new();
         let mut more = false;
-        for entry in self.events.range(start.as_slice()..end.as_slice())? {
+        for entry in self.events().range(start.as_slice()..end.as_slice())? {
             if items.len() == limit {
                 more = true;
                 break;
@@ -365,9 +543,9 @@ impl Snapshot {
             if history_seq(key.value()).is_none() {
                 continue;
             }
-            items.push(decode_evolved_or_corrupt::<HistoryRecord>(
+            items.push(decode_or_corrupt::<HistoryRecord>(
                 "history record",
-                value.value(),
+                value.bytes(),
             )?);
         }
         let next_after_seq = if more {
@@ -388,31 +566,28 @@ impl Snapshot {
         process_type: Option<&str>,
         window: (Millis, Millis),
     ) -> Result<std::collections::BTreeMap<String, super::durations::Summary>, StoreError> {
-        let table = self.txn.open_table(DURATIONS)?;
-        super::durations::summarize(&table, process_type, window)
+        super::durations::summarize(&self.duration_summaries(), process_type, window)
     }
 
     /// The attribute keys the attribute index holds.
     pub fn indexed_attributes(&self) -> Result<Vec<String>, StoreError> {
-        super::schema::indexed_attributes(&self.txn.open_table(META)?)
+        super::schema::indexed_attributes(&self.meta())
     }
 
     /// Processes stalled now.
     pub fn stalled_count(&self) -> Result<u64, StoreError> {
-        use redb::ReadableTableMetadata;
-        Ok(self.txn.open_table(BY_STALLED)?.len()?)
+        Ok(self.counters()?.stalled)
     }
 
     /// One read of the change feed after `query.after_seq`, in seq order.
     pub fn feed(&self, query: &FeedQuery) -> Result<FeedRead, StoreError> {
-        let meta = self.txn.open_table(META)?;
-        let floor = super::schema::feed_floor(&meta)?;
+        let floor = super::schema::feed_floor(&self.meta())?;
         if query.after_seq > 0 && query.after_seq < floor {
             return Ok(FeedRead::Gone {
                 oldest_seq: floor + 1,
             });
         }
-        let feed = self.txn.open_table(FEED)?;
+        let feed = self.feed_entries();
         let mut items = Vec::new();
         let mut next_after_seq = query.after_seq;
         let every_type = query.types.is_empty() && !query.wants_deleted;
@@ -438,7 +613,7 @@ impl Snapshot {
             );
             let end = record_kind_end(ordinal, Kind::History);
             let mut process = None;
-            for entry in self.events.range(start.as_slice()..end.as_slice())? {
+            for entry in self.events().range(start.as_slice()..end.as_slice())? {
                 if items.len() == query.limit {
                     break;
                 }
@@ -447,8 +622,7 @@ impl Snapshot {
                     continue;
                 };
                 next_after_seq = seq;
-                let record: HistoryRecord =
-                    decode_evolved_or_corrupt("history record", value.value())?;
+                let record: HistoryRecord = decode_or_corrupt("history record", value.bytes())?;
                 if !wanted(Some(record.event.kind)) {
                     continue;
                 }
@@ -462,7 +636,7 @@ impl Snapshot {
                     }
                 }
                 let (process_status, task_status) = match feed.get(seq)? {
-                    Some(bytes) => match decode_or_corrupt("feed entry", bytes.value())? {
+                    Some(bytes) => match decode_or_corrupt("feed entry", bytes.bytes())? {
                         FeedEntry::Event {
                             process_status,
                             task_status,
@@ -492,7 +666,7 @@ impl Snapshot {
             let (seq, value) = entry?;
             let seq = seq.value();
             next_after_seq = seq;
-            match decode_or_corrupt::<FeedEntry>("feed entry", value.value())? {
+            match decode_or_corrupt::<FeedEntry>("feed entry", value.bytes())? {
                 FeedEntry::Event {
                     ordinal,
                     kind,
@@ -516,11 +690,10 @@ impl Snapshot {
                         }
                     }
                     let key = record_key(ordinal, Kind::History, &seq.to_be_bytes());
-                    let Some(bytes) = self.events.get(key.as_slice())? else {
+                    let Some(bytes) = self.events().get(key.as_slice())? else {
                         continue;
                     };
-                    let record: HistoryRecord =
-                        decode_evolved_or_corrupt("history record", bytes.value())?;
+                    let record: HistoryRecord = decode_or_corrupt("history record", bytes.bytes())?;
                     items.push(FeedItem::Event {
                         process_id: record.event.process_id.clone(),
                         record: Box::new(record),
@@ -556,15 +729,14 @@ impl Snapshot {
 
     /// The first and the last process created, for summaries.
     pub fn oldest_and_newest(&self) -> Result<(Option<Process>, Option<Process>), StoreError> {
-        let by_created = self.txn.open_table(BY_CREATED)?;
-        let mut ends = by_created.range::<(i64, u64)>(..)?;
-        let oldest = match ends.next().transpose()? {
+        let by_created = self.by_created();
+        let oldest = match by_created.range::<(i64, u64)>(..)?.next().transpose()? {
             Some((key, _)) => self.process_at(key.value().1)?,
             None => None,
         };
-        let newest = match ends.next_back().transpose()? {
+        let newest = match by_created.range_rev::<(i64, u64)>(..)?.next().transpose()? {
             Some((key, _)) => self.process_at(key.value().1)?,
-            None => oldest.clone(),
+            None => None,
         };
         Ok((oldest, newest))
     }
@@ -579,7 +751,7 @@ impl Snapshot {
 
     /// One page of processes, newest created first.
     pub fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
-        let by_created = self.txn.open_table(BY_CREATED)?;
+        let by_created = self.by_created();
         // The created range, as BY_CREATED keys: [low, high).
         let low = (
             query
@@ -614,38 +786,41 @@ impl Snapshot {
         };
 
         let driver = Driver::of(query);
+        let (by_stalled, by_correlation, by_attribute, by_prefix, by_type, by_status) = (
+            self.by_stalled(),
+            self.by_correlation(),
+            self.by_attribute(),
+            self.by_correlation_prefix(),
+            self.by_type(),
+            self.by_status(),
+        );
         let ordinals: Ordinals<'_> = match driver {
             Driver::Stalled => {
                 // Few processes are stalled at once: their index drives the walk.
-                let table = self.txn.open_table(BY_STALLED)?;
-                let range = table.range(first..end)?;
-                Box::new(range.rev().map(|entry| Ok(entry?.0.value())))
+                let range = by_stalled.range_rev(first..end)?;
+                Box::new(range.map(|entry| Ok(entry?.0.value())))
             }
             Driver::Correlation(id) => {
-                let table = self.txn.open_table(BY_CORRELATION)?;
-                let range = table.range((id, first)..(id, end))?;
-                Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+                let range = by_correlation.range_rev((id, first)..(id, end))?;
+                Box::new(range.map(|entry| Ok(entry?.0.value().1)))
             }
             Driver::Attribute(key, value) => {
-                let table = self.txn.open_table(BY_ATTRIBUTE)?;
-                let range = table.range((key, value, first)..(key, value, end))?;
-                Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)))
+                let range = by_attribute.range_rev((key, value, first)..(key, value, end))?;
+                Box::new(range.map(|entry| Ok(entry?.0.value().2)))
             }
             Driver::CorrelationPrefix(wanted) => {
                 // The longest indexed prefix the wanted one covers; the rest
                 // of each id is in the entry, so an id that does not match
                 // costs no record read.
-                let table = self.txn.open_table(BY_CORRELATION_PREFIX)?;
                 let prefix = super::schema::prefix_to_walk(wanted);
                 let rest = &wanted[prefix.len()..];
-                let range = table.range((prefix, first)..(prefix, end))?;
-                Box::new(range.rev().filter_map(move |entry| match entry {
+                let range = by_prefix.range_rev((prefix, first)..(prefix, end))?;
+                Box::new(range.filter_map(move |entry| match entry {
                     Ok((key, value)) => value.value().starts_with(rest).then(|| Ok(key.value().1)),
-                    Err(error) => Some(Err(error.into())),
+                    Err(error) => Some(Err(error)),
                 }))
             }
             Driver::Type(kind) => {
-                let table = self.txn.open_table(BY_TYPE)?;
                 let statuses = if query.statuses.is_empty() {
                     &Status::ALL[..]
                 } else {
@@ -654,33 +829,31 @@ impl Snapshot {
                 let mut streams = Vec::new();
                 for status in statuses {
                     let code = status.code();
-                    let range = table.range((kind, code, first)..(kind, code, end))?;
-                    let stream: Ordinals<'_> =
-                        Box::new(range.rev().map(|entry| Ok(entry?.0.value().2)));
+                    let range = by_type.range_rev((kind, code, first)..(kind, code, end))?;
+                    let stream: Ordinals<'_> = Box::new(range.map(|entry| Ok(entry?.0.value().2)));
                     streams.push(stream.peekable());
                 }
                 Box::new(MergeDescending { streams })
             }
             Driver::Status => {
-                let table = self.txn.open_table(BY_STATUS)?;
                 let mut streams = Vec::new();
                 for status in &query.statuses {
-                    let range = table.range((status.code(), first)..(status.code(), end))?;
-                    let stream: Ordinals<'_> =
-                        Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)));
+                    let range =
+                        by_status.range_rev((status.code(), first)..(status.code(), end))?;
+                    let stream: Ordinals<'_> = Box::new(range.map(|entry| Ok(entry?.0.value().1)));
                     streams.push(stream.peekable());
                 }
                 Box::new(MergeDescending { streams })
             }
             Driver::Created => {
-                let range = by_created.range(low..high)?;
-                Box::new(range.rev().map(|entry| Ok(entry?.0.value().1)))
+                let range = by_created.range_rev(low..high)?;
+                Box::new(range.map(|entry| Ok(entry?.0.value().1)))
             }
         };
 
         let mut items = Vec::with_capacity(query.limit.min(1024));
         let mut next = None;
-        let checks = IndexChecks::open(&self.txn, query, driver)?;
+        let checks = IndexChecks::open(self, query, driver);
         for ordinal in ordinals {
             let ordinal = ordinal?;
             // A candidate the indexes already rule out costs a few lookups,
@@ -750,35 +923,25 @@ impl<'q> Driver<'q> {
 /// The status and attribute filters that the driving index does not imply,
 /// checked against their own indexes by point lookups before a candidate's
 /// record is read.
-struct IndexChecks {
-    by_status: Option<ReadOnlyTable<(u8, u64), ()>>,
-    by_attribute: Option<ReadOnlyTable<(&'static str, &'static str, u64), ()>>,
+struct IndexChecks<'s> {
+    by_status: Option<Merged<'s, (u8, u64), ()>>,
+    by_attribute: Option<Merged<'s, (&'static str, &'static str, u64), ()>>,
     /// The attribute filters the walk already satisfies (the first, when
     /// it drives).
     attributes_implied: usize,
 }
 
-impl IndexChecks {
-    fn open(
-        txn: &ReadTransaction,
-        query: &ListQuery,
-        driver: Driver<'_>,
-    ) -> Result<IndexChecks, StoreError> {
+impl<'s> IndexChecks<'s> {
+    fn open(snapshot: &'s Snapshot, query: &ListQuery, driver: Driver<'_>) -> IndexChecks<'s> {
         let statuses_implied = matches!(driver, Driver::Type(_) | Driver::Status);
         let attributes_implied = usize::from(matches!(driver, Driver::Attribute(..)));
-        Ok(IndexChecks {
-            by_status: if query.statuses.is_empty() || statuses_implied {
-                None
-            } else {
-                Some(txn.open_table(BY_STATUS)?)
-            },
-            by_attribute: if query.attributes.len() <= attributes_implied {
-                None
-            } else {
-                Some(txn.open_table(BY_ATTRIBUTE)?)
-            },
+        IndexChecks {
+            by_status: (!query.statuses.is_empty() && !statuses_implied)
+                .then(|| snapshot.by_status()),
+            by_attribute: (query.attributes.len() > attributes_implied)
+                .then(|| snapshot.by_attribute()),
             attributes_implied,
-        })
+        }
     }
 
     fn may_match(&self, ordinal: u64, query: &ListQuery) -> Result<bool, StoreError> {
@@ -873,10 +1036,7 @@ fn take_process_record(
             process.attributes = attributes;
         }
     } else {
-        *process = Some(decode_evolved_or_corrupt::<Process>(
-            "process record",
-            value,
-        )?);
+        *process = Some(decode_or_corrupt::<Process>("process record", value)?);
     }
     Ok(())
 }

@@ -10,21 +10,18 @@
 //! (`records` and `process_ids`) are about a sixth of the store, and stay
 //! in memory where the whole store would not.
 
-use super::codec;
-use crate::domain::{Event, Millis, Status};
+use super::layers::Lookup;
+use crate::codec;
+use crate::domain::{Event, Millis, Source, Status, StoredResult};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// Bump when the layout or a record changes; `open` refuses other versions.
-/// Version 1 kept the events with the records; `open_writable` moves them.
-/// Version 3 added the change feed, the due table and the stalled index;
-/// `open_writable` builds the feed from the history it finds. Version 4
-/// added the finished index, built from the records at the upgrade, and
-/// the feed's time marks. Version 5 added the duration summaries and the
-/// correlation prefix index, built from the finished and correlation
-/// indexes at the upgrade, and the attribute index, built at each start
-/// for the keys the configuration names (`store::search`).
-pub const SCHEMA_VERSION: u32 = 5;
+/// Version 6 is release 0.2.0's, the first released: the stores of the
+/// unreleased builds before it (versions 1 to 5) are not read.
+/// `tests/fixtures/` holds a store of each released version, which this
+/// build must open.
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// `schema_version`, `counters` and `logged_group`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -82,6 +79,8 @@ pub const BY_ATTRIBUTE: TableDefinition<(&str, &str, u64), ()> =
 pub const DURATIONS: TableDefinition<(&str, u8, i64), &[u8]> = TableDefinition::new("durations");
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
+/// The store's id, a UUID made with the store (`store_id`).
+pub const META_STORE_ID: &str = "store_id";
 /// The attribute keys `BY_ATTRIBUTE` holds entries for, sorted.
 pub const META_INDEXED_ATTRIBUTES: &str = "indexed_attributes";
 /// The last seq removed from the feed without a trace (an offline purge):
@@ -99,8 +98,7 @@ pub const META_LOGGED_GROUP: &str = "logged_group";
 pub enum Kind {
     /// sub-key empty; value `domain::Process`, without its attributes
     /// since they have a record of their own (sub-key
-    /// `PROCESS_ATTRIBUTES`). A process record written before that split
-    /// holds its attributes itself, and keeps them until it is next written.
+    /// `PROCESS_ATTRIBUTES`).
     Process = 0,
     /// sub-key: task ordinal, u32 big-endian; value `domain::Task`.
     Task = 1,
@@ -174,29 +172,6 @@ pub fn task_ordinal_bytes(ordinal: u32) -> [u8; 4] {
 
 pub fn task_ordinal_from(bytes: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// What was decided for a stored event. Conflicts are never stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StoredResult {
-    Accepted,
-    Stale,
-}
-
-impl StoredResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoredResult::Accepted => "accepted",
-            StoredResult::Stale => "stale",
-        }
-    }
-}
-
-/// Who made an event: a sender, or the daemon itself (stalls, deadlines).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Source {
-    Sender,
-    Daemon,
 }
 
 /// One event in a process's history.
@@ -287,6 +262,8 @@ pub struct Counters {
     pub last_created_at: Millis,
     pub events_total: u64,
     pub processes_by_status: [u64; 7],
+    /// Processes stalled now: the entries of `BY_STALLED`.
+    pub stalled: u64,
 }
 
 impl Counters {
@@ -303,21 +280,55 @@ impl Counters {
 /// The number of the last write group the store holds (`store::durability`),
 /// from its `META` table, read or written; 0 before the first.
 pub fn logged_group(
-    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    meta: &impl Lookup<&'static str, &'static [u8]>,
 ) -> Result<u64, super::StoreError> {
     meta_number(meta, META_LOGGED_GROUP, "logged group number")
 }
 
 /// A number kept in `META` under `key`, 0 when it was never written.
 fn meta_number(
-    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    meta: &impl Lookup<&'static str, &'static [u8]>,
     key: &str,
     what: &str,
 ) -> Result<u64, super::StoreError> {
-    match meta.get(key)? {
-        Some(bytes) => decode_or_corrupt(what, bytes.value()),
+    match meta.lookup(key)? {
+        Some(bytes) => decode_or_corrupt(what, &bytes),
         None => Ok(0),
     }
+}
+
+/// The store's id (`META_STORE_ID`).
+pub fn store_id(
+    meta: &impl Lookup<&'static str, &'static [u8]>,
+) -> Result<String, super::StoreError> {
+    match meta.lookup(META_STORE_ID)? {
+        Some(bytes) => decode_or_corrupt("store id", &bytes),
+        None => Err(super::StoreError::Corrupt {
+            what: "store id".into(),
+            source: codec::CodecError::Empty,
+        }),
+    }
+}
+
+/// Creates every table that is missing, so that readers never meet one.
+pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), super::StoreError> {
+    txn.open_table(META)?;
+    txn.open_table(PROCESS_IDS)?;
+    txn.open_table(RECORDS)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(BY_CREATED)?;
+    txn.open_table(BY_STATUS)?;
+    txn.open_table(BY_TYPE)?;
+    txn.open_table(BY_CORRELATION)?;
+    txn.open_table(FEED)?;
+    txn.open_table(DUE)?;
+    txn.open_table(BY_STALLED)?;
+    txn.open_table(BY_FINISHED)?;
+    txn.open_table(FEED_MARKS)?;
+    txn.open_table(BY_CORRELATION_PREFIX)?;
+    txn.open_table(BY_ATTRIBUTE)?;
+    txn.open_table(DURATIONS)?;
+    Ok(())
 }
 
 /// A value of the `META` table or `RECORDS` table that could not be read.
@@ -331,32 +342,21 @@ pub fn decode_or_corrupt<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// `decode_or_corrupt` for a record whose layout grew (`codec::Evolved`).
-pub fn decode_evolved_or_corrupt<T: codec::Evolved>(
-    what: &str,
-    bytes: &[u8],
-) -> Result<T, super::StoreError> {
-    codec::decode_evolved(bytes).map_err(|source| super::StoreError::Corrupt {
-        what: what.to_owned(),
-        source,
-    })
-}
-
 /// The process record of `ordinal`, if the store holds one.
 pub fn process_record(
-    records: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+    records: &impl Lookup<&'static [u8], &'static [u8]>,
     ordinal: u64,
 ) -> Result<Option<crate::domain::Process>, super::StoreError> {
     let key = record_key(ordinal, Kind::Process, &[]);
-    match records.get(key.as_slice())? {
-        Some(bytes) => decode_evolved_or_corrupt("process record", bytes.value()).map(Some),
+    match records.lookup(key.as_slice())? {
+        Some(bytes) => decode_or_corrupt("process record", &bytes).map(Some),
         None => Ok(None),
     }
 }
 
 /// The feed floor (`META_FEED_FLOOR`), 0 when nothing was ever dropped.
 pub fn feed_floor(
-    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    meta: &impl Lookup<&'static str, &'static [u8]>,
 ) -> Result<u64, super::StoreError> {
     meta_number(meta, META_FEED_FLOOR, "feed floor")
 }
@@ -364,10 +364,10 @@ pub fn feed_floor(
 /// The attribute keys the attribute index holds (`META_INDEXED_ATTRIBUTES`),
 /// none when it was never written.
 pub fn indexed_attributes(
-    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    meta: &impl Lookup<&'static str, &'static [u8]>,
 ) -> Result<Vec<String>, super::StoreError> {
-    match meta.get(META_INDEXED_ATTRIBUTES)? {
-        Some(bytes) => decode_or_corrupt("indexed attribute keys", bytes.value()),
+    match meta.lookup(META_INDEXED_ATTRIBUTES)? {
+        Some(bytes) => decode_or_corrupt("indexed attribute keys", &bytes),
         None => Ok(Vec::new()),
     }
 }

@@ -13,7 +13,8 @@ use super::schema::{
     self, decode_or_corrupt, Kind, BY_ATTRIBUTE, BY_CORRELATION, BY_CORRELATION_PREFIX, BY_CREATED,
     META, META_INDEXED_ATTRIBUTES, RECORDS,
 };
-use super::{codec, StoreError};
+use super::StoreError;
+use crate::codec;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -178,19 +179,16 @@ fn add_keys(db: &Database, keys: &[String]) -> Result<u64, StoreError> {
     Ok(read)
 }
 
-/// A process's attributes: their own record, or (written before they had
-/// one) inside the process record.
+/// A process's attributes, from their own record.
 fn process_attributes(
     records: &impl ReadableTable<&'static [u8], &'static [u8]>,
     ordinal: u64,
 ) -> Result<BTreeMap<String, String>, StoreError> {
     let key = schema::record_key(ordinal, Kind::Process, schema::PROCESS_ATTRIBUTES);
-    if let Some(bytes) = records.get(key.as_slice())? {
-        return decode_or_corrupt("process attributes", bytes.value());
+    match records.get(key.as_slice())? {
+        Some(bytes) => decode_or_corrupt("process attributes", bytes.value()),
+        None => Ok(BTreeMap::new()),
     }
-    Ok(schema::process_record(records, ordinal)?
-        .map(|process| process.attributes)
-        .unwrap_or_default())
 }
 
 /// Builds the correlation prefix index from the correlation index, for a
@@ -213,26 +211,24 @@ pub fn build_correlation_prefixes(txn: &redb::WriteTransaction) -> Result<u64, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::IncomingEvent;
     use crate::domain::{model::bare_event, EventType};
-    use crate::store::write::{load_counters, IncomingEvent, WriteBatch};
 
     fn store_with_teams(dir: &std::path::Path, processes: usize) -> Database {
         let db = crate::store::open_writable(&crate::store::store_path(dir), 1 << 20).unwrap();
-        let txn = db.begin_write().unwrap();
-        let mut batch = WriteBatch::open(&txn, load_counters(&txn).unwrap()).unwrap();
-        for n in 0..processes {
-            let mut event = bare_event(EventType::ProcessStarted, None);
-            event.process_id = format!("p{n}");
-            event.attributes = [("team".to_owned(), format!("team{}", n % 2))].into();
-            batch
-                .apply(
+        crate::store::write::offline(&db, |batch| {
+            for n in 0..processes {
+                let mut event = bare_event(EventType::ProcessStarted, None);
+                event.process_id = format!("p{n}");
+                event.attributes = [("team".to_owned(), format!("team{}", n % 2))].into();
+                batch.apply(
                     &IncomingEvent::new(event, 1_795_600_800_000),
                     1_795_600_800_000,
-                )
-                .unwrap();
-        }
-        batch.finish().unwrap();
-        txn.commit().unwrap();
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
         db
     }
 

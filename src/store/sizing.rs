@@ -4,7 +4,7 @@
 //! both follow the volume's size, so that a 64 MiB volume (a small PVC, an
 //! `emptyDir` with `sizeLimit`) serves as well as a large disk.
 
-use super::durability::{log_path, DEFAULT_LOG_BYTES};
+use super::durability::{log_paths, DEFAULT_LOG_BYTES};
 use std::path::Path;
 
 const MIB: u64 = 1 << 20;
@@ -71,7 +71,10 @@ impl Sizes {
     /// for the write log still to be made, the floor, and a start. `store`
     /// is the store file's path; a log already there counts as made.
     pub fn check_room(&self, store: &Path, volume: Volume) -> Result<(), String> {
-        let made = std::fs::metadata(log_path(store)).map_or(0, |meta| meta.len());
+        let made: u64 = log_paths(store)
+            .iter()
+            .map(|path| std::fs::metadata(path).map_or(0, |meta| meta.len()))
+            .sum();
         let to_make = self.log_bytes.saturating_sub(made);
         let needed = to_make + self.min_free_bytes + STARTING_ROOM_BYTES;
         if volume.free_bytes >= needed {
@@ -133,7 +136,9 @@ mod tests {
         );
         assert!(!refused.contains('\n'), "{refused}");
         // A log already made takes no more room.
-        std::fs::write(log_path(&store), vec![0u8; MIB as usize]).unwrap();
+        for path in log_paths(&store) {
+            std::fs::write(path, vec![0u8; MIB as usize / 2]).unwrap();
+        }
         assert!(sizes.check_room(&store, small).is_ok());
     }
 }

@@ -531,7 +531,7 @@ fn inspect_prints_tables_for_people_and_json_for_scripts() {
     assert_eq!(summary_json["processes_total"], 2);
     assert_eq!(summary_json["processes"]["running"], 1);
     assert_eq!(summary_json["newest"]["id"], "run-2");
-    assert_eq!(summary_json["schema_version"], 5);
+    assert_eq!(summary_json["schema_version"], 6);
 
     let process_json = json_of(&run(&[
         "inspect",
@@ -686,62 +686,6 @@ fn after_kill_9_inspect_and_backup_ask_for_recovery_and_a_restart_gives_it() {
     assert_eq!(recovered["processes_total"], 20);
     let verify = run(&["inspect", "--data-dir", data_dir, "verify"]);
     assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
-}
-
-#[test]
-fn the_journals_an_earlier_build_left_are_read_then_removed_by_the_daemon() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = path(dir.path());
-    let daemon = Daemon::start_in(dir.path());
-    assert_eq!(
-        daemon.client().post(&event("process.started", "p")).status,
-        202
-    );
-    let (status, _, _) = daemon.terminate();
-    assert!(status.success());
-    let journals = [
-        "processmanager.redb.journal-0",
-        "processmanager.redb.journal-1",
-    ]
-    .map(|name| dir.path().join(name));
-    assert!(
-        journals.iter().all(|journal| !journal.exists()),
-        "this build keeps no page journal"
-    );
-    // What an earlier build left: its two zero-filled journals, the second
-    // one unreadable. Whether it holds pages the store file lacks is
-    // unknown, so reading the store file alone could show less than was
-    // acknowledged.
-    std::fs::write(&journals[0], vec![0u8; 1 << 20]).unwrap();
-    std::fs::create_dir(&journals[1]).unwrap();
-    let refused = run(&["inspect", "--data-dir", data_dir]);
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        stderr(&refused).contains("cannot read the journal beside"),
-        "{}",
-        stderr(&refused)
-    );
-    // A writable open replays it, and says that this is what failed.
-    let refused = run(&["compact", "--data-dir", data_dir]);
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        stderr(&refused).contains("cannot apply the journal an earlier build left beside"),
-        "{}",
-        stderr(&refused)
-    );
-    // Readable and empty, as a clean stop of that build left them: the
-    // store is whole, and the first daemon removes them.
-    std::fs::remove_dir(&journals[1]).unwrap();
-    std::fs::write(&journals[1], vec![0u8; 1 << 20]).unwrap();
-    assert_eq!(
-        json_of(&run(&["inspect", "--data-dir", data_dir, "--json"]))["processes_total"],
-        1
-    );
-    let daemon = Daemon::start_in(dir.path());
-    assert!(journals.iter().all(|journal| !journal.exists()));
-    assert_eq!(daemon.client().get("/v1/processes/p").status, 200);
-    let (status, _, _) = daemon.terminate();
-    assert!(status.success());
 }
 
 #[test]

@@ -239,7 +239,7 @@ fn a_store_of_another_schema_version_is_refused_with_what_to_do() {
             let mut meta = txn.open_table(processmanager::store::schema::META).unwrap();
             meta.insert(
                 "schema_version",
-                processmanager::store::codec::encode(&99u32).as_slice(),
+                processmanager::codec::encode(&99u32).as_slice(),
             )
             .unwrap();
         }

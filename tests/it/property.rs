@@ -1,6 +1,10 @@
 //! Random interleavings of events (duplicates, reused keys, reorderings,
 //! retries, conflicts) sent through the HTTP API end in the state the
 //! reference model predicts, and every answer is the one it predicts.
+//! The daemon applies its pending groups to the store file every few
+//! milliseconds, so apply steps fall at random points among the writes,
+//! and every read after an answer (the process, its history, the lists)
+//! sees the state the model has after that event.
 //! Events carry heartbeat timeouts and deadlines too: a deadline already
 //! past times the process out (the daemon's own `process.timed_out`)
 //! before anything later is weighed. `PM_PROPTEST_CASES` sets the number
@@ -226,12 +230,51 @@ fn bodies(case: u64, steps: &[Step]) -> Vec<(Step, Value)> {
     sent
 }
 
+/// What a reader sees of a process right after an answer: its status,
+/// and how many events its history holds (`None`: no such process).
+fn seen(client: &Client, process_id: &str) -> Option<(String, usize)> {
+    loop {
+        let got = client.get(&format!("/v1/processes/{process_id}"));
+        if got.status == 404 {
+            return None;
+        }
+        let status = got.json["status"].as_str().unwrap_or_default().to_owned();
+        let history = client.get(&format!("/v1/processes/{process_id}/history?limit=1000"));
+        let listed = client.get(&format!("/v1/processes?status={status}&limit=1000"));
+        let again = client.get(&format!("/v1/processes/{process_id}"));
+        if again.json != got.json {
+            // The daemon acted on a deadline between the reads (its own
+            // process.timed_out): read it again, as it is now.
+            continue;
+        }
+        let in_list = listed.json["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|item| item["id"] == process_id));
+        assert!(
+            in_list,
+            "{process_id} is not listed under its own status: {}",
+            listed.text
+        );
+        return Some((status, history.json["items"].as_array().map_or(0, Vec::len)));
+    }
+}
+
 fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
     let events = bodies(case, steps);
+    // One by one, each answer is followed by a read of its process, which
+    // must see the event (checked against the model below).
+    let mut reads: Vec<Option<(String, usize)>> = Vec::new();
     let answers: Vec<Answered> = match sending {
         Sending::OneByOne => events
             .iter()
-            .map(|(_, body)| answered_alone(client.post(body)))
+            .map(|(_, body)| {
+                let answer = answered_alone(client.post(body));
+                reads.push(seen(
+                    client,
+                    body["process_id"].as_str().unwrap_or_default(),
+                ));
+                answer
+            })
             .collect(),
         Sending::OneBatch => {
             let batch = Value::Array(events.iter().map(|(_, body)| body.clone()).collect());
@@ -247,6 +290,8 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
     // deadlines by process.
     let mut heartbeats: HashMap<(u8, Option<String>), u32> = HashMap::new();
     let mut deadlines: HashMap<u8, Value> = HashMap::new();
+    // Processes whose past deadline the daemon may not have acted on yet.
+    let mut undetermined: std::collections::HashSet<u8> = Default::default();
     for (index, ((step, body), reply)) in events.iter().zip(&answers).enumerate() {
         let key = body["event_id"].as_str().map(|k| {
             (
@@ -255,6 +300,9 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
             )
         });
         if let Some(stored) = key.as_ref().and_then(|k| keys.get(k)) {
+            if !undetermined.contains(&step.process) {
+                check_read(&reads, index, step, &models, &kept);
+            }
             if stored.body == *body {
                 assert_eq!(
                     reply.result, "duplicate",
@@ -345,6 +393,15 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
                 },
             );
         }
+        // After an event that sets a deadline already past, the daemon may
+        // or may not have acted on it when the process is read: the next
+        // look at what is due does, or the next event weighed for it.
+        if expected == Outcome::Accepted && step.timing == Timing::DeadlinePast {
+            undetermined.insert(step.process);
+        } else {
+            undetermined.remove(&step.process);
+            check_read(&reads, index, step, &models, &kept);
+        }
     }
     for (process, model) in &models {
         let want = model.process.as_ref().expect("a sent process exists");
@@ -401,12 +458,39 @@ fn run_case(client: &Client, case: u64, steps: &[Step], sending: Sending) {
     }
 }
 
+/// The read that followed answer `index` (one by one) saw the process as
+/// the model has it after that event. A deadline set in the past may have
+/// timed the process out by then, as the model expects.
+fn check_read(
+    reads: &[Option<(String, usize)>],
+    index: usize,
+    step: &Step,
+    models: &HashMap<u8, Model>,
+    kept: &HashMap<u8, u64>,
+) {
+    let Some(read) = reads.get(index) else {
+        return;
+    };
+    let want = models
+        .get(&step.process)
+        .and_then(|model| model.process.as_ref())
+        .map(|process| {
+            (
+                process.status.as_str().to_owned(),
+                kept.get(&step.process).copied().unwrap_or(0) as usize,
+            )
+        });
+    assert_eq!(read, &want, "the read after step {index} ({step:?})");
+}
+
 fn run_cases(sending: Sending) {
     let cases = std::env::var("PM_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    let daemon = Daemon::start();
+    // Pending groups go to the store file every few milliseconds: apply
+    // steps fall among the requests of every case.
+    let (daemon, _config) = Daemon::with_config("[writer]\napply_after_ms = 3\n");
     let client = daemon.client();
     let case = AtomicU64::new(0);
     let mut runner = TestRunner::new(Config {

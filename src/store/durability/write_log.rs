@@ -1,8 +1,8 @@
-//! The write log: one preallocated file beside the store
-//! (`processmanager.redb.groups`) holding the groups acknowledged since the
-//! store's last durable commit, one framed record each (`framing`, magic
-//! "PMG1"). `super` says when records are appended, retracted and
-//! replayed, and when the log starts over.
+//! A write log: one of two preallocated files beside the store
+//! (`processmanager.redb.groups` and `processmanager.redb.groups.2`), each
+//! holding groups acknowledged since the store's last apply step, one
+//! framed record each (`framing`, magic "PMG1"). `super` says when records
+//! are appended and replayed, and when a log starts over.
 //!
 //! A record counts only if its number follows the one before it, so the
 //! records of earlier rounds that a shorter round did not overwrite, and a
@@ -22,26 +22,33 @@ const MIN_LOG_BYTES: u64 = 64 << 10;
 
 const MAGIC: u32 = 0x504d_4731; // "PMG1"
 
-/// The log file of a store file.
-pub fn log_path(store: &Path) -> PathBuf {
-    let mut name = store.as_os_str().to_owned();
-    name.push(".groups");
-    PathBuf::from(name)
+/// The two log files of a store file.
+pub fn log_paths(store: &Path) -> [PathBuf; 2] {
+    [".groups", ".groups.2"].map(|suffix| {
+        let mut name = store.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    })
 }
 
 /// One group read back from the log: its number and payload.
 use super::framing::Record as LoggedGroup;
 
-/// True when the log of a store file holds groups numbered after
+/// True when a log of a store file holds groups numbered after
 /// `durable`, which the store file lacks until a writer replays them.
 pub fn has_pending(store: &Path, durable: u64) -> io::Result<bool> {
     let ino = std::fs::metadata(store)?.ino();
-    let file = match File::open(log_path(store)) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(error) => return Err(error),
-    };
-    Ok(!pending_in(&file, ino, durable)?.0.is_empty())
+    for path in log_paths(store) {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        if !pending_in(&file, ino, durable)?.0.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[derive(Debug)]
@@ -55,26 +62,27 @@ pub struct WriteLog {
     limit: u64,
     /// Where the next record goes.
     pos: u64,
-    /// Groups in the log since it started over (kept pending ones too).
-    groups: u32,
-    /// Where the record appended last begins, until another call.
-    last: Option<u64>,
     /// The record being built: room for its header, then its payload.
     buffer: Vec<u8>,
 }
 
 impl WriteLog {
-    /// Opens (or creates, zero-filled) the log of a store file, `capacity`
-    /// bytes long (`None`: the size it has, or the default for a new one).
-    pub fn open(store: &Path, capacity: Option<u64>) -> io::Result<WriteLog> {
+    /// Opens (or creates) the two logs of a store file, `total` bytes long
+    /// together. Each takes its size when it next starts over.
+    pub fn open_pair(store: &Path, total: u64) -> io::Result<[WriteLog; 2]> {
         let ino = std::fs::metadata(store)?.ino();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(log_path(store))?;
-        WriteLog::on(Box::new(file), ino, capacity)
+        let [first, second] = log_paths(store).map(|path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        });
+        Ok([
+            WriteLog::on(Box::new(first?), ino, Some(total / 2))?,
+            WriteLog::on(Box::new(second?), ino, Some(total / 2))?,
+        ])
     }
 
     /// The log in `file`, of the store file with inode `ino`.
@@ -91,8 +99,6 @@ impl WriteLog {
             capacity,
             limit: len.min(capacity),
             pos: 0,
-            groups: 0,
-            last: None,
             buffer: Vec::new(),
         })
     }
@@ -103,19 +109,6 @@ impl WriteLog {
         Ok(pending_in(&*self.file, self.ino, durable)?.0)
     }
 
-    /// Goes on appending after the groups `pending` returned, which stay
-    /// in the log until the next durable commit (`start_over`).
-    pub fn append_after_pending(&mut self, durable: u64) -> io::Result<()> {
-        // Never shorter than it is: that would cut off the pending groups,
-        // which the store does not yet hold durably.
-        self.size(false)?;
-        let (pending, end) = pending_in(&*self.file, self.ino, durable)?;
-        self.pos = end;
-        self.groups = pending.len() as u32;
-        self.last = None;
-        Ok(())
-    }
-
     /// Makes the file `capacity` bytes of real zeros where it is shorter
     /// (writing into a hole would make every sync write the block map),
     /// and starts the log over. Call once the store holds every pending
@@ -123,8 +116,6 @@ impl WriteLog {
     pub fn start_over(&mut self) -> io::Result<()> {
         self.size(true)?;
         self.pos = 0;
-        self.groups = 0;
-        self.last = None;
         Ok(())
     }
 
@@ -164,15 +155,8 @@ impl WriteLog {
         self.pos
     }
 
-    /// Groups in the log since it started over: those the next durable
-    /// commit makes durable in the store file.
-    pub fn groups(&self) -> u32 {
-        self.groups
-    }
-
     /// Appends group `number` and syncs it; `false`, with nothing written,
-    /// when the record does not fit in what is left of the log (make that
-    /// commit durable instead, then `start_over`).
+    /// when the record does not fit in what is left of the log.
     pub fn append(&mut self, number: u64, payload: &[u8]) -> io::Result<bool> {
         let len = (HEADER_BYTES + payload.len()) as u64;
         if self.pos + len > self.limit || payload.len() > u32::MAX as usize {
@@ -184,23 +168,8 @@ impl WriteLog {
         framing::seal(&mut self.buffer, MAGIC, number, self.ino);
         self.file.write_all_at(&self.buffer, self.pos)?;
         self.file.sync_data()?;
-        self.last = Some(self.pos);
         self.pos += len;
-        self.groups += 1;
         Ok(true)
-    }
-
-    /// Takes back the group appended last, which its transaction failed to
-    /// commit: its record no longer counts, durably.
-    pub fn retract_last(&mut self) -> io::Result<()> {
-        let Some(last) = self.last.take() else {
-            return Ok(());
-        };
-        self.file.write_all_at(&[0; HEADER_BYTES], last)?;
-        self.file.sync_data()?;
-        self.pos = last;
-        self.groups -= 1;
-        Ok(())
     }
 }
 
@@ -237,8 +206,13 @@ mod tests {
         if !store.exists() {
             std::fs::write(&store, b"").unwrap();
         }
-        let mut log = WriteLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
+        let [mut log, _] = WriteLog::open_pair(&store, 2 * MIN_LOG_BYTES).unwrap();
         log.start_over().unwrap();
+        log
+    }
+
+    fn reopened(dir: &Path) -> WriteLog {
+        let [log, _] = WriteLog::open_pair(&dir.join("store"), 2 * MIN_LOG_BYTES).unwrap();
         log
     }
 
@@ -253,8 +227,7 @@ mod tests {
         for number in 1..=5 {
             assert!(log.append(number, &[number as u8; 100]).unwrap());
         }
-        let reopened = WriteLog::open(&dir.path().join("store"), None).unwrap();
-        let pending = reopened.pending(3).unwrap();
+        let pending = reopened(dir.path()).pending(3).unwrap();
         assert_eq!(numbers(&pending), [4, 5]);
         assert_eq!(pending[0].payload, [4u8; 100]);
     }
@@ -266,7 +239,7 @@ mod tests {
         for number in 1..=6 {
             log.append(number, &[1; 50]).unwrap();
         }
-        // A durable commit holds group 6; the next round is shorter.
+        // An apply step holds group 6; the next round is shorter.
         log.start_over().unwrap();
         log.append(7, &[2; 50]).unwrap();
         log.append(8, &[2; 50]).unwrap();
@@ -274,13 +247,13 @@ mod tests {
     }
 
     #[test]
-    fn right_after_a_durable_commit_nothing_is_pending() {
+    fn right_after_an_apply_step_nothing_is_pending() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path());
         for number in 1..=6 {
             log.append(number, &[1; 50]).unwrap();
         }
-        // The process died after the durable commit that holds group 6,
+        // The process died after the apply step that holds group 6,
         // before the next round wrote anything.
         log.start_over().unwrap();
         assert!(log.pending(6).unwrap().is_empty());
@@ -314,53 +287,35 @@ mod tests {
     }
 
     #[test]
-    fn a_retracted_group_is_gone_and_its_place_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = open(dir.path());
-        log.append(1, &[1; 10]).unwrap();
-        log.append(2, &[2; 10]).unwrap();
-        log.retract_last().unwrap();
-        assert_eq!(numbers(&log.pending(0).unwrap()), [1]);
-        assert_eq!(log.groups(), 1);
-        log.append(2, &[3; 10]).unwrap();
-        let pending = log.pending(0).unwrap();
-        assert_eq!(numbers(&pending), [1, 2]);
-        assert_eq!(pending[1].payload, [3; 10]);
-    }
-
-    #[test]
-    fn appending_goes_on_after_the_pending_groups() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = open(dir.path());
-        for number in 1..=3 {
-            log.append(number, &[1; 10]).unwrap();
-        }
-        let mut reopened = WriteLog::open(&dir.path().join("store"), None).unwrap();
-        reopened.append_after_pending(1).unwrap();
-        assert_eq!(reopened.groups(), 2);
-        reopened.append(4, &[4; 10]).unwrap();
-        assert_eq!(numbers(&reopened.pending(1).unwrap()), [2, 3, 4]);
-        assert_eq!(reopened.groups(), 3);
-    }
-
-    #[test]
-    fn a_smaller_size_waits_until_nothing_is_pending() {
+    fn either_log_may_hold_what_is_pending() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         std::fs::write(&store, b"").unwrap();
-        let mut large = WriteLog::open(&store, Some(4 * MIN_LOG_BYTES)).unwrap();
+        let [mut first, mut second] = WriteLog::open_pair(&store, 2 * MIN_LOG_BYTES).unwrap();
+        first.start_over().unwrap();
+        second.start_over().unwrap();
+        second.append(1, &[1; 10]).unwrap();
+        assert!(has_pending(&store, 0).unwrap());
+        assert!(!has_pending(&store, 1).unwrap());
+    }
+
+    #[test]
+    fn a_smaller_size_is_taken_when_the_log_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::write(&store, b"").unwrap();
+        let [mut large, _] = WriteLog::open_pair(&store, 8 * MIN_LOG_BYTES).unwrap();
         large.start_over().unwrap();
         let far = 3 * MIN_LOG_BYTES as usize / 2;
         large.append(1, &vec![1; far]).unwrap();
         large.append(2, &[2; 10]).unwrap();
-        // Restarted with a smaller log while both groups are pending.
-        let mut small = WriteLog::open(&store, Some(MIN_LOG_BYTES)).unwrap();
-        small.append_after_pending(0).unwrap();
+        // Restarted with a smaller log while both groups are pending: they
+        // are read whole, and the file shrinks once it starts over.
+        let [mut small, _] = WriteLog::open_pair(&store, 2 * MIN_LOG_BYTES).unwrap();
         assert_eq!(numbers(&small.pending(0).unwrap()), [1, 2]);
-        assert!(small.append(3, &[3; 10]).unwrap());
         small.start_over().unwrap();
         assert_eq!(
-            std::fs::metadata(log_path(&store)).unwrap().len(),
+            std::fs::metadata(&log_paths(&store)[0]).unwrap().len(),
             MIN_LOG_BYTES
         );
     }

@@ -8,17 +8,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The encoding of every value whose layout never changed.
+/// The encoding of every value this release writes. A later layout of a
+/// record gets a byte of its own and a migration that rewrites the
+/// records, never a guess at what old bytes mean.
 const FORMAT_V1: u8 = 1;
-/// The encoding of an `Evolved` value in its current layout; the same
-/// bytes as format 1, under a byte that says which layout they hold.
-const FORMAT_V2: u8 = 2;
-
-/// A stored type whose layout grew after values of it were written: format
-/// 1 bytes hold a `Self::V1`, and are read into the current layout.
-pub trait Evolved: DeserializeOwned {
-    type V1: DeserializeOwned + Into<Self>;
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -37,18 +30,8 @@ fn config() -> bincode::config::Configuration {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    encode_as(FORMAT_V1, value)
-}
-
-/// Encodes a value of an `Evolved` type (or its borrowed twin) in its
-/// current layout.
-pub fn encode_evolved<T: Serialize>(value: &T) -> Vec<u8> {
-    encode_as(FORMAT_V2, value)
-}
-
-fn encode_as<T: Serialize>(format: u8, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
-    out.push(format);
+    out.push(FORMAT_V1);
     // Writing into a Vec cannot fail, and every stored type is plain data
     // with no custom serializer that could refuse.
     if let Err(error) = bincode::serde::encode_into_std_write(value, &mut out, config()) {
@@ -63,16 +46,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         return Err(CodecError::UnknownFormat(version));
     }
     decode_body(body)
-}
-
-/// Decodes a value of an `Evolved` type written in either layout.
-pub fn decode_evolved<T: Evolved>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    match version {
-        FORMAT_V1 => decode_body::<T::V1>(body).map(Into::into),
-        FORMAT_V2 => decode_body(body),
-        other => Err(CodecError::UnknownFormat(other)),
-    }
 }
 
 fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
@@ -102,7 +75,8 @@ mod tests {
     #[test]
     fn a_borrowed_history_record_encodes_like_the_owned_one() {
         use crate::domain::{Event, EventInput};
-        use crate::store::schema::{HistoryRecord, HistoryRecordRef, StoredResult};
+        use crate::domain::{Source, StoredResult};
+        use crate::store::schema::{HistoryRecord, HistoryRecordRef};
         let input: EventInput = serde_json::from_str(
             r#"{"type":"task.failed","process_id":"p","task_id":"t","event_id":"k","error":{"code":"E","message":"m"},"attributes":{"a":"b"}}"#,
         )
@@ -113,20 +87,17 @@ mod tests {
             result: StoredResult::Stale,
             received_at: 12,
             event: event.clone(),
-            source: crate::store::schema::Source::Sender,
+            source: Source::Sender,
         };
         let borrowed = HistoryRecordRef {
             seq: 7,
             result: StoredResult::Stale,
             received_at: 12,
             event: &event,
-            source: crate::store::schema::Source::Sender,
+            source: Source::Sender,
         };
-        assert_eq!(encode_evolved(&borrowed), encode_evolved(&owned));
-        assert_eq!(
-            decode_evolved::<HistoryRecord>(&encode_evolved(&borrowed)).unwrap(),
-            owned
-        );
+        assert_eq!(encode(&borrowed), encode(&owned));
+        assert_eq!(decode::<HistoryRecord>(&encode(&borrowed)).unwrap(), owned);
     }
 
     #[test]
