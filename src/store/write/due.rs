@@ -80,3 +80,57 @@ impl<'a> DueTimes<'a> {
         Ok(self.due.first()?.map(|(key, _)| key.value().0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::write::scratch::Scratch;
+
+    #[test]
+    fn a_check_already_due_earlier_is_enough_and_due_entries_are_taken_in_order() {
+        let mut scratch = Scratch::new();
+        scratch.group(|writing, applied| {
+            let mut due = DueTimes::open(writing, applied);
+            let mut check = None;
+            due.heartbeat((1, Due::Heartbeat, 0), Some(10), 1_000, &mut check)
+                .unwrap();
+            assert_eq!(check, Some(11_000));
+            // Heard from later: the check waiting at 11 s is enough.
+            due.heartbeat((1, Due::Heartbeat, 0), Some(10), 5_000, &mut check)
+                .unwrap();
+            assert_eq!(check, Some(11_000));
+            // A shorter timeout needs an earlier check.
+            due.heartbeat((1, Due::Heartbeat, 0), Some(2), 5_000, &mut check)
+                .unwrap();
+            assert_eq!(check, Some(7_000));
+            due.heartbeat((1, Due::Heartbeat, 0), None, 0, &mut check)
+                .unwrap();
+            due.deadline(2, 3_000).unwrap();
+            due.check_at((3, Due::TaskHeartbeat, 4), 9_000).unwrap();
+        });
+        scratch.apply();
+        let taken = scratch.group(|writing, applied| {
+            let mut due = DueTimes::open(writing, applied);
+            assert_eq!(due.next().unwrap(), Some(3_000));
+            let taken = due.take(9_000, 2).unwrap();
+            assert_eq!(due.next().unwrap(), Some(9_000), "what was left");
+            taken
+        });
+        assert_eq!(
+            taken,
+            [
+                (3_000, 2, Due::Deadline as u8, 0),
+                (7_000, 1, Due::Heartbeat as u8, 0)
+            ]
+        );
+        let rest = scratch
+            .group(|writing, applied| DueTimes::open(writing, applied).take(20_000, 10).unwrap());
+        assert_eq!(
+            rest,
+            [
+                (9_000, 3, Due::TaskHeartbeat as u8, 4),
+                (11_000, 1, Due::Heartbeat as u8, 0)
+            ]
+        );
+    }
+}

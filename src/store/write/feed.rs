@@ -95,3 +95,73 @@ impl<'a> Feed<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EventType, Status};
+    use crate::store::write::scratch::Scratch;
+
+    fn entry() -> FeedEntry {
+        FeedEntry::Event {
+            ordinal: 0,
+            kind: EventType::ProcessStarted,
+            process_status: Status::Running,
+            task_status: None,
+        }
+    }
+
+    fn seqs(scratch: &Scratch) -> Vec<u64> {
+        scratch.read(|pending, applied| {
+            pending
+                .feed(applied)
+                .range::<u64>(..)
+                .unwrap()
+                .map(|row| row.unwrap().0.value())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn the_feed_is_trimmed_by_its_marks_a_bounded_step_at_a_time_and_its_floor_rises() {
+        let mut scratch = Scratch::new();
+        // Seqs 1-10 written at 1 s, 11-20 at 2 s, 21-30 at 3 s.
+        for (first, at) in [(1u64, 1_000), (11, 2_000), (21, 3_000)] {
+            scratch.group(|writing, applied| {
+                let mut feed = Feed::open(writing, applied);
+                feed.mark(first, at).unwrap();
+                for seq in first..first + 10 {
+                    feed.append(seq, &entry()).unwrap();
+                }
+            });
+        }
+        scratch.apply();
+        let floor = |scratch: &Scratch| {
+            scratch.read(|pending, applied| schema::feed_floor(&pending.meta(applied)).unwrap())
+        };
+        assert_eq!(
+            scratch.group(|writing, applied| Feed::open(writing, applied).next_trim(500).unwrap()),
+            Some(2_500),
+            "the second mark, plus what is kept"
+        );
+        // Before 2.5 s: the entries up to the mark at 2 s go, 6 at a time.
+        let more =
+            scratch.group(|writing, applied| Feed::open(writing, applied).trim(2_500, 6).unwrap());
+        assert!(more);
+        assert_eq!(seqs(&scratch)[0], 7);
+        assert_eq!(floor(&scratch), 6);
+        let more =
+            scratch.group(|writing, applied| Feed::open(writing, applied).trim(2_500, 6).unwrap());
+        assert!(!more, "the last four went");
+        assert_eq!(seqs(&scratch)[0], 11);
+        assert_eq!(seqs(&scratch).len(), 20);
+        assert_eq!(floor(&scratch), 10);
+        assert_eq!(
+            scratch.group(|writing, applied| Feed::open(writing, applied).next_trim(500).unwrap()),
+            Some(3_500)
+        );
+        // The floor never goes down.
+        scratch.group(|writing, applied| Feed::open(writing, applied).raise_floor(3).unwrap());
+        assert_eq!(floor(&scratch), 10);
+    }
+}

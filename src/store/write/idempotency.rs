@@ -46,3 +46,33 @@ impl<'a> Idempotency<'a> {
         self.events.remove_range(start.as_slice()..end.as_slice())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::StoredResult;
+    use crate::store::write::scratch::Scratch;
+
+    #[test]
+    fn a_key_is_remembered_for_its_process_only_until_the_process_goes() {
+        let mut scratch = Scratch::new();
+        let first = DedupRecord {
+            seq: 4,
+            result: StoredResult::Stale,
+            fingerprint: [1; 16],
+        };
+        scratch.group(|writing, applied| {
+            let mut keys = Idempotency::open(writing, applied);
+            keys.remember(1, "k", &first).unwrap();
+            assert_eq!(keys.seen(1, "k").unwrap(), Some(first.clone()));
+            assert_eq!(keys.seen(2, "k").unwrap(), None, "scoped to its process");
+        });
+        scratch.apply();
+        scratch.group(|writing, applied| {
+            let mut keys = Idempotency::open(writing, applied);
+            assert_eq!(keys.seen(1, "k").unwrap(), Some(first.clone()));
+            keys.remove(1).unwrap();
+            assert_eq!(keys.seen(1, "k").unwrap(), None);
+        });
+    }
+}

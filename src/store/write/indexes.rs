@@ -253,3 +253,134 @@ impl<'a> Indexes<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::write::scratch::Scratch;
+
+    fn entries(scratch: &Scratch) -> Vec<String> {
+        scratch.read(|pending, applied| {
+            let mut out = Vec::new();
+            for row in pending.by_status(applied).range::<(u8, u64)>(..).unwrap() {
+                out.push(format!("status {:?}", row.unwrap().0.value()));
+            }
+            for row in pending
+                .by_type(applied)
+                .range::<(&str, u8, u64)>(..)
+                .unwrap()
+            {
+                out.push(format!("type {:?}", row.unwrap().0.value()));
+            }
+            for row in pending
+                .by_correlation_prefix(applied)
+                .range::<(&str, u64)>(..)
+                .unwrap()
+            {
+                let (key, rest) = row.unwrap();
+                out.push(format!("prefix {:?} {}", key.value(), rest.value()));
+            }
+            for row in pending.by_stalled(applied).range::<u64>(..).unwrap() {
+                out.push(format!("stalled {}", row.unwrap().0.value()));
+            }
+            for row in pending
+                .by_finished(applied)
+                .range::<(u8, i64, u64)>(..)
+                .unwrap()
+            {
+                out.push(format!("finished {:?}", row.unwrap().0.value()));
+            }
+            for row in pending
+                .by_attribute(applied)
+                .range::<(&str, &str, u64)>(..)
+                .unwrap()
+            {
+                out.push(format!("attribute {:?}", row.unwrap().0.value()));
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn entries_and_counts_follow_a_process_from_start_to_removal() {
+        let mut scratch = Scratch::new();
+        let mut counters = Counters::default();
+        let mut process = Process::new("p".into(), 10);
+        process.status = Status::Running;
+        process.process_type = Some("import".into());
+        process.correlation_id = Some("ab".into());
+        let finished = scratch.group(|writing, applied| {
+            Indexes::open(writing, applied)
+                .add(7, &process, &mut counters)
+                .unwrap()
+        });
+        assert!(!finished);
+        assert_eq!(
+            counters.processes_by_status[usize::from(Status::Running.code())],
+            1
+        );
+        let running = Status::Running.code();
+        assert_eq!(
+            entries(&scratch),
+            [
+                format!("status ({running}, 7)"),
+                format!("type (\"import\", {running}, 7)"),
+                "prefix (\"a\", 7) b".to_owned(),
+                "prefix (\"ab\", 7) ".to_owned(),
+            ]
+        );
+        // Stalled, then finished with another correlation id.
+        let before = IndexedFields::of(&process);
+        process.stalled_since = Some(20);
+        scratch.group(|writing, applied| {
+            Indexes::open(writing, applied)
+                .update(7, &before, &process, &mut counters)
+                .unwrap()
+        });
+        assert_eq!(counters.stalled, 1);
+        scratch.apply();
+        let before = IndexedFields::of(&process);
+        process.stalled_since = None;
+        process.status = Status::Failed;
+        process.finished_at = Some(30);
+        process.correlation_id = Some("c".into());
+        let finished = scratch.group(|writing, applied| {
+            let mut indexes = Indexes::open(writing, applied);
+            indexes
+                .update_attributes(7, &[], &[("team".into(), "a".into())])
+                .unwrap();
+            indexes.update(7, &before, &process, &mut counters).unwrap()
+        });
+        assert!(finished, "it has just ended");
+        assert_eq!(counters.stalled, 0);
+        assert_eq!(
+            counters.processes_by_status[usize::from(Status::Running.code())],
+            0
+        );
+        let failed = Status::Failed.code();
+        assert_eq!(
+            entries(&scratch),
+            [
+                format!("status ({failed}, 7)"),
+                format!("type (\"import\", {failed}, 7)"),
+                "prefix (\"c\", 7) ".to_owned(),
+                format!("finished ({failed}, 30, 7)"),
+                "attribute (\"team\", \"a\", 7)".to_owned(),
+            ]
+        );
+        let indexed = IndexedFields::of(&process);
+        scratch.group(|writing, applied| {
+            Indexes::open(writing, applied)
+                .remove(
+                    7,
+                    &indexed,
+                    (10, Some(30)),
+                    &[("team".into(), "a".into())],
+                    &mut counters,
+                )
+                .unwrap()
+        });
+        assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
+        assert_eq!(counters.processes_total(), 0);
+    }
+}

@@ -35,7 +35,7 @@ pub struct CachedProcess {
 
 /// A cached process's attributes: read only for an event that brings some
 /// (the others leave them alone), written only when one changed them.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attributes {
     /// Still in their record; `process.attributes` is empty.
     InStore,
@@ -288,4 +288,117 @@ pub fn indexed_values(
     keys.iter()
         .filter_map(|key| Some((key.clone(), attributes.get(key)?.clone())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::write::scratch::Scratch;
+
+    fn process(id: &str, attributes: &[(&str, &str)]) -> Process {
+        let mut process = Process::new(id.into(), 1_000);
+        process.attributes = attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        process
+    }
+
+    #[test]
+    fn a_process_is_written_once_a_write_back_with_its_attributes_apart() {
+        let mut scratch = Scratch::new();
+        let keys = vec!["team".to_owned()];
+        scratch.group(|writing, applied| {
+            let mut records = Records::open(writing, applied, keys.clone());
+            let mut cached = CachedProcess::new(process("p", &[("team", "a"), ("x", "1")]));
+            cached.changed = true;
+            cached.attributes = Attributes::Loaded { changed: true };
+            records.name("p", 0).unwrap();
+            records.put_back(0, cached);
+            let changed = records.write_back().unwrap();
+            assert_eq!(changed.len(), 1);
+            assert_eq!(
+                changed[0].cached.process.attributes.len(),
+                2,
+                "handed back whole"
+            );
+            // Written back, the process is read from the tables again.
+            assert!(records.write_back().unwrap().is_empty());
+        });
+        scratch.apply();
+        scratch.group(|writing, applied| {
+            let mut records = Records::open(writing, applied, keys.clone());
+            assert_eq!(records.ordinal_of("p").unwrap(), Some(0));
+            let stored = records.stored(0).unwrap().unwrap();
+            assert!(stored.attributes.is_empty(), "the record holds none");
+            let mut cached = records.take(0).unwrap();
+            assert_eq!(cached.attributes, Attributes::InStore);
+            records.load_attributes(0, &mut cached).unwrap();
+            assert_eq!(cached.process.attributes.len(), 2);
+            assert_eq!(cached.indexed_attributes, vec![("team".into(), "a".into())]);
+            records.put_back(0, cached);
+            // A change that leaves the attributes in their record (never
+            // loaded) does not write them: an empty map there is no
+            // removal.
+            let mut untouched = records.take(0).unwrap();
+            assert_eq!(untouched.attributes, Attributes::Loaded { changed: false });
+            untouched.attributes = Attributes::InStore;
+            untouched.process.attributes.clear();
+            untouched.changed = true;
+            records.put_back(0, untouched);
+            records.write_back().unwrap();
+        });
+        scratch.read(|pending, applied| {
+            let records = pending.records(applied);
+            let key = record_key(0, Kind::Process, PROCESS_ATTRIBUTES);
+            assert!(
+                records.get(key.as_slice()).unwrap().is_some(),
+                "attributes kept"
+            );
+        });
+    }
+
+    #[test]
+    fn tasks_are_found_by_id_and_a_removed_process_leaves_nothing() {
+        let mut scratch = Scratch::new();
+        scratch.group(|writing, applied| {
+            let mut records = Records::open(writing, applied, Vec::new());
+            let mut cached = CachedProcess::new(process("p", &[]));
+            let (ordinal, task, is_new) = records.task(0, &cached.process, "t", 5).unwrap();
+            assert_eq!((ordinal, is_new), (0, true));
+            records.name_task(0, "t", ordinal).unwrap();
+            records.put_task(0, ordinal, task);
+            cached.process.task_total = 1;
+            cached.changed = true;
+            records.name("p", 0).unwrap();
+            records.put_back(0, cached);
+            records.write_back().unwrap();
+            let process = records.stored(0).unwrap().unwrap();
+            let (again, task, is_new) = records.task(0, &process, "t", 9).unwrap();
+            assert_eq!((again, task.id.as_str(), is_new), (0, "t", false));
+            assert_eq!(
+                records.task(0, &process, "u", 9).unwrap().0,
+                1,
+                "the next ordinal"
+            );
+        });
+        scratch.apply();
+        scratch.group(|writing, applied| {
+            let mut records = Records::open(writing, applied, Vec::new());
+            let (ordinal, _) = records.remove("p").unwrap().unwrap();
+            assert_eq!(ordinal, 0);
+            assert!(records.remove("p").unwrap().is_none());
+            assert!(!records.exists(0).unwrap());
+        });
+        scratch.read(|pending, applied| {
+            let (start, end) = schema::process_range(0);
+            let left = pending
+                .records(applied)
+                .range(start.as_slice()..end.as_slice())
+                .unwrap()
+                .count();
+            assert_eq!(left, 0);
+            assert!(pending.process_ids(applied).get("p").unwrap().is_none());
+        });
+    }
 }
