@@ -233,20 +233,61 @@ fn mark_every(feed_keep: Millis) -> Millis {
     (feed_keep / 8).clamp(100, 60_000)
 }
 
-/// Processes a retention step that joins requests removes at most: few,
+/// Processes a retention step that joins requests removes at least: few,
 /// so that the group it joins grows by a fraction of a millisecond and a
 /// request that shares it hardly waits longer.
 const RETENTION_STEP: u32 = 4;
+
+/// And at most, however far behind retention is: removing a run costs
+/// about what making it did, so a step of this many holds a group up for
+/// a few milliseconds.
+const RETENTION_MAX_STEP: u32 = 256;
 
 /// Processes a retention step of its own (no request for
 /// `RETENTION_QUIET`) removes at most: a request that comes meanwhile
 /// waits for a few milliseconds at most.
 const RETENTION_IDLE_STEP: u32 = 64;
 
-/// While requests come, retention applies steps for at most a sixtieth of
-/// the writer's time: after a step, the next waits 59 times as long as
-/// the step took.
+/// While requests come and retention keeps up, it applies steps for at
+/// most a sixtieth of the writer's time: after a step, the next waits 59
+/// times as long as the step took.
 const RETENTION_PAUSE_FACTOR: u32 = 59;
+
+/// While it falls behind (a step found more due than it removed), it may
+/// take up to half the writer's time, in steps growing to
+/// `RETENTION_MAX_STEP`: removals keep pace with the runs that come due,
+/// and the store stops growing, at the price of ingest while it catches
+/// up.
+const RETENTION_BEHIND_PAUSE_FACTOR: u32 = 1;
+
+/// The pace of retention while requests come: how many processes a step
+/// removes, and how long the next waits for each unit of time one took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RetentionPace {
+    step: u32,
+    pause_factor: u32,
+}
+
+impl RetentionPace {
+    const KEEPING_UP: RetentionPace = RetentionPace {
+        step: RETENTION_STEP,
+        pause_factor: RETENTION_PAUSE_FACTOR,
+    };
+
+    /// The pace after a step that removed `deleted` of its `step`: faster
+    /// while it finds more due than it may remove, back to the slowest
+    /// once it does not.
+    fn after(self, deleted: u64) -> RetentionPace {
+        if deleted >= u64::from(self.step) {
+            RetentionPace {
+                step: (self.step * 2).min(RETENTION_MAX_STEP),
+                pause_factor: RETENTION_BEHIND_PAUSE_FACTOR,
+            }
+        } else {
+            RetentionPace::KEEPING_UP
+        }
+    }
+}
 
 /// How long without requests before retention makes groups of its own,
 /// unpaced: an idle daemon clears its backlog at full speed, and a request
@@ -479,6 +520,7 @@ impl<'a> Writer<'a> {
         let mut next_expiry = Some(now_millis());
         let mut last_look: Option<Instant> = None;
         let mut retention_not_before: Option<Instant> = None;
+        let mut pace = RetentionPace::KEEPING_UP;
         let mut last_requests: Option<Instant> = None;
         // When the feed was last marked with the time (`mark_every`).
         let mut last_mark: Option<Millis> = None;
@@ -534,7 +576,7 @@ impl<'a> Writer<'a> {
                     settings.feed_keep,
                     now,
                     if retention_joins {
-                        RETENTION_STEP
+                        pace.step
                     } else {
                         RETENTION_IDLE_STEP
                     },
@@ -574,9 +616,14 @@ impl<'a> Writer<'a> {
                 Ok(committed) => {
                     self.metrics.commit(weight, started.elapsed());
                     if retained {
-                        retention_not_before = Some(
-                            Instant::now() + committed.retention_time * RETENTION_PAUSE_FACTOR,
-                        );
+                        // The retention step is the group's last work.
+                        if let (true, Some(Answer::Purged(purged))) =
+                            (has_requests, committed.answers.last())
+                        {
+                            pace = pace.after(purged.deleted);
+                        }
+                        retention_not_before =
+                            Some(Instant::now() + committed.retention_time * pace.pause_factor);
                     }
                     next_due = committed.next_due;
                     if let Some(expiry) = committed.next_expiry {

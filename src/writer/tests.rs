@@ -226,6 +226,20 @@ fn readers_see_every_answered_group_across_apply_steps() {
     );
 }
 
+#[test]
+fn retention_speeds_up_while_it_falls_behind_and_slows_once_it_keeps_up() {
+    let mut pace = RetentionPace::KEEPING_UP;
+    let mut steps = Vec::new();
+    for _ in 0..8 {
+        pace = pace.after(u64::from(pace.step));
+        steps.push(pace.step);
+    }
+    assert_eq!(steps, [8, 16, 32, 64, 128, 256, 256, 256]);
+    assert_eq!(pace.pause_factor, RETENTION_BEHIND_PAUSE_FACTOR);
+    // A step that found fewer due than it could take: caught up.
+    assert_eq!(pace.after(3), RetentionPace::KEEPING_UP);
+}
+
 /// Timeout defaults for one process type.
 pub(super) fn import_timeouts() -> TimeoutDefaults {
     let mut timeouts = TimeoutDefaults::new();

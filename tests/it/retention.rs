@@ -249,3 +249,64 @@ fn with_ingest_and_retention_running_together_the_store_stops_growing() {
         "the store grew from {settled} to {largest} bytes: {sizes:?}"
     );
 }
+
+/// Under a steady load of short runs, each finishing a moment after it
+/// starts, retention of one second removes them about as fast as they
+/// finish: while the load runs most of what finished is gone already, and
+/// the store holds about a second's worth, not everything since the start.
+#[test]
+fn retention_keeps_pace_with_runs_that_finish_under_load() {
+    let (daemon, _config) = Daemon::with_config("[retention]\nsucceeded = \"1s\"\n");
+    let addr = daemon.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = Duration::from_secs(8);
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let client = Client::new(addr);
+                let mut finished = 0u64;
+                let mut run = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Twenty runs a request, each started and succeeded.
+                    let batch: Vec<Value> = (0..20)
+                        .flat_map(|_| {
+                            run += 1;
+                            let id = format!("short-{worker}-{run}");
+                            [
+                                event("process.started", &id),
+                                event("process.succeeded", &id),
+                            ]
+                        })
+                        .collect();
+                    let reply = client.post(&Value::Array(batch));
+                    assert_eq!(reply.status, 200, "{}", reply.text);
+                    finished += reply.json["accepted"].as_u64().unwrap() / 2;
+                }
+                finished
+            })
+        })
+        .collect();
+    std::thread::sleep(load);
+    let client = daemon.client();
+    let stats = client.get("/v1/stats").json;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let finished: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let left = stats["processes"]["succeeded"].as_u64().unwrap();
+    println!(
+        "{finished} runs finished in {} s, {left} still in the store as the load stopped",
+        load.as_secs()
+    );
+    assert!(finished > 1000, "the load ran: {finished} runs");
+    // Were retention paced as when it was a sixtieth of the writer's time,
+    // at a few hundred removals a second, most would still be there.
+    assert!(
+        left * 3 < finished,
+        "retention fell behind: {left} of {finished} finished runs left after {} s",
+        load.as_secs()
+    );
+    // And once the load stops, the rest go too.
+    until_stats(&client, "the last runs' removal", |stats| {
+        stats["processes"]["succeeded"] == 0
+    });
+}
