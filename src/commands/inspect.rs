@@ -113,6 +113,7 @@ pub fn run(args: &InspectArgs, data_dir: &Path, admin_token: Option<&str>) -> an
 fn summary(source: &Source, as_json: bool) -> anyhow::Result<()> {
     let snapshot = source.snapshot()?;
     let counters = snapshot.counters()?;
+    let store_id = snapshot.store_id()?;
     let (oldest, newest) = snapshot.oldest_and_newest()?;
     let file_bytes = std::fs::metadata(source.path())?.len();
     if as_json {
@@ -120,7 +121,7 @@ fn summary(source: &Source, as_json: bool) -> anyhow::Result<()> {
             p.as_ref()
                 .map(|p| json!({"id": p.id, "created_at": format_millis(p.created_at)}))
         };
-        let mut body = serde_json::to_value(StatsView(&counters, snapshot.stalled_count()?))?;
+        let mut body = serde_json::to_value(StatsView(&counters, &store_id))?;
         if let Value::Object(map) = &mut body {
             map.insert("path".into(), json!(source.path()));
             map.insert("schema_version".into(), json!(SCHEMA_VERSION));
@@ -132,6 +133,7 @@ fn summary(source: &Source, as_json: bool) -> anyhow::Result<()> {
     }
     let mut lines = vec![
         ("store", source.path().display().to_string()),
+        ("store id", store_id),
         ("schema version", SCHEMA_VERSION.to_string()),
         ("file size", output::bytes(file_bytes)),
         ("processes", counters.processes_total().to_string()),

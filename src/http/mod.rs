@@ -524,7 +524,7 @@ async fn metrics(state: &AppState, request: &Request<()>) -> Result<Response, Ap
             blocking(state, move |snapshots| {
                 let snapshot = snapshots.get()?;
                 let counters = snapshot.counters()?;
-                let processes_stalled = snapshot.stalled_count()?;
+                let processes_stalled = counters.stalled;
                 let path = snapshots.path();
                 Ok(StoreReading {
                     // Every process status, zeros included; `skipped` is a task's only.

@@ -228,10 +228,10 @@ pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
     blocking(state, |snapshots| {
         let snapshot = snapshots.get()?;
         let counters = snapshot.counters()?;
-        let stalled = snapshot.stalled_count()?;
+        let store_id = snapshot.store_id()?;
         Ok(json_response(
             StatusCode::OK,
-            &StatsView(&counters, stalled),
+            &StatsView(&counters, &store_id),
         ))
     })
     .await

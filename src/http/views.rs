@@ -402,7 +402,9 @@ pub fn write_feed_item(item: &FeedItem, out: &mut Vec<u8>) -> serde_json::Result
 }
 
 /// `GET /v1/stats`: the counters, and how many processes are stalled.
-pub struct StatsView<'a>(pub &'a Counters, pub u64);
+/// `GET /v1/stats`: the counters, the stalled count (in the counters), and
+/// the store's id.
+pub struct StatsView<'a>(pub &'a Counters, pub &'a str);
 
 impl Serialize for StatsView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -420,12 +422,13 @@ impl Serialize for StatsView<'_> {
                 map.end()
             }
         }
-        let mut map = serializer.serialize_map(Some(5))?;
+        let mut map = serializer.serialize_map(Some(6))?;
         map.serialize_entry("processes", &ByStatus(self.0))?;
-        map.serialize_entry("stalled", &self.1)?;
+        map.serialize_entry("stalled", &self.0.stalled)?;
         map.serialize_entry("processes_total", &self.0.processes_total())?;
         map.serialize_entry("events_total", &self.0.events_total)?;
         map.serialize_entry("last_seq", &self.0.last_seq)?;
+        map.serialize_entry("store_id", self.1)?;
         map.end()
     }
 }

@@ -574,11 +574,6 @@ impl Snapshot {
         super::schema::indexed_attributes(&self.meta())
     }
 
-    /// Processes stalled now.
-    pub fn stalled_count(&self) -> Result<u64, StoreError> {
-        Ok(self.counters()?.stalled)
-    }
-
     /// One read of the change feed after `query.after_seq`, in seq order.
     pub fn feed(&self, query: &FeedQuery) -> Result<FeedRead, StoreError> {
         let floor = super::schema::feed_floor(&self.meta())?;

@@ -768,3 +768,64 @@ fn a_backup_of_a_stopped_daemons_store_says_it_read_the_store_file() {
     assert_eq!(written["source"], "store file");
     assert_eq!(written["processes"], 1);
 }
+
+/// A store's id is made with it: the same after a restart, a backup
+/// restored elsewhere and a compaction; a new store gets another.
+#[test]
+fn a_store_keeps_its_id_through_backup_restore_and_compact_and_a_new_one_gets_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(dir.path());
+    let client = daemon.client();
+    assert_eq!(client.post(&event("process.started", "p")).status, 202);
+    let id = client.get("/v1/stats").json["store_id"]
+        .as_str()
+        .expect("a store id")
+        .to_owned();
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok_and(|uuid| uuid.get_version_num() == 4),
+        "{id}"
+    );
+    let backup = dir.path().join("backup.redb");
+    let backed_up = run(&[
+        "backup",
+        "--url",
+        &format!("http://{}", daemon.addr),
+        "--out",
+        path(&backup),
+    ]);
+    assert_eq!(backed_up.status.code(), Some(0), "{}", stderr(&backed_up));
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+
+    let data_dir = path(dir.path());
+    let shown = json_of(&run(&["inspect", "--data-dir", data_dir, "--json"]));
+    assert_eq!(shown["store_id"], id.as_str());
+    assert!(stdout(&run(&["inspect", "--data-dir", data_dir])).contains(&id));
+    let compacted = run(&["compact", "--data-dir", data_dir]);
+    assert_eq!(compacted.status.code(), Some(0), "{}", stderr(&compacted));
+    let restarted = Daemon::start_in(dir.path());
+    assert_eq!(
+        restarted.client().get("/v1/stats").json["store_id"],
+        id.as_str()
+    );
+    drop(restarted);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let restored = run(&[
+        "restore",
+        "--from",
+        path(&backup),
+        "--data-dir",
+        path(elsewhere.path()),
+    ]);
+    assert_eq!(restored.status.code(), Some(0), "{}", stderr(&restored));
+    let from_backup = Daemon::start_in(elsewhere.path());
+    assert_eq!(
+        from_backup.client().get("/v1/stats").json["store_id"],
+        id.as_str()
+    );
+
+    let fresh = Daemon::start();
+    let other = fresh.client().get("/v1/stats").json["store_id"].clone();
+    assert!(other.is_string() && other != id.as_str(), "{other}");
+}

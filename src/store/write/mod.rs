@@ -27,57 +27,6 @@ mod summaries;
 #[cfg(test)]
 mod tests;
 
-/// A store of empty tables in memory, and a layer over it, for a part to
-/// be tested alone: `run` hands a part's tables group by group.
-#[cfg(test)]
-pub(crate) mod scratch {
-    use crate::store::layers::{Applied, Pending, SharedLayer, Writing};
-
-    pub struct Scratch {
-        pub db: redb::Database,
-        pub layer: SharedLayer,
-        group: u64,
-    }
-
-    impl Scratch {
-        pub fn new() -> Scratch {
-            let db = redb::Database::builder()
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .unwrap();
-            let txn = db.begin_write().unwrap();
-            crate::store::schema::create_tables(&txn).unwrap();
-            txn.commit().unwrap();
-            Scratch {
-                db,
-                layer: SharedLayer::default(),
-                group: 0,
-            }
-        }
-
-        /// Runs `work` as the next group.
-        pub fn group<T>(&mut self, work: impl FnOnce(&Writing, &Applied) -> T) -> T {
-            self.group += 1;
-            let applied = Applied::begin(&self.db).unwrap();
-            let writing = Writing::new(None, self.layer.clone(), self.group);
-            work(&writing, &applied)
-        }
-
-        /// Reads what every group so far left.
-        pub fn read<T>(&self, work: impl FnOnce(&Pending, &Applied) -> T) -> T {
-            let applied = Applied::begin(&self.db).unwrap();
-            let pending = Pending::new(None, self.layer.clone(), self.group);
-            work(&pending, &applied)
-        }
-
-        /// Applies the layer to the store file and starts a new one.
-        pub fn apply(&mut self) {
-            let layer = std::mem::take(&mut self.layer);
-            let set = layer.read().unwrap();
-            crate::store::durability::apply_step(&self.db, &[&set], self.group, false).unwrap();
-        }
-    }
-}
-
 pub use records::indexed_values;
 
 use crate::codec;
@@ -678,5 +627,56 @@ impl<'a> WriteBatch<'a> {
     /// something.
     pub fn next_feed_trim(&self, keep: Millis) -> Result<Option<Millis>, StoreError> {
         self.feed.next_trim(keep)
+    }
+}
+
+/// A store of empty tables in memory, and a layer over it, for a part to
+/// be tested alone: `run` hands a part's tables group by group.
+#[cfg(test)]
+pub(crate) mod scratch {
+    use crate::store::layers::{Applied, Pending, SharedLayer, Writing};
+
+    pub struct Scratch {
+        pub db: redb::Database,
+        pub layer: SharedLayer,
+        group: u64,
+    }
+
+    impl Scratch {
+        pub fn new() -> Scratch {
+            let db = redb::Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .unwrap();
+            let txn = db.begin_write().unwrap();
+            crate::store::schema::create_tables(&txn).unwrap();
+            txn.commit().unwrap();
+            Scratch {
+                db,
+                layer: SharedLayer::default(),
+                group: 0,
+            }
+        }
+
+        /// Runs `work` as the next group.
+        pub fn group<T>(&mut self, work: impl FnOnce(&Writing, &Applied) -> T) -> T {
+            self.group += 1;
+            let applied = Applied::begin(&self.db).unwrap();
+            let writing = Writing::new(None, self.layer.clone(), self.group);
+            work(&writing, &applied)
+        }
+
+        /// Reads what every group so far left.
+        pub fn read<T>(&self, work: impl FnOnce(&Pending, &Applied) -> T) -> T {
+            let applied = Applied::begin(&self.db).unwrap();
+            let pending = Pending::new(None, self.layer.clone(), self.group);
+            work(&pending, &applied)
+        }
+
+        /// Applies the layer to the store file and starts a new one.
+        pub fn apply(&mut self) {
+            let layer = std::mem::take(&mut self.layer);
+            let set = layer.read().unwrap();
+            crate::store::durability::apply_step(&self.db, &[&set], self.group, false).unwrap();
+        }
     }
 }
