@@ -131,6 +131,10 @@ pub struct BackupArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Print no progress, only the result (progress goes to stderr: a bar
+    /// on a terminal, a log line every few seconds otherwise)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +154,10 @@ pub struct RestoreArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Print no progress, only the result (progress goes to stderr: a bar
+    /// on a terminal, a log line every few seconds otherwise)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +213,10 @@ pub struct CompactArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Print no progress, only the result (progress goes to stderr: a bar
+    /// on a terminal, a log line every few seconds otherwise)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +232,10 @@ pub struct InspectArgs {
     /// Print JSON with the API's field names instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Print no progress of `verify`, only the result
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
 
     #[command(subcommand)]
     pub what: Option<InspectWhat>,

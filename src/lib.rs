@@ -33,5 +33,6 @@ pub mod http;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod progress;
 pub mod store;
 pub mod writer;

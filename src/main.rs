@@ -22,7 +22,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // Stopped by Ctrl-C (or SIGTERM): the status a shell gives a
+            // command killed by SIGINT.
+            let interrupted = error.chain().any(|cause| {
+                cause.is::<processmanager::progress::Interrupted>()
+                    || matches!(
+                        cause.downcast_ref::<processmanager::store::StoreError>(),
+                        Some(processmanager::store::StoreError::Interrupted)
+                    )
+            });
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

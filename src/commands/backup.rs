@@ -3,6 +3,7 @@
 
 use super::output;
 use crate::cli::BackupArgs;
+use crate::progress::{Progress, Show, Unit};
 use crate::store::{self, backup, read::Snapshot, StoreError};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -26,6 +27,8 @@ struct Written {
 /// `admin_token` is the configured one, for a daemon reached on the
 /// user's behalf; `--token` comes first.
 pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> anyhow::Result<()> {
+    let show = Show::for_command(args.quiet);
+    crate::progress::watch_interrupts();
     if args.out.exists() && !args.force {
         bail!(
             "{} already exists; pass --force to replace it",
@@ -53,12 +56,15 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
 
     let source = match &args.url {
         Some(url) => {
-            download(url, args.token.as_deref(), &temp)?;
+            download(url, args.token.as_deref(), &temp, show)?;
             format!("daemon {url}")
         }
         None => match store::open_read_only(&store::store_path(data_dir), 16 << 20) {
             Ok(db) => {
-                backup::write_snapshot(&store::read::Snapshot::begin(&db)?, &temp)?;
+                let progress = Progress::new("backup: copying records", Unit::Records, 0, show);
+                backup::write_snapshot(&Snapshot::begin(&db)?, &temp, &progress)
+                    .map_err(interrupted)?;
+                progress.finish();
                 "store file".to_owned()
             }
             // A live daemon holds its store alone: it takes the backup.
@@ -67,6 +73,7 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
                     data_dir,
                     args.token.as_deref().or(admin_token),
                     &temp,
+                    show,
                 )?;
                 format!(
                     "daemon {url} (it holds the store in {})",
@@ -126,9 +133,23 @@ pub fn run(args: &BackupArgs, data_dir: &Path, admin_token: Option<&str>) -> any
     ])
 }
 
+/// Why a backup stopped short, said so: nothing was written.
+fn interrupted(error: StoreError) -> anyhow::Error {
+    match error {
+        StoreError::Interrupted => anyhow::Error::new(crate::progress::Interrupted)
+            .context("interrupted: no backup was written (the partial copy was removed)"),
+        other => other.into(),
+    }
+}
+
 /// Streams `GET {url}/v1/admin/backup` into `path`, checking the digest the
-/// daemon announces.
-pub(super) fn download(url: &str, token: Option<&str>, path: &Path) -> anyhow::Result<()> {
+/// daemon announces; shows how much of the answer's length has come.
+pub(super) fn download(
+    url: &str,
+    token: Option<&str>,
+    path: &Path,
+    show: Show,
+) -> anyhow::Result<()> {
     if !url.starts_with("http://") {
         bail!("--url must start with http:// (the daemon serves plain HTTP, e.g. http://127.0.0.1:8080)");
     }
@@ -141,9 +162,17 @@ pub(super) fn download(url: &str, token: Option<&str>, path: &Path) -> anyhow::R
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let mut response = request
-        .call()
+    // The daemon copies its store before the first byte comes.
+    let waiting = Progress::new(
+        "backup: the daemon takes its snapshot",
+        Unit::Bytes,
+        0,
+        show,
+    );
+    let mut response = waiting
+        .while_waiting(|| request.call())
         .with_context(|| format!("cannot reach the daemon at {url}"))?;
+    waiting.finish();
     let status = response.status().as_u16();
     if status != 200 {
         let text = response.body_mut().read_to_string().unwrap_or_default();
@@ -162,19 +191,32 @@ pub(super) fn download(url: &str, token: Option<&str>, path: &Path) -> anyhow::R
         .get("x-backup-sha256")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let length = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let progress = Progress::new("backup: receiving", Unit::Bytes, length, show);
     let mut body = response.into_body().into_reader();
     let mut file = std::fs::File::create(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
+        if crate::progress::interrupted() {
+            return Err(anyhow::Error::new(crate::progress::Interrupted)
+                .context("interrupted: no backup was written (the partial download was removed)"));
+        }
         let read = body.read(&mut buffer).context("the download was cut off")?;
         if read == 0 {
             break;
         }
         hasher.update(&buffer[..read]);
         file.write_all(&buffer[..read])?;
+        progress.add(read as u64);
     }
     file.sync_all()?;
+    progress.finish();
     let got = backup::hex(&hasher.finalize());
     if let Some(announced) = announced {
         if announced != got {

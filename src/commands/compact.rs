@@ -4,6 +4,7 @@ use super::output;
 use crate::cli::CompactArgs;
 use crate::domain::{parse_timestamp, Millis};
 use crate::http::views::format_millis;
+use crate::progress::{Progress, Show, Unit};
 use crate::store::{self, maintenance, read::Snapshot, StoreError};
 use crate::writer::now_millis;
 use anyhow::{bail, Context};
@@ -23,6 +24,8 @@ pub fn parse_cut(text: &str, now: Millis) -> anyhow::Result<Millis> {
 }
 
 pub fn run(args: &CompactArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let show = Show::for_command(args.quiet);
+    crate::progress::watch_interrupts();
     let path = store::store_path(data_dir);
     if !path.is_file() {
         bail!(
@@ -47,19 +50,37 @@ pub fn run(args: &CompactArgs, data_dir: &Path) -> anyhow::Result<()> {
     let purged = match cut {
         Some(cut) => {
             let ids = maintenance::finished_before(&Snapshot::begin(&db)?, cut)?;
-            maintenance::delete_processes(&db, &ids)?
+            let progress = Progress::new("compact: purging processes", Unit::Records, 0, show);
+            let purged = maintenance::delete_processes(&db, &ids, &progress).map_err(|error| {
+                match error {
+                    // Each thousand went whole, in a durable step of its own.
+                    StoreError::Interrupted => anyhow::Error::new(crate::progress::Interrupted)
+                        .context("interrupted while purging: what was removed is removed in whole steps, the rest is as it was; the file was not compacted"),
+                    other => other.into(),
+                }
+            })?;
+            progress.finish();
+            purged
         }
         None => 0,
     };
     // Each pass moves pages towards the start; stop when nothing moves.
+    let passes = Progress::new("compact: compacting the file", Unit::Passes, 0, show);
     for _ in 0..16 {
-        if !db
-            .compact()
-            .context("compaction failed; the store is unchanged beyond the purge")?
-        {
+        if crate::progress::interrupted() {
+            return Err(anyhow::Error::new(crate::progress::Interrupted).context(
+                "interrupted between compaction passes: the store is whole, and as compact as the passes done made it",
+            ));
+        }
+        let moved = passes
+            .while_waiting(|| db.compact())
+            .context("compaction failed; the store is unchanged beyond the purge")?;
+        passes.add(1);
+        if !moved {
             break;
         }
     }
+    passes.finish();
     db.close()?;
     let size_after = std::fs::metadata(&path)?.len();
 

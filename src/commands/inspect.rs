@@ -4,6 +4,7 @@ use super::output;
 use crate::cli::{InspectArgs, InspectWhat};
 use crate::domain::{Millis, Status};
 use crate::http::views::{format_millis, HistoryView, ProcessView, StatsView};
+use crate::progress::{Progress, Show, Unit};
 use crate::store::backup::{self, CheckedCopy};
 use crate::store::read::{ListQuery, Snapshot};
 use crate::store::schema::SCHEMA_VERSION;
@@ -25,10 +26,11 @@ impl Source {
         args: &InspectArgs,
         data_dir: &Path,
         admin_token: Option<&str>,
+        show: Show,
     ) -> anyhow::Result<Source> {
         Ok(match &args.file {
             Some(file) => Source::File {
-                copy: backup::open_checked_copy(file, &std::env::temp_dir())?,
+                copy: checked_copy(file, &std::env::temp_dir(), show)?,
                 path: file.clone(),
             },
             None => {
@@ -42,9 +44,9 @@ impl Source {
                             .prefix(".processmanager-inspect-")
                             .tempfile()?
                             .into_temp_path();
-                        super::backup_from_daemon(data_dir, admin_token, &taken)?;
+                        super::backup_from_daemon(data_dir, admin_token, &taken, show)?;
                         Source::File {
-                            copy: backup::open_checked_copy(&taken, &std::env::temp_dir())?,
+                            copy: checked_copy(&taken, &std::env::temp_dir(), show)?,
                             path,
                         }
                     }
@@ -68,13 +70,31 @@ impl Source {
     }
 }
 
+/// `file` copied beside `near` and checked, showing how far.
+fn checked_copy(file: &Path, near: &Path, show: Show) -> Result<CheckedCopy, StoreError> {
+    backup::open_checked_copy(
+        file,
+        near,
+        (
+            &Progress::new("copying the store", Unit::Bytes, 0, show),
+            &Progress::new("checking its pages", Unit::Bytes, 0, show),
+        ),
+    )
+}
+
 fn time(millis: Option<Millis>) -> String {
     millis.map(format_millis).unwrap_or_else(|| "-".into())
 }
 
 /// `admin_token` reaches a live daemon, which alone reads its store.
 pub fn run(args: &InspectArgs, data_dir: &Path, admin_token: Option<&str>) -> anyhow::Result<()> {
-    let source = Source::open(args, data_dir, admin_token)?;
+    // Only `verify` shows how far it has got: the rest are quick reads.
+    let show = match args.what {
+        Some(InspectWhat::Verify) => Show::for_command(args.quiet),
+        _ => Show::Quiet,
+    };
+    crate::progress::watch_interrupts();
+    let source = Source::open(args, data_dir, admin_token, show)?;
     match &args.what {
         None => summary(&source, args.json),
         Some(InspectWhat::Process { id }) => process(&source, id, args.json),
@@ -106,7 +126,7 @@ pub fn run(args: &InspectArgs, data_dir: &Path, admin_token: Option<&str>) -> an
             (since, until.as_deref()),
             args.json,
         ),
-        Some(InspectWhat::Verify) => verify(&source, args.json),
+        Some(InspectWhat::Verify) => verify(&source, args.json, show),
     }
 }
 
@@ -364,7 +384,7 @@ fn durations(
     )
 }
 
-fn verify(source: &Source, as_json: bool) -> anyhow::Result<()> {
+fn verify(source: &Source, as_json: bool, show: Show) -> anyhow::Result<()> {
     // Page checksums: a checked copy of a file was verified when opened; a
     // store no daemon holds is copied and checked now; a live store can only
     // be checked record by record.
@@ -372,7 +392,7 @@ fn verify(source: &Source, as_json: bool) -> anyhow::Result<()> {
         Source::File { .. } => Some(true),
         Source::Store { path, .. } if !store::held_by_writer(path) => {
             let near = path.parent().unwrap_or(Path::new("."));
-            match backup::open_checked_copy(path, near) {
+            match checked_copy(path, near, show) {
                 Ok(_) => Some(true),
                 Err(error) => {
                     let report = json!({"sound": false, "pages_checked": true, "problems": [error.to_string()]});
@@ -385,7 +405,9 @@ fn verify(source: &Source, as_json: bool) -> anyhow::Result<()> {
         }
         Source::Store { .. } => None,
     };
-    let report = maintenance::verify(&source.snapshot()?)?;
+    let progress = Progress::new("verifying records", Unit::Records, 0, show);
+    let report = maintenance::verify(&source.snapshot()?, &progress)?;
+    progress.finish();
     if as_json {
         output::json(&json!({
             "sound": report.is_sound(),

@@ -45,7 +45,12 @@ pub fn daemon_url_file(data_dir: &Path) -> PathBuf {
 /// The store is held by a live daemon, which alone may read it: a backup
 /// of it, taken through the daemon's admin API, into `path`.
 /// Returns the daemon's address.
-fn backup_from_daemon(data_dir: &Path, token: Option<&str>, path: &Path) -> anyhow::Result<String> {
+fn backup_from_daemon(
+    data_dir: &Path,
+    token: Option<&str>,
+    path: &Path,
+    show: crate::progress::Show,
+) -> anyhow::Result<String> {
     let file = daemon_url_file(data_dir);
     let url = std::fs::read_to_string(&file).with_context(|| {
         format!(
@@ -54,6 +59,6 @@ fn backup_from_daemon(data_dir: &Path, token: Option<&str>, path: &Path) -> anyh
             file.display()
         )
     })?;
-    backup::download(url.trim(), token, path)?;
+    backup::download(url.trim(), token, path, show)?;
     Ok(url.trim().to_owned())
 }

@@ -3,11 +3,14 @@
 
 use super::output;
 use crate::cli::RestoreArgs;
+use crate::progress::{Progress, Show, Unit};
 use crate::store::{self, backup, maintenance, read::Snapshot, StoreError};
 use anyhow::{bail, Context};
 use serde_json::json;
 
 pub fn run(args: &RestoreArgs) -> anyhow::Result<()> {
+    let show = Show::for_command(args.quiet);
+    crate::progress::watch_interrupts();
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -39,7 +42,17 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         None
     };
 
-    let checked = backup::open_checked_copy(&args.from, dir).map_err(|error| match error {
+    let checked = backup::open_checked_copy(
+        &args.from,
+        dir,
+        (
+            &Progress::new("restore: copying the backup", Unit::Bytes, 0, show),
+            &Progress::new("restore: checking its pages", Unit::Bytes, 0, show),
+        ),
+    )
+    .map_err(|error| match error {
+        StoreError::Interrupted => anyhow::Error::new(crate::progress::Interrupted)
+            .context("interrupted: nothing was changed (the partial copy was removed)"),
         StoreError::Damaged { .. }
         | StoreError::NotAStore { .. }
         | StoreError::SchemaMismatch { .. }
@@ -53,7 +66,14 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     })?;
     let (report, counters) = {
         let snapshot = Snapshot::begin(&checked.db)?;
-        (maintenance::verify(&snapshot)?, snapshot.counters()?)
+        let progress = Progress::new("restore: verifying records", Unit::Records, 0, show);
+        let report = maintenance::verify(&snapshot, &progress).map_err(|error| match error {
+            StoreError::Interrupted => anyhow::Error::new(crate::progress::Interrupted)
+                .context("interrupted: nothing was changed"),
+            other => other.into(),
+        })?;
+        progress.finish();
+        (report, snapshot.counters()?)
     };
     if !report.is_sound() {
         bail!(

@@ -2,6 +2,7 @@
 
 use super::problem::ApiError;
 use super::{blocking, AppState, Response};
+use crate::progress::Progress;
 use crate::store::backup;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
@@ -22,7 +23,7 @@ pub async fn backup(state: &AppState) -> Result<Response, ApiError> {
             .tempfile_in(&data_dir)
             .map_err(io)?
             .into_temp_path();
-        let counters = backup::write_snapshot(&*snapshots.get()?, &temp)?;
+        let counters = backup::write_snapshot(&*snapshots.get()?, &temp, &Progress::hidden())?;
         let sha256 = backup::sha256_file(&temp).map_err(io)?;
         let length = std::fs::metadata(&temp).map_err(io)?.len();
         Ok((temp, counters, sha256, length))

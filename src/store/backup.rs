@@ -11,6 +11,7 @@ use super::schema::{
     EVENTS, FEED, FEED_MARKS, META, PROCESS_IDS, RECORDS,
 };
 use super::{read::Snapshot, StoreError};
+use crate::progress::Progress;
 use redb::{Builder, Database, Durability, Key, TableDefinition, Value};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -26,18 +27,23 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     source: &Merged<'_, K, V>,
     target: &Database,
     definition: TableDefinition<K, V>,
+    progress: &Progress,
 ) -> Result<(), StoreError> {
     let mut entries = source.range::<K::SelfType<'_>>(..)?.peekable();
     loop {
+        crate::progress::check()?;
         let mut txn = target.begin_write()?;
         // Only the last commit needs to be durable; it makes all before it so.
         txn.set_durability(Durability::None)?;
         {
             let mut out = txn.open_table(definition)?;
-            for _ in 0..COPY_CHUNK {
+            for copied in 1..=COPY_CHUNK {
                 let Some(entry) = entries.next() else { break };
                 let (key, value) = entry?;
                 out.insert(key.value(), value.value())?;
+                if copied.is_multiple_of(4096) {
+                    progress.add(4096);
+                }
             }
         }
         txn.commit()?;
@@ -50,8 +56,14 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
 /// Writes the store as `snapshot` sees it (the store file under whatever
 /// is pending, as of one acknowledged group) into a new store file at
 /// `path`, durably, and returns the counters it holds. `path` must not
-/// exist or be empty.
-pub fn write_snapshot(snapshot: &Snapshot, path: &Path) -> Result<Counters, StoreError> {
+/// exist or be empty. Counts the entries it copies on `progress` (of
+/// those the store file holds: a daemon's pending ones come on top).
+pub fn write_snapshot(
+    snapshot: &Snapshot,
+    path: &Path,
+    progress: &Progress,
+) -> Result<Counters, StoreError> {
+    progress.set_total(file_entries(snapshot)?);
     // Everything below reads this one snapshot: the copy is the store as
     // of one group, whatever the writer does meanwhile.
     let counters = snapshot.counters()?;
@@ -61,30 +73,57 @@ pub fn write_snapshot(snapshot: &Snapshot, path: &Path) -> Result<Counters, Stor
         schema::create_tables(&txn)?;
         txn.commit()?;
     }
-    copy_table(&snapshot.meta(), &target, META)?;
-    copy_table(&snapshot.process_ids(), &target, PROCESS_IDS)?;
-    copy_table(&snapshot.records(), &target, RECORDS)?;
-    copy_table(&snapshot.events(), &target, EVENTS)?;
-    copy_table(&snapshot.by_created(), &target, BY_CREATED)?;
-    copy_table(&snapshot.by_status(), &target, BY_STATUS)?;
-    copy_table(&snapshot.by_type(), &target, BY_TYPE)?;
-    copy_table(&snapshot.by_correlation(), &target, BY_CORRELATION)?;
-    copy_table(&snapshot.feed_entries(), &target, FEED)?;
-    copy_table(&snapshot.due(), &target, DUE)?;
-    copy_table(&snapshot.by_stalled(), &target, BY_STALLED)?;
-    copy_table(&snapshot.by_finished(), &target, BY_FINISHED)?;
-    copy_table(&snapshot.feed_marks(), &target, FEED_MARKS)?;
+    copy_table(&snapshot.meta(), &target, META, progress)?;
+    copy_table(&snapshot.process_ids(), &target, PROCESS_IDS, progress)?;
+    copy_table(&snapshot.records(), &target, RECORDS, progress)?;
+    copy_table(&snapshot.events(), &target, EVENTS, progress)?;
+    copy_table(&snapshot.by_created(), &target, BY_CREATED, progress)?;
+    copy_table(&snapshot.by_status(), &target, BY_STATUS, progress)?;
+    copy_table(&snapshot.by_type(), &target, BY_TYPE, progress)?;
+    copy_table(
+        &snapshot.by_correlation(),
+        &target,
+        BY_CORRELATION,
+        progress,
+    )?;
+    copy_table(&snapshot.feed_entries(), &target, FEED, progress)?;
+    copy_table(&snapshot.due(), &target, DUE, progress)?;
+    copy_table(&snapshot.by_stalled(), &target, BY_STALLED, progress)?;
+    copy_table(&snapshot.by_finished(), &target, BY_FINISHED, progress)?;
+    copy_table(&snapshot.feed_marks(), &target, FEED_MARKS, progress)?;
     copy_table(
         &snapshot.by_correlation_prefix(),
         &target,
         schema::BY_CORRELATION_PREFIX,
+        progress,
     )?;
-    copy_table(&snapshot.by_attribute(), &target, schema::BY_ATTRIBUTE)?;
-    copy_table(&snapshot.duration_summaries(), &target, schema::DURATIONS)?;
+    copy_table(
+        &snapshot.by_attribute(),
+        &target,
+        schema::BY_ATTRIBUTE,
+        progress,
+    )?;
+    copy_table(
+        &snapshot.duration_summaries(),
+        &target,
+        schema::DURATIONS,
+        progress,
+    )?;
     // A final durable commit makes every chunk before it durable.
     target.begin_write()?.commit()?;
     target.close()?;
     Ok(counters)
+}
+
+/// The entries of every table of the store file behind `snapshot`.
+fn file_entries(snapshot: &Snapshot) -> Result<u64, StoreError> {
+    use redb::ReadableTableMetadata;
+    let txn = snapshot.file_transaction();
+    let mut total = 0;
+    for table in txn.list_tables()? {
+        total += txn.open_untyped_table(table)?.len()?;
+    }
+    Ok(total)
 }
 
 /// SHA-256 of a file, as lowercase hex.
@@ -131,8 +170,13 @@ pub struct CheckedCopy {
 }
 
 /// Copies `file` into a temporary directory beside `near` and opens the
-/// copy with a full integrity check.
-pub fn open_checked_copy(file: &Path, near: &Path) -> Result<CheckedCopy, StoreError> {
+/// copy with a full integrity check, counting the bytes it copies on
+/// `copying` and waiting on `checking`.
+pub fn open_checked_copy(
+    file: &Path,
+    near: &Path,
+    (copying, checking): (&Progress, &Progress),
+) -> Result<CheckedCopy, StoreError> {
     if !file.is_file() {
         return Err(StoreError::Missing {
             path: file.to_owned(),
@@ -143,21 +187,47 @@ pub fn open_checked_copy(file: &Path, near: &Path) -> Result<CheckedCopy, StoreE
         .tempdir_in(near)
         .map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
     let path = dir.path().join(super::STORE_FILE);
-    std::fs::copy(file, &path).map_err(|error| StoreError::Redb(redb::Error::Io(error)))?;
-    let db = Builder::new()
-        .set_cache_size(16 << 20)
-        .set_check_integrity_on_open(true)
-        .open(&path)
+    copy_file(file, &path, copying)?;
+    copying.finish();
+    let db = checking
+        .while_waiting(|| {
+            Builder::new()
+                .set_cache_size(16 << 20)
+                .set_check_integrity_on_open(true)
+                .open(&path)
+        })
         .map_err(|error| StoreError::Damaged {
             path: file.to_owned(),
             detail: error.to_string(),
         })?;
+    checking.finish();
     super::check_schema(file, &db)?;
     Ok(CheckedCopy {
         db,
         _dir: dir,
         path,
     })
+}
+
+/// Copies `from` to `to`, counting the bytes on `progress`, and stops
+/// when asked to (the caller removes what was copied).
+fn copy_file(from: &Path, to: &Path, progress: &Progress) -> Result<(), StoreError> {
+    use std::io::Write;
+    let io = |error: std::io::Error| StoreError::Redb(redb::Error::Io(error));
+    let mut source = File::open(from).map_err(io)?;
+    progress.set_total(source.metadata().map_err(io)?.len());
+    let mut target = File::create(to).map_err(io)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        crate::progress::check()?;
+        let read = source.read(&mut buffer).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        target.write_all(&buffer[..read]).map_err(io)?;
+        progress.add(read as u64);
+    }
+    target.sync_all().map_err(io)
 }
 
 impl CheckedCopy {

@@ -23,6 +23,9 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("the store is being reopened after an I/O error")]
     Reopening,
+    /// Asked to stop (Ctrl-C) before the work was done.
+    #[error("interrupted")]
+    Interrupted,
     #[error("the stored {what} is damaged: {source}; run `processmanager inspect verify` and restore from a backup")]
     Corrupt {
         what: String,
@@ -30,6 +33,12 @@ pub enum StoreError {
     },
     #[error("storage error: {0}")]
     Redb(#[from] redb::Error),
+}
+
+impl From<crate::progress::Interrupted> for StoreError {
+    fn from(_: crate::progress::Interrupted) -> Self {
+        StoreError::Interrupted
+    }
 }
 
 macro_rules! redb_error_into_store_error {

@@ -10,6 +10,7 @@ use super::schema::{
     self, decode_or_corrupt, history_seq, Counters, DedupRecord, HistoryRecord, Kind,
     BY_CORRELATION, BY_CREATED, BY_FINISHED, BY_STATUS, BY_TYPE, EVENTS, PROCESS_IDS, RECORDS,
 };
+use crate::progress::Progress;
 
 use super::StoreError;
 use crate::domain::{Millis, Process, Status, Task, TaskCounts};
@@ -68,8 +69,9 @@ struct Totals {
     max_ordinal: Option<u64>,
 }
 
-/// Checks that every record decodes and that records, indexes and counters agree.
-pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
+/// Checks that every record decodes and that records, indexes and counters
+/// agree, counting the records it reads on `progress`.
+pub fn verify(snapshot: &Snapshot, progress: &Progress) -> Result<VerifyReport, StoreError> {
     let txn = snapshot.file_transaction();
     let mut report = VerifyReport::default();
     let counters = match snapshot.counters() {
@@ -104,6 +106,7 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         max_ordinal: None,
     };
 
+    progress.set_total(records.len()? + events.len()?);
     let mut current: Option<(u64, Gathered)> = None;
     let mut records = records.iter()?.peekable();
     let mut events = events.iter()?.peekable();
@@ -126,6 +129,10 @@ pub fn verify(snapshot: &Snapshot) -> Result<VerifyReport, StoreError> {
         let (key, value) = entry?;
         let (key, value) = (key.value(), value.value());
         report.records += 1;
+        if report.records.is_multiple_of(4096) {
+            progress.add(4096);
+            crate::progress::check()?;
+        }
         let Some((ordinal, kind, sub_key)) = split_key(key) else {
             report.problem(format!(
                 "a record key of {} bytes has no valid kind",
@@ -559,9 +566,15 @@ pub fn finished_before(snapshot: &Snapshot, cut: Millis) -> Result<Vec<String>, 
 /// Nothing of an offline removal enters the change feed: the feed floor
 /// rises to the last seq, so that a consumer resuming from before it is
 /// told (410) to start over rather than miss the removals.
-pub fn delete_processes(db: &Database, ids: &[String]) -> Result<u64, StoreError> {
+pub fn delete_processes(
+    db: &Database,
+    ids: &[String],
+    progress: &Progress,
+) -> Result<u64, StoreError> {
+    progress.set_total(ids.len() as u64);
     let mut deleted = 0;
-    for chunk in ids.chunks(5_000) {
+    for chunk in ids.chunks(1_000) {
+        crate::progress::check()?;
         deleted += super::write::offline(db, |batch| {
             let mut removed = 0;
             for id in chunk {
@@ -571,6 +584,7 @@ pub fn delete_processes(db: &Database, ids: &[String]) -> Result<u64, StoreError
             }
             Ok(removed)
         })?;
+        progress.add(chunk.len() as u64);
     }
     Ok(deleted)
 }

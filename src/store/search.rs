@@ -15,6 +15,7 @@ use super::schema::{
 };
 use super::StoreError;
 use crate::codec;
+use crate::progress::{Progress, Show, Unit};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -132,10 +133,11 @@ fn add_keys(db: &Database, keys: &[String]) -> Result<u64, StoreError> {
         "indexing attribute keys newly named in index.attributes; readyz answers 503 until done"
     );
     let started = std::time::Instant::now();
+    let progress = Progress::new("indexing attributes", Unit::Records, total, Show::Log);
     let mut after: Option<(i64, u64)> = None;
     let mut read: u64 = 0;
-    let mut logged = std::time::Instant::now();
     loop {
+        let read_before = read;
         let txn = db.begin_write()?;
         let mut last = None;
         {
@@ -162,15 +164,9 @@ fn add_keys(db: &Database, keys: &[String]) -> Result<u64, StoreError> {
             Some(last) => after = Some(last),
             None => break,
         }
-        if logged.elapsed() >= std::time::Duration::from_secs(2) {
-            tracing::info!(
-                read,
-                total,
-                "indexing attributes: {read} of {total} processes"
-            );
-            logged = std::time::Instant::now();
-        }
+        progress.add(read - read_before);
     }
+    progress.finish();
     tracing::info!(
         read,
         seconds = started.elapsed().as_secs_f64(),

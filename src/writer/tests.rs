@@ -99,6 +99,7 @@ fn power_lost_at_any_write_or_sync_loses_no_answered_group() {
         }
         let report = crate::store::maintenance::verify(
             &Snapshot::begin(&*snapshots.database().unwrap()).unwrap(),
+            &crate::progress::Progress::hidden(),
         )
         .unwrap();
         assert!(report.is_sound(), "cycle {cycle}: {:?}", report.problems);

@@ -17,6 +17,7 @@ mod operating;
 #[path = "../postgres/mod.rs"]
 mod pg_server;
 mod power_loss;
+mod progress;
 mod property;
 mod queries;
 mod reliability;

@@ -43,6 +43,7 @@ use super::schema::{self, Counters, META, META_LOGGED_GROUP};
 use super::write::{load_counters, WriteBatch};
 use super::StoreError;
 use crate::codec;
+use crate::progress::{Progress, Show, Unit};
 use redb::{Database, ReadableDatabase};
 use std::io;
 use std::path::Path;
@@ -117,13 +118,21 @@ impl Durability {
         let mut number = durable;
         if let Some(last) = groups.last().map(|group| group.number) {
             let layer = SharedLayer::default();
+            let progress = Progress::new(
+                "replaying the write logs",
+                Unit::Groups,
+                groups.len() as u64,
+                Show::Log,
+            );
             for group in &groups {
                 tracing::debug!(number = group.number, "replaying a logged group");
                 let writing = Writing::new(None, layer.clone(), group.number);
                 let mut batch = WriteBatch::open(&writing, &applied, counters)?;
                 replay(&mut batch, group)?;
                 counters = batch.finish()?;
+                progress.add(1);
             }
+            progress.finish();
             drop(applied);
             apply_step(
                 db,

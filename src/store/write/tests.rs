@@ -70,7 +70,7 @@ fn apply_steps(groups: &[&[Step]], commits: Commits) -> (tempfile::TempDir, Data
 /// and history, and the list pages that each index answers.
 fn visible_state(db: &Database, ids: &[&str]) -> String {
     let snapshot = Snapshot::begin(db).unwrap();
-    let report = maintenance::verify(&snapshot).unwrap();
+    let report = maintenance::verify(&snapshot, &crate::progress::Progress::hidden()).unwrap();
     assert!(report.is_sound(), "{:?}", report.problems);
     state_of(&snapshot, ids)
 }
