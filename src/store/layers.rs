@@ -67,12 +67,26 @@ type Entry = Option<Bytes>;
 /// groups that wrote them), newest first.
 pub struct Layer<K: Key + 'static> {
     map: BTreeMap<(OrdKey<K>, Reverse<u64>), Entry>,
+    /// Each key's newest version, and how many versions `map` holds of
+    /// it: a point read of the newest (every read of the writer's, most
+    /// of a reader's) and a put of a key written once cost a hash lookup,
+    /// not a walk down `map`.
+    latest: foldhash::HashMap<Bytes, Latest>,
+}
+
+/// A key's newest version in a layer.
+struct Latest {
+    version: u64,
+    entry: Entry,
+    /// Versions of the key the layer's map holds.
+    versions: u32,
 }
 
 impl<K: Key + 'static> Default for Layer<K> {
     fn default() -> Self {
         Layer {
             map: BTreeMap::new(),
+            latest: foldhash::HashMap::default(),
         }
     }
 }
@@ -96,28 +110,73 @@ impl<K: Key + 'static> Layer<K> {
     /// the bytes it added (less what it dropped).
     fn put(&mut self, key: Bytes, version: u64, entry: Entry, floor: u64) -> isize {
         let mut size = entry_size(&key, &entry) as isize;
-        let at = OrdKey::<K>(key, PhantomData);
-        if let Some(old) = self.map.insert((at.clone(), Reverse(version)), entry) {
-            size -= entry_size(&at.0, &old) as isize;
-        }
-        let from = (at.clone(), Reverse(floor.min(version)));
-        let to = (at.clone(), Reverse(0));
-        let spent: Vec<u64> = self
+        let at = OrdKey::<K>(key.clone(), PhantomData);
+        let replaced = self
             .map
-            .range(from..=to)
-            .skip(1)
-            .map(|((_, Reverse(old)), _)| *old)
-            .collect();
-        for old in spent {
-            if let Some(entry) = self.map.remove(&(at.clone(), Reverse(old))) {
-                size -= entry_size(&at.0, &entry) as isize;
+            .insert((at.clone(), Reverse(version)), entry.clone());
+        let latest = self.latest.entry(key).or_insert(Latest {
+            version,
+            entry: None,
+            versions: 0,
+        });
+        match replaced {
+            Some(old) => size -= entry_size(&at.0, &old) as isize,
+            None => latest.versions += 1,
+        }
+        if version >= latest.version {
+            latest.version = version;
+            latest.entry = entry;
+        }
+        if latest.versions > 1 {
+            let from = (at.clone(), Reverse(floor.min(version)));
+            let to = (at.clone(), Reverse(0));
+            let spent: Vec<u64> = self
+                .map
+                .range(from..=to)
+                .skip(1)
+                .map(|((_, Reverse(old)), _)| *old)
+                .collect();
+            for old in spent {
+                if let Some(entry) = self.map.remove(&(at.clone(), Reverse(old))) {
+                    size -= entry_size(&at.0, &entry) as isize;
+                    latest.versions -= 1;
+                }
             }
         }
         size
     }
 
+    /// Takes back everything version `version` put, and counts afresh.
+    fn forget(&mut self, version: u64) -> usize {
+        self.map.retain(|(_, Reverse(at)), _| *at != version);
+        self.latest.clear();
+        let mut bytes = 0;
+        for ((key, Reverse(at)), entry) in &self.map {
+            bytes += entry_size(&key.0, entry);
+            // Newest first: the first seen of a key is its latest.
+            self.latest
+                .entry(key.0.clone())
+                .and_modify(|latest| latest.versions += 1)
+                .or_insert(Latest {
+                    version: *at,
+                    entry: entry.clone(),
+                    versions: 1,
+                });
+        }
+        bytes
+    }
+
     /// The newest version of `key` no newer than `visible`.
     fn find(&self, key: &Bytes, visible: u64) -> Found {
+        let Some(latest) = self.latest.get(key) else {
+            return Found::Absent;
+        };
+        if latest.version <= visible {
+            return match &latest.entry {
+                Some(value) => Found::Value(value.clone()),
+                None => Found::Removed,
+            };
+        }
         let from = (OrdKey(key.clone(), PhantomData), Reverse(visible));
         let to = (OrdKey(key.clone(), PhantomData), Reverse(0));
         match self.map.range(from..=to).next() {
@@ -241,9 +300,7 @@ macro_rules! layer_set {
 
             /// Takes back everything group `version` put.
             pub fn forget_group(&mut self, version: u64) {
-                $(self.$field.map.retain(|(_, Reverse(at)), _| *at != version);)*
-                self.bytes = 0
-                    $(+ self.$field.map.iter().map(|((key, _), entry)| entry_size(&key.0, entry)).sum::<usize>())*;
+                self.bytes = 0 $(+ self.$field.forget(version))*;
             }
         }
 

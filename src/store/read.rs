@@ -306,14 +306,15 @@ impl SharedSnapshots {
     }
 
     /// The store file holds what the frozen layer held: readers from now
-    /// on read a new transaction of it, without that layer.
-    pub fn applied_step(&self) {
-        let stale = {
+    /// on read a new transaction of it, without that layer. Returns the
+    /// layer, for the caller to free where it costs no reader.
+    pub fn applied_step(&self) -> Option<SharedLayer> {
+        let (frozen, stale) = {
             let mut published = self.published();
-            published.frozen = None;
-            published.applied.take()
+            (published.frozen.take(), published.applied.take())
         };
         drop(stale);
+        frozen
     }
 
     /// An apply step of its own wrote every layer into the store file:

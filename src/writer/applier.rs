@@ -20,6 +20,14 @@ pub struct Job {
     pub quick_repair: bool,
 }
 
+/// What the applier thread is handed.
+pub enum Task {
+    Apply(Job),
+    /// Layers no longer needed: freeing a second's worth of entries takes
+    /// milliseconds, which the writer should not spend.
+    Dispose(Vec<SharedLayer>),
+}
+
 /// How an apply step ended.
 pub struct Done {
     pub result: Result<u64, StoreError>,
@@ -33,7 +41,7 @@ pub enum Applier {
     Thread {
         /// One step at a time: the writer hands over the next only after
         /// the last is done.
-        jobs: Option<Sender<Job>>,
+        jobs: Option<Sender<Task>>,
         done: Receiver<Done>,
         thread: Option<JoinHandle<()>>,
     },
@@ -43,15 +51,20 @@ pub enum Applier {
 
 impl Applier {
     pub fn spawn() -> std::io::Result<Applier> {
-        let (jobs, inbox) = crossbeam_channel::bounded::<Job>(1);
+        // A step and the layers of the last one to free.
+        let (jobs, inbox) = crossbeam_channel::bounded::<Task>(2);
         let (outbox, done) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("pm-applier".into())
             .spawn(move || {
-                for job in inbox {
-                    let done = run(job);
-                    if outbox.send(done).is_err() {
-                        break;
+                for task in inbox {
+                    match task {
+                        Task::Apply(job) => {
+                            if outbox.send(run(job)).is_err() {
+                                break;
+                            }
+                        }
+                        Task::Dispose(layers) => drop(layers),
                     }
                 }
             })?;
@@ -72,12 +85,27 @@ impl Applier {
         match self {
             Applier::Thread { jobs, .. } => {
                 if let Some(jobs) = jobs {
-                    // Bounded at one and empty: the last step is done.
-                    let _ = jobs.send(job);
+                    // The last step is done: there is room.
+                    let _ = jobs.send(Task::Apply(job));
                 }
             }
             #[cfg(test)]
             Applier::Inline { done } => *done = Some(run(job)),
+        }
+    }
+
+    /// Frees `layers` on the applier's thread (where the last reference
+    /// held here goes); a reader that still holds one frees it later.
+    pub fn dispose(&mut self, layers: Vec<SharedLayer>) {
+        match self {
+            Applier::Thread {
+                jobs: Some(jobs), ..
+            } => {
+                // Should the thread be busy with a step and one dispose
+                // already, this one is freed here instead.
+                let _ = jobs.try_send(Task::Dispose(layers));
+            }
+            _ => drop(layers),
         }
     }
 

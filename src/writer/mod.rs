@@ -874,9 +874,11 @@ impl<'a> Writer<'a> {
         match done.result {
             Ok(written) => {
                 self.metrics.applied(written, done.took);
-                self.frozen = None;
                 self.durability.other_applied();
-                self.snapshots.applied_step();
+                let published = self.snapshots.applied_step();
+                let frozen = self.frozen.take().map(|(layer, _)| layer);
+                self.applier
+                    .dispose(frozen.into_iter().chain(published).collect());
             }
             Err(error) => {
                 tracing::error!(%error, "an apply step failed; the groups stay pending, in memory and in the write log, and the step is tried again");
