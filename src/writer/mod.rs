@@ -241,7 +241,7 @@ const RETENTION_STEP: u32 = 4;
 /// And at most, however far behind retention is: removing a run costs
 /// about what making it did, so a step of this many holds a group up for
 /// a few milliseconds.
-const RETENTION_MAX_STEP: u32 = 256;
+const RETENTION_MAX_STEP: u32 = 512;
 
 /// Processes a retention step of its own (no request for
 /// `RETENTION_QUIET`) removes at most: a request that comes meanwhile
@@ -253,12 +253,13 @@ const RETENTION_IDLE_STEP: u32 = 64;
 /// times as long as the step took.
 const RETENTION_PAUSE_FACTOR: u32 = 59;
 
-/// While it falls behind (a step found more due than it removed), it may
-/// take up to half the writer's time, in steps growing to
-/// `RETENTION_MAX_STEP`: removals keep pace with the runs that come due,
-/// and the store stops growing, at the price of ingest while it catches
-/// up.
-const RETENTION_BEHIND_PAUSE_FACTOR: u32 = 1;
+/// While it falls behind (a step found more due than it removed), it joins
+/// every group, in steps growing to `RETENTION_MAX_STEP`: removals keep
+/// pace with the runs that come due and the store stops growing, at the
+/// price of ingest while it catches up (removing a run costs about what
+/// making it did, so a load that only makes short runs slows to about
+/// half while retention follows it).
+const RETENTION_BEHIND_PAUSE_FACTOR: u32 = 0;
 
 /// The pace of retention while requests come: how many processes a step
 /// removes, and how long the next waits for each unit of time one took.

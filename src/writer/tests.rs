@@ -235,7 +235,7 @@ fn retention_speeds_up_while_it_falls_behind_and_slows_once_it_keeps_up() {
         pace = pace.after(u64::from(pace.step));
         steps.push(pace.step);
     }
-    assert_eq!(steps, [8, 16, 32, 64, 128, 256, 256, 256]);
+    assert_eq!(steps, [8, 16, 32, 64, 128, 256, 512, 512]);
     assert_eq!(pace.pause_factor, RETENTION_BEHIND_PAUSE_FACTOR);
     // A step that found fewer due than it could take: caught up.
     assert_eq!(pace.after(3), RetentionPace::KEEPING_UP);
