@@ -496,7 +496,7 @@ pub fn run_load(
                     let mut request = Request::builder()
                         .method(planned.method)
                         .uri(planned.path)
-                        .header("host", "bench")
+                        .header("host", "localhost")
                         .header("content-type", "application/json");
                     if !planned.body.is_empty() {
                         request = request.header("content-length", planned.body.len());

@@ -523,13 +523,8 @@ pub async fn await_process(
 
 /// This same URL, absolute when `http.public_url` is set.
 fn await_location(state: &AppState, process_id: &str, query: Option<&str>) -> String {
-    let id = percent_encoding::utf8_percent_encode(process_id, percent_encoding::NON_ALPHANUMERIC);
-    let path = match query.filter(|query| !query.is_empty()) {
-        Some(query) => format!("/v1/processes/{id}/await?{query}"),
-        None => format!("/v1/processes/{id}/await"),
-    };
-    match &state.public_url {
-        Some(base) => format!("{base}{path}"),
-        None => path,
+    match query.filter(|query| !query.is_empty()) {
+        Some(query) => super::process_link(state, process_id, &format!("/await?{query}")),
+        None => super::process_link(state, process_id, "/await"),
     }
 }

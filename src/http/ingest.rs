@@ -84,9 +84,17 @@ pub async fn post_events(
             state.metrics.event_invalid(None);
         }
     })?;
+    // A CloudEvents sender sees only the status: any item refused makes
+    // the batch a 400, which Event Grid dead-letters, rather than a 2xx it
+    // would count as all delivered. Plain batches keep their 200, whose
+    // per-item answer our own clients read.
+    let refused_status = match framing {
+        Framing::Batch => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
     match decoded {
         DecodedBody::Single(event) => ingest_one(state, event).await,
-        DecodedBody::Batch(items) => ingest_batch(state, items).await,
+        DecodedBody::Batch(items) => ingest_batch(state, items, refused_status).await,
     }
 }
 
@@ -300,7 +308,7 @@ async fn ingest_one(state: &AppState, incoming: IncomingEvent) -> Result<Respons
     let (status, answer) = EventAnswer::of(&process_id, task_id.as_deref(), outcome)?;
     let mut response = json_response(status, &answer);
     if status == StatusCode::ACCEPTED {
-        if let Ok(location) = HeaderValue::from_str(&format!("/v1/processes/{process_id}")) {
+        if let Ok(location) = HeaderValue::from_str(&super::process_link(state, &process_id, "")) {
             response.headers_mut().insert(LOCATION, location);
         }
     }
@@ -410,9 +418,12 @@ struct BatchAnswer<'a> {
 
 /// A batch: each item judged alone, in order; the valid ones go to the
 /// writer together and are committed before the answer.
+/// Stores the valid items of a batch and answers each; with an item
+/// refused, the batch is answered `refused_status`.
 async fn ingest_batch(
     state: &AppState,
     parsed: Vec<Result<IncomingEvent, ApiError>>,
+    refused_status: StatusCode,
 ) -> Result<Response, ApiError> {
     let valid: Vec<IncomingEvent> = parsed
         .iter()
@@ -468,7 +479,12 @@ async fn ingest_batch(
         };
         batch.results.push(entry);
     }
-    Ok(json_response(StatusCode::OK, &batch))
+    let status = if batch.rejected > 0 {
+        refused_status
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(status, &batch))
 }
 
 pub async fn delete_process(state: &AppState, process_id: &str) -> Result<Response, ApiError> {

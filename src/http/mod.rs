@@ -561,6 +561,31 @@ async fn metrics(state: &AppState, request: &Request<()>) -> Result<Response, Ap
     Ok(response)
 }
 
+/// What an id keeps of itself in a link's path segment: the unreserved
+/// characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`) as they are, every
+/// other byte percent-encoded.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The link to `/v1/processes/{id}` followed by `rest` (`/await?wait=5`,
+/// or nothing), absolute when `http.public_url` is set: every `Location`
+/// the API sends is made here.
+pub fn process_link(state: &AppState, process_id: &str, rest: &str) -> String {
+    link_under(state.public_url.as_deref(), process_id, rest)
+}
+
+fn link_under(public_url: Option<&str>, process_id: &str, rest: &str) -> String {
+    let id = percent_encoding::utf8_percent_encode(process_id, PATH_SEGMENT);
+    let path = format!("/v1/processes/{id}{rest}");
+    match public_url {
+        Some(base) => format!("{base}{path}"),
+        None => path,
+    }
+}
+
 /// Runs a store read that may wait (on the disk, or for a long scan) off
 /// the async workers.
 async fn blocking<T: Send + 'static>(
@@ -571,4 +596,31 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&snapshots))
         .await
         .map_err(|error| ApiError::Internal(format!("a read task failed: {error}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_keep_unreserved_characters_and_encode_every_other() {
+        // Every class of character a process id may hold.
+        assert_eq!(
+            link_under(None, "AZaz09-._~:", "/await?wait=5"),
+            "/v1/processes/AZaz09-._~%3A/await?wait=5"
+        );
+        assert_eq!(link_under(None, "aw-1", ""), "/v1/processes/aw-1");
+        assert_eq!(
+            link_under(None, "run_a.b~c-1", ""),
+            "/v1/processes/run_a.b~c-1"
+        );
+        assert_eq!(
+            link_under(Some("https://pm.example.com"), "tenant:42", ""),
+            "https://pm.example.com/v1/processes/tenant%3A42"
+        );
+        // What the router decodes is the id again.
+        let link = link_under(None, "a:b~c", "");
+        let segment = link.rsplit('/').next().unwrap();
+        assert_eq!(percent_decode_str(segment).decode_utf8().unwrap(), "a:b~c");
+    }
 }

@@ -173,6 +173,68 @@ fn a_cloudevent_redelivered_is_a_duplicate_in_every_mode() {
     assert_eq!(history(&client, "again").len(), 4);
 }
 
+/// A CloudEvents batch with a refused item: its valid items are stored and
+/// the batch is a 400 listing each item's result, so that a sender which
+/// sees only the status (Event Grid) keeps it (dead-letters it) instead of
+/// counting it as delivered; sent again, it stores nothing twice. A plain
+/// batch with the same items is still a 200.
+#[test]
+fn a_cloudevents_batch_with_a_refused_item_is_a_400_that_stores_the_rest_once() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let source = "/grid";
+    let batch = build(json!([{"mode": "batch", "events": [
+        {"attributes": {"type": "process.started", "source": source, "subject": "mixed"}},
+        // Refused: a task event without its task.
+        {"attributes": {"type": "task.started", "source": source, "subject": "mixed"}},
+        {"attributes": {"type": "process.succeeded", "source": source, "subject": "mixed"}},
+    ]}]))
+    .remove(0);
+    let reply = batch.post(&client);
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        (
+            reply.json["accepted"].as_u64(),
+            reply.json["rejected"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{}",
+        reply.text
+    );
+    let results = reply.json["results"].as_array().unwrap();
+    assert_eq!(results[1]["result"], "rejected");
+    assert_eq!(results[1]["error"]["status"], 422, "{}", reply.text);
+    assert_eq!(
+        client.get("/v1/processes/mixed").json["status"],
+        "succeeded"
+    );
+    // A redelivery of the same batch stores nothing twice.
+    let again = batch.post(&client);
+    assert_eq!(again.status, 400, "{}", again.text);
+    assert_eq!(again.json["duplicates"], 2, "{}", again.text);
+    assert_eq!(history(&client, "mixed").len(), 2);
+    // A conflict is refused as well.
+    let conflict = build(json!([{"mode": "batch", "events": [
+        {"attributes": {"type": "process.failed", "source": source, "subject": "mixed"}},
+    ]}]))
+    .remove(0);
+    assert_eq!(conflict.post(&client).status, 400);
+    // All of them good: 200.
+    let good = build(json!([{"mode": "batch", "events": [
+        {"attributes": {"type": "process.started", "source": source, "subject": "fine"}},
+    ]}]))
+    .remove(0);
+    assert_eq!(good.post(&client).status, 200);
+    // A plain JSON batch with a refused item keeps its 200.
+    let plain = client.post(&json!([
+        {"type": "process.started", "process_id": "plain"},
+        {"type": "task.started", "process_id": "plain"},
+    ]));
+    assert_eq!(plain.status, 200, "{}", plain.text);
+    assert_eq!(plain.json["rejected"], 1);
+}
+
 #[test]
 fn a_malformed_cloudevent_is_refused_by_name_and_nothing_is_stored() {
     let daemon = Daemon::start();

@@ -642,3 +642,31 @@ fn a_full_writer_queue_is_answered_429_with_retry_after_at_once() {
         );
     }
 }
+
+/// Every `Location` names the process the same way, as RFC 3986 asks:
+/// unreserved characters as they are, `:` (the one other character an id
+/// may hold) percent-encoded; and each leads back to the process.
+#[test]
+fn every_location_encodes_the_id_one_way_and_leads_back_to_it() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    for (id, encoded) in [
+        ("aw-1", "aw-1"),
+        ("run_a.b~c-1", "run_a.b~c-1"),
+        ("tenant:42", "tenant%3A42"),
+        ("AZaz09-._~:", "AZaz09-._~%3A"),
+    ] {
+        let posted = client.post(&event("process.started", id));
+        assert_eq!(posted.status, 202, "{}", posted.text);
+        let location = posted.header("location").unwrap().to_owned();
+        assert_eq!(location, format!("/v1/processes/{encoded}"));
+        let waiting = client.get(&format!("/v1/processes/{encoded}/await"));
+        assert_eq!(waiting.status, 202, "{}", waiting.text);
+        assert_eq!(
+            waiting.header("location"),
+            Some(format!("/v1/processes/{encoded}/await").as_str())
+        );
+        let found = client.get(&location);
+        assert_eq!((found.status, found.json["id"].as_str()), (200, Some(id)));
+    }
+}
