@@ -23,6 +23,11 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("the store is being reopened after an I/O error")]
     Reopening,
+    /// The write logs are full and the groups in them cannot be applied
+    /// to the store file now (the last step failed, `disk_full` or not);
+    /// nothing is lost, and writes go on once a step succeeds.
+    #[error("pending groups cannot be applied to the store file now{}", if *disk_full { ": the disk is full" } else { "" })]
+    ApplyBehind { disk_full: bool },
     /// Asked to stop (Ctrl-C) before the work was done.
     #[error("interrupted")]
     Interrupted,
@@ -66,7 +71,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::Redb(redb::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull
-        )
+        ) || matches!(self, StoreError::ApplyBehind { disk_full: true })
     }
 
     /// True when redb will refuse every further use of the handle, which

@@ -302,6 +302,13 @@ const REOPEN_GIVE_UP: Duration = Duration::from_secs(30);
 /// How long after a failed apply step the writer tries it again.
 const APPLY_RETRY: Duration = Duration::from_secs(1);
 
+/// After a step failed on a full disk, the space that must be freed before
+/// it is tried again...
+const SPACE_FREED: u64 = 1 << 20;
+
+/// ...or how long until it is tried anyway.
+const FULL_RETRY: Duration = Duration::from_secs(30);
+
 /// Replays the write logs onto the store, loads the counters and starts the
 /// writer and applier threads.
 pub fn spawn(
@@ -474,6 +481,12 @@ struct Writer<'a> {
     /// failed step waits for `retry_at`.
     applying: bool,
     retry_at: Option<Instant>,
+    /// After a step failed on a full disk: the free bytes then, and when.
+    /// The next try waits for space to be freed (`SPACE_FREED`), or for
+    /// `FULL_RETRY`: each failure poisons redb's handle, and reopening it
+    /// turns readers away for a moment, so trying every second on a disk
+    /// that stays full would make reads flicker.
+    full_disk: Option<(u64, Instant)>,
     applier: Applier,
     settings: &'a WriterSettings,
     metrics: &'a Metrics,
@@ -502,6 +515,7 @@ impl<'a> Writer<'a> {
             frozen: None,
             applying: false,
             retry_at: None,
+            full_disk: None,
             applier,
             settings,
             metrics,
@@ -851,6 +865,14 @@ impl<'a> Writer<'a> {
         let Some((layer, last_group)) = &self.frozen else {
             return;
         };
+        if let Some((free_then, failed_at)) = self.full_disk {
+            let freed = crate::store::free_bytes(self.snapshots.path())
+                .is_none_or(|free| free >= free_then.saturating_add(SPACE_FREED));
+            if !freed && failed_at.elapsed() < FULL_RETRY {
+                self.retry_at = Some(Instant::now() + APPLY_RETRY);
+                return;
+            }
+        }
         let db = match self.snapshots.database() {
             Ok(db) => db,
             Err(error) => {
@@ -874,6 +896,7 @@ impl<'a> Writer<'a> {
         self.applying = false;
         match done.result {
             Ok(written) => {
+                self.full_disk = None;
                 self.metrics.applied(written, done.took);
                 self.durability.other_applied();
                 let published = self.snapshots.applied_step();
@@ -883,6 +906,12 @@ impl<'a> Writer<'a> {
             }
             Err(error) => {
                 tracing::error!(%error, "an apply step failed; the groups stay pending, in memory and in the write log, and the step is tried again");
+                if error.is_storage_full() {
+                    self.full_disk = Some((
+                        crate::store::free_bytes(self.snapshots.path()).unwrap_or(0),
+                        Instant::now(),
+                    ));
+                }
                 if error.poisons_handle() {
                     self.reopen_or_exit();
                 }
@@ -916,9 +945,9 @@ impl<'a> Writer<'a> {
         }
         match self.frozen {
             None => Ok(()),
-            Some(_) => Err(StoreError::Redb(redb::Error::Io(std::io::Error::other(
-                "pending groups cannot be applied to the store file now",
-            )))),
+            Some(_) => Err(StoreError::ApplyBehind {
+                disk_full: self.full_disk.is_some(),
+            }),
         }
     }
 
