@@ -83,6 +83,10 @@ pub struct Progress {
     show: Show,
     bar: Option<ProgressBar>,
     last_log: Mutex<Instant>,
+    /// Whether a progress line went out: work that ends before the first
+    /// says nothing at all, so a quick command's stderr stays its result
+    /// or its one-sentence error.
+    logged: AtomicBool,
 }
 
 impl Progress {
@@ -108,6 +112,7 @@ impl Progress {
             show,
             bar,
             last_log: Mutex::new(Instant::now()),
+            logged: AtomicBool::new(false),
         }
     }
 
@@ -136,6 +141,7 @@ impl Progress {
             if last.elapsed() >= log_every() {
                 *last = Instant::now();
                 drop(last);
+                self.logged.store(true, Ordering::Relaxed);
                 self.log(done, "progress");
             }
         }
@@ -184,7 +190,8 @@ impl Progress {
         })
     }
 
-    /// The work is done: the bar ends full, and a log line says so.
+    /// The work is done: the bar ends full, and a log line says so when
+    /// one said how far it had got.
     pub fn finish(&self) {
         let done = self.done.load(Ordering::Relaxed);
         if let Some(bar) = &self.bar {
@@ -193,7 +200,7 @@ impl Progress {
             }
             bar.finish();
         }
-        if self.show == Show::Log {
+        if self.show == Show::Log && self.logged.load(Ordering::Relaxed) {
             self.log(done, "done");
         }
     }
