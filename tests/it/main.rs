@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod bounds;
 mod cloudevents;
+mod compatibility;
 mod conformance;
 mod deploy;
 mod examples;
