@@ -7,7 +7,7 @@ use processmanager::domain::{EventInput, IncomingEvent};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A store of `processes` finished processes of three events each, in a
 /// data directory of its own (made through the library, as a daemon
