@@ -178,9 +178,20 @@ pub struct MirrorArgs {
     #[arg(long, env = "PM_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// The name of this daemon's rows [default: the daemon's host name in --url, else this machine's]
+    /// The name of this daemon's rows [default: the id of the daemon's store, as /v1/stats shows it]
     #[arg(long, env = "PM_MIRROR_SOURCE", value_name = "NAME")]
     pub source: Option<String>,
+
+    /// First bring the tables of this source to the daemon's current state
+    /// (a page of processes per transaction), then follow the feed from
+    /// there: after a store was replaced or restored, or the feed no longer
+    /// holds the next items (410)
+    #[arg(long, conflicts_with = "status")]
+    pub reseed: bool,
+
+    /// No progress on stderr during --reseed
+    #[arg(long, short)]
+    pub quiet: bool,
 
     /// Apply what the feed holds now, then exit 0
     #[arg(long, conflicts_with = "status")]

@@ -577,7 +577,9 @@ pub fn process_link(state: &AppState, process_id: &str, rest: &str) -> String {
     link_under(state.public_url.as_deref(), process_id, rest)
 }
 
-fn link_under(public_url: Option<&str>, process_id: &str, rest: &str) -> String {
+/// The same link under `public_url` (or as a path): also how clients in
+/// this crate (the mirror) name a process in a URL.
+pub fn link_under(public_url: Option<&str>, process_id: &str, rest: &str) -> String {
     let id = percent_encoding::utf8_percent_encode(process_id, PATH_SEGMENT);
     let path = format!("/v1/processes/{id}{rest}");
     match public_url {

@@ -787,17 +787,17 @@ fn tables_of_a_newer_layout_stop_the_mirror_and_are_left_alone() {
     };
     daemon.client().post(&event("process.started", "a"));
     mirror_once(&daemon, &pg, "app");
-    assert_eq!(layouts(&mut db), [1]);
+    assert_eq!(layouts(&mut db), [2]);
 
     // Tables as a build before the layout was recorded left them.
     db.batch_execute("DROP TABLE pm_mirror_schema").unwrap();
     daemon.client().post(&event("process.started", "b"));
     mirror_once(&daemon, &pg, "app");
-    assert_eq!(layouts(&mut db), [1]);
+    assert_eq!(layouts(&mut db), [2]);
     assert_eq!(mirrored(&mut db, "b"), 1);
 
     // Tables a newer build laid out.
-    db.batch_execute("UPDATE pm_mirror_schema SET version = 2")
+    db.batch_execute("UPDATE pm_mirror_schema SET version = 3")
         .unwrap();
     let before = offset(&mut db, "app");
     daemon.client().post(&event("process.started", "c"));
@@ -814,10 +814,236 @@ fn tables_of_a_newer_layout_stop_the_mirror_and_are_left_alone() {
     std::io::Read::read_to_string(&mut mirror.stderr.take().unwrap(), &mut said).unwrap();
     assert!(!status.success(), "{said}");
     assert!(
-        said.contains("layout version 2, newer than this build's 1"),
+        said.contains("layout version 3, newer than this build's 2"),
         "{said}"
     );
     assert_eq!(mirrored(&mut db, "c"), 0);
     assert_eq!(offset(&mut db, "app"), before);
-    assert_eq!(layouts(&mut db), [2]);
+    assert_eq!(layouts(&mut db), [3]);
+}
+
+/// `mirror --once` of `daemon` into `pg`, under `source` or (`None`) the
+/// default, the daemon's store id; its output, whatever its exit.
+fn mirror_output(
+    daemon: &Daemon,
+    pg: &Postgres,
+    source: Option<&str>,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut command = command();
+    command
+        .arg("mirror")
+        .args(extra)
+        .args(["--once", "--log-format", "json", "--to", &pg.url(), "--url"])
+        .arg(format!("http://{}", daemon.addr))
+        .env("PM_PROGRESS_EVERY_MS", "1");
+    if let Some(source) = source {
+        command.args(["--source", source]);
+    }
+    command.output().expect("mirror runs")
+}
+
+/// The stderr of a mirror that stopped with exit status 1, after checking
+/// that it names `what` happened and the command that mends it.
+fn stopped_because(out: &std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(what), "{stderr}");
+    assert!(stderr.contains("mirror --reseed"), "{stderr}");
+    stderr
+}
+
+fn succeeded(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+fn store_id(client: &Client) -> String {
+    client.get("/v1/stats").json["store_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A store restored from an older backup under a mirror: the mirror's
+/// offset is past the daemon's last seq, and the tables hold events the
+/// store no longer has. The mirror stops and says so; `--reseed` brings the
+/// tables to the restored store, every event once (the feed is whole), and
+/// the mirror follows on. The default `--source` is the store's id, which
+/// the restore kept; the reseed's progress shows, page by page.
+#[test]
+fn a_store_restored_from_an_older_backup_stops_the_mirror_until_a_reseed() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(&dir.path().join("data"));
+    let client = daemon.client();
+    // More processes than a reseed page holds, most without tasks.
+    let many: Vec<Value> = (0..1200)
+        .map(|n| event("process.started", &format!("plain-{n}")))
+        .collect();
+    post_batch(&client, &many);
+    for n in 0..20 {
+        post_batch(&client, &run_events(&format!("run-{n}"), n));
+    }
+    let id = store_id(&client);
+    let backup = dir.path().join("older.redb");
+    let made = command()
+        .args([
+            "backup",
+            "--quiet",
+            "--url",
+            &format!("http://{}", daemon.addr),
+            "--out",
+        ])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // After the backup: more events, which the restore takes back.
+    for n in 20..40 {
+        post_batch(&client, &run_events(&format!("run-{n}"), n));
+    }
+    succeeded(&mirror_output(&daemon, &pg, None, &[]));
+    assert_eq!(
+        offset(&mut sql, &id),
+        last_seq(&daemon),
+        "the default source is the store id"
+    );
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+
+    let restored_dir = dir.path().join("restored");
+    let restore = command()
+        .args(["restore", "--quiet", "--from"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(&restored_dir)
+        .output()
+        .unwrap();
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let restored = Daemon::start_in(&restored_dir);
+    let client = restored.client();
+    assert_eq!(store_id(&client), id, "a restore keeps the store id");
+    let mirrored_to = offset(&mut sql, &id);
+    stopped_because(
+        &mirror_output(&restored, &pg, None, &[]),
+        &format!("past the daemon's last seq {}", last_seq(&restored)),
+    );
+    assert_eq!(
+        offset(&mut sql, &id),
+        mirrored_to,
+        "a stopped mirror writes nothing"
+    );
+
+    // New events reuse the seqs the restore took back: the tables must
+    // not keep the old ones under them.
+    for n in 40..45 {
+        post_batch(&client, &run_events(&format!("run-{n}"), n));
+    }
+    let stderr = succeeded(&mirror_output(&restored, &pg, None, &["--reseed"]));
+    assert_mirrored(&client, &mut sql, &id);
+    let counts: Vec<u64> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|line| match line.get("fields") {
+            Some(fields) => fields.clone(),
+            None => line,
+        })
+        .filter(|line| line["work"] == "mirror: reseeding processes")
+        .filter_map(|line| line["done"].as_u64())
+        .collect();
+    assert!(counts.len() >= 2, "progress page by page: {stderr}");
+    assert!(
+        counts.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{counts:?}"
+    );
+    assert_eq!(*counts.last().unwrap(), 1200 + 25, "{counts:?}");
+    // And it follows on.
+    post_batch(&client, &run_events("after-reseed", 1));
+    succeeded(&mirror_output(&restored, &pg, None, &[]));
+    assert_mirrored(&client, &mut sql, &id);
+}
+
+/// A source that meets another store under its name (a store replaced)
+/// stops; a source whose next items the feed no longer holds (an offline
+/// compaction raised its floor) stops. Each says what to run, and
+/// `--reseed` brings the tables to the daemon's state.
+#[test]
+fn another_store_or_a_trimmed_feed_stops_the_mirror_until_a_reseed() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let first = Daemon::start();
+    for n in 0..10 {
+        post_batch(&first.client(), &run_events(&format!("first-{n}"), n));
+    }
+    succeeded(&mirror_output(&first, &pg, Some("app"), &[]));
+    let (status, _, _) = first.terminate();
+    assert!(status.success());
+
+    // Another store under the same source.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let second = Daemon::start_in(&data);
+    let client = second.client();
+    for n in 0..30 {
+        post_batch(&client, &run_events(&format!("second-{n}"), n));
+    }
+    client.post(&event("process.started", "still-running"));
+    stopped_because(
+        &mirror_output(&second, &pg, Some("app"), &[]),
+        &format!("serves store {}", store_id(&client)),
+    );
+    succeeded(&mirror_output(&second, &pg, Some("app"), &["--reseed"]));
+    assert_mirrored(&client, &mut sql, "app");
+
+    // Events after the mirror's offset, then an offline compaction that
+    // purges the finished runs and raises the feed's floor past them.
+    for n in 30..35 {
+        post_batch(&client, &run_events(&format!("second-{n}"), n));
+    }
+    let (status, _, _) = second.terminate();
+    assert!(status.success());
+    let compact = command()
+        .args(["compact", "--quiet", "--data-dir"])
+        .arg(&data)
+        .args(["--purge-finished-before", "2999-01-01T00:00:00Z"])
+        .output()
+        .unwrap();
+    assert!(
+        compact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compact.stderr)
+    );
+    let compacted = Daemon::start_in(&data);
+    let client = compacted.client();
+    stopped_because(
+        &mirror_output(&compacted, &pg, Some("app"), &[]),
+        "no longer keeps the feed",
+    );
+    succeeded(&mirror_output(&compacted, &pg, Some("app"), &["--reseed"]));
+    // The processes and tasks are the daemon's; the events, those the feed
+    // still serves (none of the purged runs, and none twice).
+    let held = daemon_holding(&client);
+    let mirrored = pg_holding(&mut sql, "app");
+    assert_eq!(mirrored.processes, held.processes);
+    assert_eq!(mirrored.tasks, held.tasks);
+    assert_eq!(held.processes.keys().collect::<Vec<_>>(), ["still-running"]);
+    for (seq, event) in &mirrored.events {
+        assert_eq!(held.events.get(seq), Some(event), "event {seq}");
+    }
+    // New events follow as ever.
+    post_batch(&client, &run_events("after-compaction", 2));
+    succeeded(&mirror_output(&compacted, &pg, Some("app"), &[]));
+    let mirrored = pg_holding(&mut sql, "app");
+    assert_eq!(mirrored.processes, daemon_holding(&client).processes);
 }

@@ -32,7 +32,7 @@ pub enum DaemonError {
         detail: String,
         hint: &'static str,
     },
-    #[error("the daemon no longer keeps the feed after seq {after} (its oldest is {oldest}): the tables of this source miss what was trimmed; empty them (DELETE ... WHERE source = ...) and mirror again")]
+    #[error("the daemon no longer keeps the feed after seq {after} (its oldest item is seq {oldest}): the items this source needs next outlived feed.retention, or an offline compaction removed them. Run `processmanager mirror --reseed` with the same --source: it brings the tables to the daemon's current state and follows the feed from there")]
     Gone { after: u64, oldest: u64 },
     #[error("the daemon's answer to {path} is not what the API says: {reason}")]
     Malformed { path: String, reason: String },
@@ -56,6 +56,22 @@ pub struct Page {
     pub items: Vec<serde_json::Value>,
     pub processes: HashMap<String, Option<serde_json::Value>>,
     pub next_after_seq: u64,
+}
+
+/// The store as `GET /v1/stats` shows it.
+#[derive(Deserialize)]
+pub struct Stats {
+    pub last_seq: u64,
+    pub store_id: String,
+    pub processes_total: u64,
+}
+
+/// A page of `GET /v1/processes`: each process without its tasks, but
+/// with `task_counts`.
+#[derive(Deserialize)]
+pub struct ProcessPage {
+    pub items: Vec<serde_json::Value>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -181,21 +197,73 @@ impl Daemon {
 
     /// The daemon's last seq (`GET /v1/stats`).
     pub async fn last_seq(&self) -> Result<u64, DaemonError> {
-        let path = "/v1/stats";
+        Ok(self.stats().await?.last_seq)
+    }
+
+    /// The seq the feed's first item follows: 0 while it holds every
+    /// item since the store began, higher once retention or compaction
+    /// trimmed it.
+    pub async fn feed_floor(&self) -> Result<u64, DaemonError> {
+        // From the start (never 410), the first item it serves; items of
+        // processes a compaction kept may lie below a floor it raised,
+        // which a resume point there meets as a 410 naming the oldest.
+        let page = self.changes(0, 1, Duration::ZERO).await?;
+        let first = match page.items.first().and_then(|item| item["seq"].as_u64()) {
+            Some(first) => first - 1,
+            None => page.next_after_seq,
+        };
+        match self.changes(first, 1, Duration::ZERO).await {
+            Ok(_) => Ok(first),
+            Err(DaemonError::Gone { oldest, .. }) => Ok(oldest.saturating_sub(1)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// What `GET /v1/stats` says of the store as a whole.
+    pub async fn stats(&self) -> Result<Stats, DaemonError> {
+        self.get_json("/v1/stats").await
+    }
+
+    /// A page of `GET /v1/processes`, newest first, after `cursor`.
+    pub async fn processes(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<ProcessPage, DaemonError> {
+        let path = match cursor {
+            Some(cursor) => format!("/v1/processes?limit={limit}&cursor={cursor}"),
+            None => format!("/v1/processes?limit={limit}"),
+        };
+        self.get_json(&path).await
+    }
+
+    /// One process with its tasks (`GET /v1/processes/{id}`); `None` when
+    /// it is gone.
+    pub async fn process(&self, id: &str) -> Result<Option<serde_json::Value>, DaemonError> {
+        let path = crate::http::link_under(None, id, "");
+        let (status, body) = self.get(&path, Duration::ZERO).await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK => {
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|error| DaemonError::Malformed {
+                        path,
+                        reason: error.to_string(),
+                    })
+            }
+            _ => Err(Self::refused(&path, status, &body)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, DaemonError> {
         let (status, body) = self.get(path, Duration::ZERO).await?;
         if status != StatusCode::OK {
             return Err(Self::refused(path, status, &body));
         }
-        let stats: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|error| DaemonError::Malformed {
-                path: path.into(),
-                reason: error.to_string(),
-            })?;
-        stats["last_seq"]
-            .as_u64()
-            .ok_or_else(|| DaemonError::Malformed {
-                path: path.into(),
-                reason: "no last_seq".into(),
-            })
+        serde_json::from_slice(&body).map_err(|error| DaemonError::Malformed {
+            path: path.into(),
+            reason: error.to_string(),
+        })
     }
 }

@@ -14,7 +14,7 @@ const SCHEMA: &str = include_str!("schema.sql");
 /// The layout of the tables this build makes and writes, as
 /// `pm_mirror_schema` records it. A later layout raises it and brings
 /// older tables up to it in `create_tables`.
-pub const MIRROR_SCHEMA_VERSION: i32 = 1;
+pub const MIRROR_SCHEMA_VERSION: i32 = 2;
 
 /// The tables were made by a later build, whose rows this one would get
 /// wrong: nothing is written.
@@ -42,6 +42,12 @@ pub struct Offset {
     pub last_seq: u64,
     pub last_received_at: Option<OffsetDateTime>,
     pub updated_at: OffsetDateTime,
+    /// The id of the daemon's store the rows came from (`None` when
+    /// written by a mirror before layout 2).
+    pub store_id: Option<String>,
+    /// A `--reseed` began and has not finished: the tables hold part of
+    /// the daemon's state.
+    pub reseeding: bool,
 }
 
 impl Database {
@@ -97,6 +103,15 @@ impl Database {
             Some(found) if found > MIRROR_SCHEMA_VERSION => {
                 return Err(NewerTables { found }.into())
             }
+            // Layout 2 added the offsets' store_id and reseeding, which
+            // SCHEMA adds to older tables.
+            Some(found) if found < MIRROR_SCHEMA_VERSION => {
+                txn.execute(
+                    "UPDATE pm_mirror_schema SET version = $1",
+                    &[&MIRROR_SCHEMA_VERSION],
+                )
+                .await?;
+            }
             Some(_) => {}
             None => {
                 txn.execute(
@@ -116,12 +131,15 @@ impl Database {
         let row = match self
             .client
             .query_opt(
-                "SELECT last_seq, last_received_at, updated_at FROM pm_mirror_offsets WHERE source = $1",
+                "SELECT last_seq, last_received_at, updated_at, store_id, reseeding
+                 FROM pm_mirror_offsets WHERE source = $1",
                 &[&source],
             )
             .await
         {
-            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+            {
                 return Ok(None)
             }
             row => row.context("cannot read the mirror's offset")?,
@@ -130,6 +148,8 @@ impl Database {
             last_seq: row.get::<_, i64>(0) as u64,
             last_received_at: row.get(1),
             updated_at: row.get(2),
+            store_id: row.get(3),
+            reseeding: row.get(4),
         }))
     }
 
@@ -137,8 +157,15 @@ impl Database {
     /// processes it names as the daemon showed them, and the offset after
     /// it.
     /// Refuses, changing nothing, when the offset is no longer `after`
-    /// (another mirror of this source moved it).
-    pub async fn apply(&mut self, source: &str, after: u64, page: &Page) -> anyhow::Result<()> {
+    /// (another mirror of this source moved it). `store_id` is the
+    /// daemon's store the page came from.
+    pub async fn apply(
+        &mut self,
+        source: &str,
+        store_id: &str,
+        after: u64,
+        page: &Page,
+    ) -> anyhow::Result<()> {
         let txn = self.client.transaction().await?;
         // Locks this source's offset until the commit.
         let current: Option<i64> = txn
@@ -196,9 +223,126 @@ impl Database {
             )
             .await?;
         }
-        let rows = Rows::of(&page.processes)?;
+        write_states(&txn, source, &Rows::of(&page.processes)?).await?;
+        let last_received_at = page
+            .items
+            .last()
+            .and_then(|item| timestamp(&item["received_at"]).ok().flatten());
         txn.execute(
-            "INSERT INTO pm_processes (source, id, name, process_type, correlation_id, status,
+            "INSERT INTO pm_mirror_offsets (source, last_seq, last_received_at, updated_at, store_id)
+             VALUES ($1, $2, $3, now(), $4)
+             ON CONFLICT (source) DO UPDATE SET last_seq = EXCLUDED.last_seq,
+                 last_received_at = COALESCE(EXCLUDED.last_received_at, pm_mirror_offsets.last_received_at),
+                 updated_at = EXCLUDED.updated_at, store_id = EXCLUDED.store_id",
+            &[&source, &(page.next_after_seq as i64), &last_received_at, &store_id],
+        )
+        .await?;
+        txn.commit().await.context("cannot commit the page")?;
+        Ok(())
+    }
+}
+
+impl Database {
+    /// The first step of `--reseed`: marks `source` as being reseeded
+    /// from the daemon's store `store_id`, to follow its feed after
+    /// `from_seq` once done, and drops every event of the source: the feed
+    /// from there brings each event the daemon still serves, once (events
+    /// kept from before might be of another store, or of a history a
+    /// restore took back, under the same seqs).
+    pub async fn begin_reseed(
+        &mut self,
+        source: &str,
+        store_id: &str,
+        from_seq: u64,
+    ) -> anyhow::Result<()> {
+        let txn = self.client.transaction().await?;
+        txn.execute(
+            "SELECT 1 FROM pm_mirror_offsets WHERE source = $1 FOR UPDATE",
+            &[&source],
+        )
+        .await?;
+        txn.execute("DELETE FROM pm_events WHERE source = $1", &[&source])
+            .await
+            .context("cannot drop the source's events")?;
+        txn.execute(
+            "INSERT INTO pm_mirror_offsets (source, last_seq, updated_at, store_id, reseeding)
+             VALUES ($1, $2, now(), $3, true)
+             ON CONFLICT (source) DO UPDATE SET last_seq = EXCLUDED.last_seq,
+                 updated_at = EXCLUDED.updated_at, store_id = EXCLUDED.store_id,
+                 reseeding = true",
+            &[&source, &(from_seq as i64), &store_id],
+        )
+        .await?;
+        txn.commit().await.context("cannot begin the reseed")?;
+        Ok(())
+    }
+
+    /// One page of `--reseed`: the processes in `states` (id to the state
+    /// the daemon showed, tasks included) as they are, their tasks
+    /// replaced, in one transaction.
+    pub async fn reseed_page(
+        &mut self,
+        source: &str,
+        states: &HashMap<String, Option<Value>>,
+    ) -> anyhow::Result<()> {
+        let txn = self.client.transaction().await?;
+        let reseeding: Option<bool> = txn
+            .query_opt(
+                "SELECT reseeding FROM pm_mirror_offsets WHERE source = $1 FOR UPDATE",
+                &[&source],
+            )
+            .await?
+            .map(|row| row.get(0));
+        if reseeding != Some(true) {
+            anyhow::bail!(
+                "source {source:?} is no longer being reseeded: did another mirror of it finish or start one? (nothing of this page was applied)"
+            );
+        }
+        let ids: Vec<&str> = states.keys().map(String::as_str).collect();
+        txn.execute(
+            "DELETE FROM pm_tasks WHERE source = $1 AND process_id = ANY($2)",
+            &[&source, &ids],
+        )
+        .await?;
+        write_states(&txn, source, &Rows::of(states)?).await?;
+        txn.commit().await.context("cannot commit the page")?;
+        Ok(())
+    }
+
+    /// The last step of `--reseed`: every process of `source` the daemon
+    /// did not show (`shown`) goes, with its tasks, and the source follows
+    /// the feed again.
+    pub async fn end_reseed(&mut self, source: &str, shown: &[String]) -> anyhow::Result<()> {
+        let txn = self.client.transaction().await?;
+        txn.execute(
+            "SELECT 1 FROM pm_mirror_offsets WHERE source = $1 FOR UPDATE",
+            &[&source],
+        )
+        .await?;
+        txn.execute(
+            "DELETE FROM pm_processes WHERE source = $1 AND NOT (id = ANY($2))",
+            &[&source, &shown],
+        )
+        .await?;
+        txn.execute(
+            "UPDATE pm_mirror_offsets SET reseeding = false, updated_at = now() WHERE source = $1",
+            &[&source],
+        )
+        .await?;
+        txn.commit().await.context("cannot end the reseed")?;
+        Ok(())
+    }
+}
+
+/// Sets the rows of the processes in `rows`, and of their tasks, to the
+/// states they hold.
+async fn write_states(
+    txn: &tokio_postgres::Transaction<'_>,
+    source: &str,
+    rows: &Rows,
+) -> anyhow::Result<()> {
+    txn.execute(
+        "INSERT INTO pm_processes (source, id, name, process_type, correlation_id, status,
                  progress, error, attributes, created_at, started_at, updated_at, finished_at,
                  duration_ms, stalled_since, deadline, event_count, last_seq)
              SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -214,31 +358,31 @@ impl Database {
                  finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
                  stalled_since = EXCLUDED.stalled_since, deadline = EXCLUDED.deadline,
                  event_count = EXCLUDED.event_count, last_seq = EXCLUDED.last_seq",
-            &[
-                &source,
-                &rows.processes.id,
-                &rows.processes.name,
-                &rows.processes.process_type,
-                &rows.processes.correlation_id,
-                &rows.processes.status,
-                &rows.processes.progress,
-                &rows.processes.error,
-                &rows.processes.attributes,
-                &rows.processes.created_at,
-                &rows.processes.started_at,
-                &rows.processes.updated_at,
-                &rows.processes.finished_at,
-                &rows.processes.duration_ms,
-                &rows.processes.stalled_since,
-                &rows.processes.deadline,
-                &rows.processes.event_count,
-                &rows.processes.last_seq,
-            ],
-        )
-        .await
-        .context("cannot write the page's processes")?;
-        txn.execute(
-            "INSERT INTO pm_tasks (source, process_id, id, position, name, status, attempt,
+        &[
+            &source,
+            &rows.processes.id,
+            &rows.processes.name,
+            &rows.processes.process_type,
+            &rows.processes.correlation_id,
+            &rows.processes.status,
+            &rows.processes.progress,
+            &rows.processes.error,
+            &rows.processes.attributes,
+            &rows.processes.created_at,
+            &rows.processes.started_at,
+            &rows.processes.updated_at,
+            &rows.processes.finished_at,
+            &rows.processes.duration_ms,
+            &rows.processes.stalled_since,
+            &rows.processes.deadline,
+            &rows.processes.event_count,
+            &rows.processes.last_seq,
+        ],
+    )
+    .await
+    .context("cannot write the page's processes")?;
+    txn.execute(
+        "INSERT INTO pm_tasks (source, process_id, id, position, name, status, attempt,
                  progress, error, attributes, created_at, started_at, updated_at, finished_at,
                  stalled_since, attempts)
              SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
@@ -252,43 +396,28 @@ impl Database {
                  created_at = EXCLUDED.created_at, started_at = EXCLUDED.started_at,
                  updated_at = EXCLUDED.updated_at, finished_at = EXCLUDED.finished_at,
                  stalled_since = EXCLUDED.stalled_since, attempts = EXCLUDED.attempts",
-            &[
-                &source,
-                &rows.tasks.process_id,
-                &rows.tasks.id,
-                &rows.tasks.position,
-                &rows.tasks.name,
-                &rows.tasks.status,
-                &rows.tasks.attempt,
-                &rows.tasks.progress,
-                &rows.tasks.error,
-                &rows.tasks.attributes,
-                &rows.tasks.created_at,
-                &rows.tasks.started_at,
-                &rows.tasks.updated_at,
-                &rows.tasks.finished_at,
-                &rows.tasks.stalled_since,
-                &rows.tasks.attempts,
-            ],
-        )
-        .await
-        .context("cannot write the page's tasks")?;
-        let last_received_at = page
-            .items
-            .last()
-            .and_then(|item| timestamp(&item["received_at"]).ok().flatten());
-        txn.execute(
-            "INSERT INTO pm_mirror_offsets (source, last_seq, last_received_at, updated_at)
-             VALUES ($1, $2, $3, now())
-             ON CONFLICT (source) DO UPDATE SET last_seq = EXCLUDED.last_seq,
-                 last_received_at = COALESCE(EXCLUDED.last_received_at, pm_mirror_offsets.last_received_at),
-                 updated_at = EXCLUDED.updated_at",
-            &[&source, &(page.next_after_seq as i64), &last_received_at],
-        )
-        .await?;
-        txn.commit().await.context("cannot commit the page")?;
-        Ok(())
-    }
+        &[
+            &source,
+            &rows.tasks.process_id,
+            &rows.tasks.id,
+            &rows.tasks.position,
+            &rows.tasks.name,
+            &rows.tasks.status,
+            &rows.tasks.attempt,
+            &rows.tasks.progress,
+            &rows.tasks.error,
+            &rows.tasks.attributes,
+            &rows.tasks.created_at,
+            &rows.tasks.started_at,
+            &rows.tasks.updated_at,
+            &rows.tasks.finished_at,
+            &rows.tasks.stalled_since,
+            &rows.tasks.attempts,
+        ],
+    )
+    .await
+    .context("cannot write the page's tasks")?;
+    Ok(())
 }
 
 /// Whether PostgreSQL refused the connection for a reason that waiting

@@ -21,9 +21,12 @@ mod daemon;
 mod database;
 
 use crate::cli::MirrorArgs;
+use crate::progress::{Progress, Show, Unit};
 use anyhow::{bail, Context};
-use daemon::{Daemon, DaemonError};
+use daemon::{Daemon, DaemonError, Stats};
 use database::{Database, Offset};
+use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -51,11 +54,9 @@ pub fn run(args: &MirrorArgs, data_dir: &Path) -> anyhow::Result<()> {
             url.trim().trim_end_matches('/').to_owned()
         }
     };
-    let source = match &args.source {
-        Some(source) if source.is_empty() => bail!("--source must not be empty"),
-        Some(source) => source.clone(),
-        None => default_source(&url),
-    };
+    if args.source.as_deref() == Some("") {
+        bail!("--source must not be empty");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,39 +65,24 @@ pub fn run(args: &MirrorArgs, data_dir: &Path) -> anyhow::Result<()> {
     let daemon = Daemon::new(&url, args.token.as_deref())?;
     runtime.block_on(async {
         if args.status {
+            let source = match &args.source {
+                Some(source) => source.clone(),
+                None => daemon.stats().await?.store_id,
+            };
             return status(&daemon, &args.to, &source, args.json).await;
         }
         Mirror {
             daemon,
             to: args.to.clone(),
-            source,
+            source: args.source.clone().unwrap_or_default(),
             batch: args.batch,
             once: args.once,
+            reseed: args.reseed,
+            show: Show::for_command(args.quiet),
         }
         .run()
         .await
     })
-}
-
-/// The daemon's host name when `--url` names one, else this machine's: a
-/// mirror usually runs beside its daemon, in the same pod.
-fn default_source(url: &str) -> String {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .unwrap_or_default();
-    let is_name = !host.is_empty()
-        && host != "localhost"
-        && host.parse::<std::net::IpAddr>().is_err()
-        && !host.starts_with('[');
-    if is_name {
-        return host.to_owned();
-    }
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// `mirror --status`: where this source stands.
@@ -150,10 +136,18 @@ fn rfc3339(at: time::OffsetDateTime) -> String {
 struct Mirror {
     daemon: Daemon,
     to: String,
+    /// Empty until `run` learns the default, the daemon's store id.
     source: String,
     batch: u32,
     once: bool,
+    reseed: bool,
+    show: Show,
 }
+
+/// Processes a `--reseed` page holds, and how many of them it reads at
+/// once (those with tasks, one request each).
+const RESEED_PAGE: u32 = 500;
+const RESEED_READS: usize = 16;
 
 /// Why a round ended without applying anything.
 enum Failure {
@@ -174,7 +168,7 @@ impl From<DaemonError> for Failure {
 }
 
 impl Mirror {
-    async fn run(self) -> anyhow::Result<()> {
+    async fn run(mut self) -> anyhow::Result<()> {
         let mut stop = std::pin::pin!(super::shutdown_signal(
             "stopping: the last transaction is committed or rolled back"
         )?);
@@ -182,6 +176,31 @@ impl Mirror {
         let mut backoff = BACKOFF_FIRST;
         let mut failing_since: Option<Instant> = None;
         let mut last_lag_log = Instant::now();
+        if self.source.is_empty() {
+            // The store's id: it stays when the pod's host name changes.
+            self.source = loop {
+                match self.daemon.stats().await {
+                    Ok(stats) => break stats.store_id,
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "waiting for the daemon, to learn its store id (the default --source)");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = &mut stop => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            };
+            backoff = BACKOFF_FIRST;
+        }
+        if self.reseed {
+            let reseeded = tokio::select! {
+                reseeded = self.reseed(&mut database) => reseeded,
+                () = &mut stop => bail!("stopped during the reseed: the tables hold part of the daemon's state, and a mirror of this source refuses to follow until `processmanager mirror --reseed` runs to its end"),
+            };
+            reseeded.context("the reseed stopped; nothing of the page in hand was applied, and a mirror of this source refuses to follow until `processmanager mirror --reseed` runs to its end")?;
+        }
         tracing::info!(source = %self.source, daemon = %self.daemon.url(), "mirroring the daemon's change feed into PostgreSQL");
         loop {
             let round = tokio::select! {
@@ -189,7 +208,7 @@ impl Mirror {
                 () = &mut stop => return Ok(()),
             };
             match round {
-                Ok(progress) => {
+                Ok(round) => {
                     if let Some(since) = failing_since.take() {
                         tracing::info!(
                             after_secs = since.elapsed().as_secs(),
@@ -197,19 +216,19 @@ impl Mirror {
                         );
                     }
                     backoff = BACKOFF_FIRST;
-                    if progress.applied > 0 && last_lag_log.elapsed() >= LAG_LOG_EVERY {
+                    if round.applied > 0 && last_lag_log.elapsed() >= LAG_LOG_EVERY {
                         last_lag_log = Instant::now();
                         // The lag is for people: not knowing it stops nothing.
                         let daemon_seq = self.daemon.last_seq().await.ok();
                         tracing::info!(
                             source = %self.source,
-                            last_seq = progress.offset,
-                            lag = daemon_seq.map(|seq| seq.saturating_sub(progress.offset)),
+                            last_seq = round.offset,
+                            lag = daemon_seq.map(|seq| seq.saturating_sub(round.offset)),
                             "mirrored"
                         );
                     }
-                    if self.once && progress.caught_up {
-                        tracing::info!(source = %self.source, last_seq = progress.offset, "caught up");
+                    if self.once && round.caught_up {
+                        tracing::info!(source = %self.source, last_seq = round.offset, "caught up");
                         return Ok(());
                     }
                 }
@@ -233,8 +252,11 @@ impl Mirror {
         }
     }
 
-    /// One page of the feed, applied.
-    async fn round(&self, database: &mut Option<Database>) -> Result<Progress, Failure> {
+    /// Connects to PostgreSQL when not connected, and makes the tables.
+    async fn connect<'d>(
+        &self,
+        database: &'d mut Option<Database>,
+    ) -> Result<&'d mut Database, Failure> {
         if database.is_none() {
             let mut connected = Database::connect(&self.to).await.map_err(|error| {
                 if database::refused_for_good(&error) {
@@ -253,14 +275,96 @@ impl Mirror {
             })?;
             *database = Some(connected);
         }
-        let db = database.as_mut().expect("connected above");
+        Ok(database.as_mut().expect("connected above"))
+    }
+
+    /// `--reseed`: the tables of this source brought to the daemon's
+    /// current state, a page of processes a transaction; then the feed,
+    /// followed again from its start, brings every event it holds and
+    /// what changed meanwhile.
+    async fn reseed(&self, database: &mut Option<Database>) -> anyhow::Result<()> {
+        let db = self
+            .connect(database)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Retry(error) | Failure::Fatal(error) => error,
+            })?;
+        let stats = self.daemon.stats().await?;
+        // The feed from its start brings every event it still holds, and
+        // what changed while the processes are read.
+        let floor = self.daemon.feed_floor().await?;
+        db.begin_reseed(&self.source, &stats.store_id, floor)
+            .await?;
+        tracing::info!(source = %self.source, processes = stats.processes_total, "reseeding: the tables of this source are brought to the daemon's state");
+        let progress = Progress::new(
+            "mirror: reseeding processes",
+            Unit::Records,
+            stats.processes_total,
+            self.show,
+        );
+        let mut shown = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .daemon
+                .processes(cursor.as_deref(), RESEED_PAGE)
+                .await?;
+            // A list leaves tasks out: a process with tasks is read whole.
+            let states: Vec<(String, Option<serde_json::Value>)> =
+                futures_util::stream::iter(page.items)
+                    .map(|item| async move {
+                        let id = item["id"].as_str().unwrap_or_default().to_owned();
+                        let has_tasks = item["task_counts"]
+                            .as_object()
+                            .is_some_and(|counts| counts.values().any(|n| n.as_u64() != Some(0)));
+                        let state = if has_tasks {
+                            self.daemon.process(&id).await?
+                        } else {
+                            Some(item)
+                        };
+                        Ok::<_, DaemonError>((id, state))
+                    })
+                    .buffered(RESEED_READS)
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .collect::<Result<_, _>>()?;
+            let count = states.len() as u64;
+            // One gone meanwhile: its removal is in the feed after the seq
+            // the reseed began at.
+            let states: HashMap<String, Option<serde_json::Value>> = states
+                .into_iter()
+                .filter(|(_, state)| state.is_some())
+                .collect();
+            shown.extend(states.keys().cloned());
+            db.reseed_page(&self.source, &states).await?;
+            progress.add(count);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        db.end_reseed(&self.source, &shown).await?;
+        progress.finish();
+        tracing::info!(source = %self.source, processes = shown.len(), from_seq = floor, "reseeded; following the feed from its start");
+        Ok(())
+    }
+
+    /// One page of the feed, applied.
+    async fn round(&self, database: &mut Option<Database>) -> Result<Round, Failure> {
+        let db = self.connect(database).await?;
         let offset = db.offset(&self.source).await.map_err(Failure::Retry)?;
+        let stats = self.daemon.stats().await?;
+        if let Some(offset) = &offset {
+            self.still_the_same(offset, &stats)
+                .map_err(Failure::Fatal)?;
+        }
         let after = offset.as_ref().map_or(0, |offset: &Offset| offset.last_seq);
         let wait = if self.once { Duration::ZERO } else { LONG_POLL };
         let page = self.daemon.changes(after, self.batch, wait).await?;
         let caught_up = page.items.len() < self.batch as usize;
         if page.items.is_empty() {
-            return Ok(Progress {
+            return Ok(Round {
                 applied: 0,
                 offset: after,
                 caught_up,
@@ -269,7 +373,7 @@ impl Mirror {
         let applied = page.items.len();
         let next = page.next_after_seq;
         let written = Instant::now();
-        db.apply(&self.source, after, &page)
+        db.apply(&self.source, &stats.store_id, after, &page)
             .await
             .map_err(Failure::Retry)?;
         tracing::debug!(
@@ -278,7 +382,7 @@ impl Mirror {
             write_ms = written.elapsed().as_millis() as u64,
             "page applied"
         );
-        Ok(Progress {
+        Ok(Round {
             applied,
             offset: next,
             caught_up,
@@ -286,26 +390,39 @@ impl Mirror {
     }
 }
 
-struct Progress {
+impl Mirror {
+    /// Whether the tables of this source still follow the daemon's store:
+    /// not when a reseed is unfinished, when the daemon serves another
+    /// store, or when the offset is past the daemon's last seq.
+    fn still_the_same(&self, offset: &Offset, stats: &Stats) -> anyhow::Result<()> {
+        let source = &self.source;
+        let reseed = format!("`processmanager mirror --reseed --source {source}`");
+        if offset.reseeding {
+            bail!("a reseed of source {source:?} began and did not finish, so its tables hold part of the daemon's state: run {reseed} to its end");
+        }
+        if let Some(mirrored) = offset.store_id.as_deref() {
+            if mirrored != stats.store_id {
+                bail!(
+                    "source {source:?} was mirrored from store {mirrored}, but the daemon at {} serves store {}: its store was replaced, or restored from a backup of another. Run {reseed} to bring the tables to this store's state, or mirror it under another --source",
+                    self.daemon.url(),
+                    stats.store_id
+                );
+            }
+        }
+        if offset.last_seq > stats.last_seq {
+            bail!(
+                "source {source:?} has applied the feed up to seq {}, past the daemon's last seq {}: its store was restored from an older backup, and the tables hold events it no longer has. Run {reseed} to bring them to the daemon's state",
+                offset.last_seq,
+                stats.last_seq
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What one round of the feed did.
+struct Round {
     applied: usize,
     offset: u64,
     caught_up: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_source_is_the_daemons_host_name_or_this_machines() {
-        assert_eq!(default_source("http://billing-7f9c:8080"), "billing-7f9c");
-        assert_eq!(default_source("http://orders.internal/"), "orders.internal");
-        let machine = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
-        assert_eq!(default_source("http://127.0.0.1:8080"), machine);
-        assert_eq!(default_source("http://localhost:8080"), machine);
-        assert_eq!(default_source("http://[::1]:8080"), machine);
-    }
 }

@@ -15,8 +15,15 @@ CREATE TABLE IF NOT EXISTS pm_mirror_offsets (
     last_seq bigint NOT NULL,
     -- When the last item applied was received by the daemon.
     last_received_at timestamptz,
-    updated_at timestamptz NOT NULL
+    updated_at timestamptz NOT NULL,
+    -- The id of the daemon's store the rows came from (layout 2).
+    store_id text,
+    -- A `mirror --reseed` began and has not finished (layout 2).
+    reseeding boolean NOT NULL DEFAULT false
 );
+-- Tables of layout 1 get the columns layout 2 added.
+ALTER TABLE pm_mirror_offsets ADD COLUMN IF NOT EXISTS store_id text;
+ALTER TABLE pm_mirror_offsets ADD COLUMN IF NOT EXISTS reseeding boolean NOT NULL DEFAULT false;
 
 CREATE TABLE IF NOT EXISTS pm_processes (
     source text NOT NULL,
