@@ -217,7 +217,8 @@ def filter_failure(context, failure, case, response):
       before for a different body (422 idempotency_key_reused), or because
       its process already holds what the caps allow (422 limit_exceeded):
       generated cases reuse keys and process ids such as "0" all the time
-      (in a CloudEvents batch, the batch's 400 for such items alone);
+      (in a CloudEvents batch, the batch's 400 for such items alone, or
+      for items that conflict with a finished status, 409 when single);
     - a deleted process found again (use after free) when an event for its
       id came after the DELETE and made it anew."""
     if failure.code == "ST301" and response.status_code == 200:
@@ -239,7 +240,14 @@ def filter_failure(context, failure, case, response):
         for item in answer.get("results") or []
         if isinstance(item, dict) and item.get("result") == "rejected"
     ]
-    return not refused or any(error.get("code") not in STATEFUL_REFUSALS for error in refused)
+    return not refused or not all(_stateful(error) for error in refused)
+
+
+def _stateful(problem):
+    """A refusal that depends on what the store holds: a conflict with a
+    finished status (409, which the checks expect of a single event), or
+    one of STATEFUL_REFUSALS."""
+    return problem.get("status") == 409 or problem.get("code") in STATEFUL_REFUSALS
 
 
 STATEFUL_REFUSALS = ("idempotency_key_reused", "limit_exceeded")
