@@ -379,7 +379,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             max_group_events: 4096,
-            pending_mib: 64,
+            pending_mib: 32,
             apply_after_ms: 1000,
         }
     }
