@@ -199,6 +199,9 @@ impl Progress {
                 bar.set_position(self.total.load(Ordering::Relaxed).max(done));
             }
             bar.finish();
+            // indicatif leaves the cursor at the end of the finished bar:
+            // the command's result starts on a line of its own.
+            eprintln!();
         }
         if self.show == Show::Log && self.logged.load(Ordering::Relaxed) {
             self.log(done, "done");
