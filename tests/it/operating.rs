@@ -205,3 +205,119 @@ fn the_probe_listener_serves_probes_and_metrics_without_tokens_and_nothing_else(
     assert_eq!(api.get("/metrics").status, 401);
     assert_eq!(api.with_token("admin-secret").get("/metrics").status, 200);
 }
+
+/// The backticked words of `text` from just after `anchor` to the first
+/// `;` or `(` (or the end of the paragraph): a list the docs give of a
+/// label's values, before any aside.
+fn listed_after(text: &str, anchor: &str) -> Vec<String> {
+    let at = text
+        .find(anchor)
+        .unwrap_or_else(|| panic!("the docs no longer say {anchor:?}"));
+    let rest = &text[at + anchor.len()..];
+    let clause = rest.split([';', '(']).next().unwrap();
+    let clause = clause.split("\n\n").next().unwrap();
+    clause
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every metric `docs/api.md` and the README's Metrics section name, and
+/// every label value they list for an operator to alert on, exists in a
+/// live `/metrics` after traffic that moves it: the docs cannot name a
+/// series the daemon does not serve (as they once named
+/// `pm_events_total{result="rejected"}`).
+#[test]
+fn every_metric_and_label_value_the_docs_name_is_served() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let api = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let metrics_section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has a Metrics section");
+    let mut names = std::collections::BTreeSet::new();
+    for text in [api.as_str(), metrics_section] {
+        for word in text.split('`').skip(1).step_by(2) {
+            if let Some(name) = word.strip_prefix("pm_") {
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                names.insert(format!("pm_{name}"));
+            }
+        }
+    }
+    let results = listed_after(&api, "`pm_events_total` results are");
+    let alerted: Vec<String> = api
+        .split("pm_events_total{result=~\"")
+        .skip(1)
+        .flat_map(|rest| rest.split('"').next().unwrap().split('|'))
+        .map(str::to_owned)
+        .collect();
+    let reasons = listed_after(&api, "`pm_rejections_total{reason}` counts");
+    assert!(names.len() >= 6, "{names:?}");
+    assert!(results.len() >= 7, "{results:?}");
+    assert!(!alerted.is_empty());
+    assert!(reasons.len() >= 8, "{reasons:?}");
+
+    // Traffic that moves each: every result an event can have, a run that
+    // finishes, a wait and a stream.
+    let (daemon, _config) = Daemon::with_config("[limits]\ntasks_per_process = 1\n");
+    let client = daemon.client();
+    let keyed = |kind: &str, id: &str| with(event(kind, "run-1"), json!({"event_id": id}));
+    assert_eq!(client.post(&keyed("process.started", "s")).status, 202);
+    assert_eq!(
+        client.post(&keyed("process.started", "s")).json["result"],
+        "duplicate"
+    );
+    let reused = with(
+        keyed("process.progress", "s"),
+        json!({"progress": {"percent": 5}}),
+    );
+    assert_eq!(client.post(&reused).json["code"], "idempotency_key_reused");
+    let task = |id: &str| with(keyed("task.started", id), json!({"task_id": id}));
+    assert_eq!(client.post(&task("t1")).status, 202);
+    assert_eq!(client.post(&task("t2")).json["code"], "limit_exceeded");
+    assert_eq!(client.post(&keyed("process.succeeded", "ok")).status, 202);
+    assert_eq!(
+        client.post(&keyed("process.progress", "late")).json["result"],
+        "stale"
+    );
+    assert_eq!(client.post(&keyed("process.failed", "no")).status, 409);
+    assert_eq!(client.post(&event("process.bogus", "run-1")).status, 422);
+    let text = client.get("/metrics").text;
+
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+    for name in &names {
+        assert!(
+            families.contains(name.as_str()),
+            "the docs name {name}, which /metrics does not serve:\n{text}"
+        );
+    }
+    let series_with = |name: &str, label: &str, value: &str| {
+        let wanted = format!("{label}=\"{value}\"");
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .any(|line| line.contains(&wanted))
+    };
+    for result in results.iter().chain(&alerted) {
+        assert!(
+            series_with("pm_events_total", "result", result),
+            "the docs name pm_events_total{{result=\"{result}\"}}, which /metrics does not serve:\n{text}"
+        );
+    }
+    for reason in &reasons {
+        assert!(
+            series_with("pm_rejections_total", "reason", reason),
+            "the docs name pm_rejections_total{{reason=\"{reason}\"}}, which /metrics does not serve:\n{text}"
+        );
+    }
+}
