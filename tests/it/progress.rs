@@ -310,3 +310,128 @@ fn unsafe_free_interrupt(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// An online backup counts the bytes the daemon sends against the
+/// answer's length: growing counts, the last one the whole file.
+#[test]
+fn an_online_backup_reports_the_bytes_the_daemon_sends() {
+    let dir = store_of(30_000);
+    let daemon = crate::support::Daemon::start_in(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let backup = out.path().join("b.redb");
+    let output = run_piped(
+        &[
+            "backup",
+            "--url",
+            &format!("http://{}", daemon.addr),
+            "--out",
+            path(&backup),
+        ],
+        "1",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let received: Vec<(u64, Option<u64>)> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|line| match line.get("fields") {
+            Some(fields) => fields.clone(),
+            None => line,
+        })
+        .filter(|line| line["work"] == "backup: receiving")
+        .map(|line| (line["done"].as_u64().unwrap(), line["total"].as_u64()))
+        .collect();
+    let size = std::fs::metadata(&backup).unwrap().len();
+    assert!(received.len() >= 2, "{stderr}");
+    assert!(
+        received.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "{received:?}"
+    );
+    assert!(
+        received.iter().all(|(_, total)| *total == Some(size)),
+        "{received:?}"
+    );
+    assert_eq!(received.last().unwrap().0, size, "{received:?}");
+}
+
+/// Ctrl-C during a restore's check or a compaction's purge: exit 130, a
+/// sentence that says so, and the data directory as it was (a restore
+/// leaves no store; a purge stops between whole steps, and the store
+/// verifies).
+#[test]
+fn ctrl_c_during_a_restore_or_a_compaction_leaves_nothing_half_written() {
+    let dir = store_of(60_000);
+    let out = tempfile::tempdir().unwrap();
+    let backup = out.path().join("b.redb");
+    let made = run_piped(
+        &[
+            "backup",
+            "--quiet",
+            "--data-dir",
+            path(dir.path()),
+            "--out",
+            path(&backup),
+        ],
+        "1000",
+    );
+    assert_eq!(made.status.code(), Some(0));
+    let restored = tempfile::tempdir().unwrap();
+    let target = restored.path().join("data");
+    for (args, says) in [
+        (
+            vec![
+                "restore",
+                "--from",
+                path(&backup),
+                "--data-dir",
+                path(&target),
+            ],
+            "interrupted",
+        ),
+        (
+            vec![
+                "compact",
+                "--data-dir",
+                path(dir.path()),
+                "--purge-finished-before",
+                "2026-06-01T00:00:00Z",
+            ],
+            // While purging, or between compaction passes if the purge
+            // was done: either way, whole.
+            "interrupted",
+        ),
+    ] {
+        let mut child = command()
+            .args(&args)
+            .env("PM_PROGRESS_EVERY_MS", "10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        // Once it reports progress on the records, it is at them.
+        loop {
+            let mut line = String::new();
+            let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+            assert!(read > 0, "{args:?} ended before reporting progress: {seen}");
+            seen += &line;
+            if line.contains("\"progress\"") && line.contains("records") {
+                break;
+            }
+        }
+        unsafe_free_interrupt(child.id());
+        let status =
+            crate::support::wait_exit(&mut child, Duration::from_secs(30)).expect("it stops");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        assert_eq!(status.code(), Some(130), "{args:?}: {seen}{rest}");
+        assert!(rest.contains(says), "{args:?}: {rest}");
+    }
+    assert!(
+        !processmanager::store::store_path(&target).exists(),
+        "an interrupted restore installed a store"
+    );
+    crate::support::assert_store_verifies(dir.path());
+}
