@@ -1047,3 +1047,64 @@ fn another_store_or_a_trimmed_feed_stops_the_mirror_until_a_reseed() {
     let mirrored = pg_holding(&mut sql, "app");
     assert_eq!(mirrored.processes, daemon_holding(&client).processes);
 }
+
+/// The waits of a mirror's log, in order: `retry_in_ms` of each "cannot
+/// mirror now" line.
+fn waits(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|line| match line.get("fields") {
+            Some(fields) => fields.clone(),
+            None => line,
+        })
+        .filter(|line| line["message"] == "cannot mirror now; waiting")
+        .filter_map(|line| line["retry_in_ms"].as_u64())
+        .collect()
+}
+
+/// With the daemon stopped, the mirror waits longer each time it finds it
+/// away (doubling, up to 30 s), says so, and when the daemon is back at its
+/// address it catches up: nothing missing, nothing twice.
+#[test]
+fn with_the_daemon_stopped_the_mirror_backs_off_then_catches_up() {
+    let pg = Postgres::start(false);
+    let mut sql = pg.client();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start_in(&data);
+    let addr = daemon.addr;
+    let client = daemon.client();
+    let mirror = Mirror::start(&daemon, &pg, "app");
+    for n in 0..10 {
+        post_batch(&client, &run_events(&format!("before-{n}"), n));
+    }
+    wait_caught_up(&daemon, &mut sql, "app", &mirror);
+    let (status, _, _) = daemon.terminate();
+    assert!(status.success());
+    // Three tries that found it away: 250 ms, then 500, then 1 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waits(&mirror.log()).len() < 3 {
+        assert!(Instant::now() < deadline, "{}", mirror.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = waits(&mirror.log());
+    assert_eq!(seen[..3], [250, 500, 1000], "{}", mirror.log());
+    // Back at the same address, with what came meanwhile in its store.
+    let daemon = Daemon::start_with(
+        DaemonOptions::default()
+            .data_dir(&data)
+            .listen(&addr.to_string()),
+    );
+    let client = daemon.client();
+    for n in 0..10 {
+        post_batch(&client, &run_events(&format!("after-{n}"), n));
+    }
+    wait_caught_up(&daemon, &mut sql, "app", &mirror);
+    assert_mirrored(&client, &mut sql, "app");
+    assert!(
+        mirror.log().contains("mirroring goes on"),
+        "{}",
+        mirror.log()
+    );
+    mirror.kill9();
+}
