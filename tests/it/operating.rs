@@ -1,19 +1,9 @@
 //! Operating the daemon: `/metrics` as Prometheus reads it, and the probe
 //! listener a pod exposes to its kubelet.
 
-use crate::support::{event, with, Client, Daemon, DaemonOptions};
+use crate::support::{event, sample, with, Client, Daemon, DaemonOptions};
 use serde_json::json;
 use std::process::{Command, Stdio};
-
-/// The value of one sample, by its name and labels exactly as exposed.
-fn sample(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{exposition}"))
-        .parse()
-        .expect("a number")
-}
 
 /// Prometheus's own linter on a live scrape: no error and no warning.
 fn promtool_accepts(exposition: &str) {

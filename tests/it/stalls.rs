@@ -77,13 +77,14 @@ fn a_deadline_fires_within_the_check_interval_and_never_early() {
     assert_eq!(item["error"]["code"], "deadline_exceeded");
     assert_eq!(item["occurred_at"], json!(deadline));
     let lateness = at(&item["received_at"]) - at(&json!(deadline));
-    // Never before it is due; within the check interval (1 s by default),
-    // with room for a loaded machine to schedule the writer.
+    // Never before it is due; within the check interval (1 s by default,
+    // `timeouts.check_interval_ms`), the contract's bound, plus a stated
+    // margin of 750 ms for a loaded 2-core machine (CI runs the suite's
+    // loads beside this) to schedule the writer and commit its group.
+    let check_interval = time::Duration::seconds(1);
+    let margin = time::Duration::milliseconds(750);
     assert!(lateness >= time::Duration::ZERO, "fired {lateness} early");
-    assert!(
-        lateness <= time::Duration::seconds(3),
-        "fired {lateness} late"
-    );
+    assert!(lateness <= check_interval + margin, "fired {lateness} late");
 
     let process = client.get("/v1/processes/d").json;
     assert_eq!(process["status"], "timed_out");

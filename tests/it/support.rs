@@ -696,3 +696,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The value of one sample of a `/metrics` exposition, by its name and
+/// labels exactly as exposed; fails when the series is not there.
+pub fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{exposition}"))
+        .parse()
+        .expect("a number")
+}
