@@ -39,8 +39,8 @@ fn move_log_to(log: &Path, from_inode: u64, to_inode: u64) -> usize {
 }
 
 /// The store of `release` as its daemon left it, in a data directory of
-/// `dir`; returns that directory.
-fn copy_fixture(release: &str, dir: &Path) -> std::path::PathBuf {
+/// `dir`; returns that directory and how many groups its logs hold.
+fn copy_fixture(release: &str, dir: &Path) -> (std::path::PathBuf, usize) {
     use std::os::unix::fs::MetadataExt;
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -64,7 +64,7 @@ fn copy_fixture(release: &str, dir: &Path) -> std::path::PathBuf {
         pending > 0,
         "the fixture of {release} holds no logged groups: it tests only the store file"
     );
-    data
+    (data, pending)
 }
 
 /// Release 0.2.0's store and write logs, killed with groups pending: the
@@ -77,12 +77,25 @@ fn a_store_and_write_logs_of_release_0_2_0_open_and_answer_as_they_did() {
         .join("tests/fixtures")
         .join(release);
     let dir = tempfile::tempdir().unwrap();
-    let data = copy_fixture(release, dir.path());
+    let (data, pending) = copy_fixture(release, dir.path());
     let daemon = Daemon::start_with(
         DaemonOptions::default()
             .data_dir(&data)
-            .env("PM_CONFIG", fixture.join("config.toml").to_str().unwrap()),
+            .env("PM_CONFIG", fixture.join("config.toml").to_str().unwrap())
+            .env("PM_PROGRESS_EVERY_MS", "0"),
     );
+    // The start said how far the replay had got, ending with every group
+    // after the last apply step (some of the logs' records are before it).
+    let counts = crate::support::progress_counts(&daemon.output(), "replaying the write logs");
+    let total = daemon
+        .output()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["work"] == "replaying the write logs" && line["message"] == "done")
+        .and_then(|line| line["total"].as_u64())
+        .unwrap_or_else(|| panic!("no end of the replay in the log: {}", daemon.output()));
+    assert!(total > 0 && total <= pending as u64, "{total} of {pending}");
+    assert_eq!(counts.last(), Some(&total), "{counts:?}");
     let client = daemon.client();
     let expected: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())

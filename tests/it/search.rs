@@ -232,6 +232,7 @@ fn while_a_new_key_is_indexed_readyz_and_the_api_answer_503() {
         DaemonOptions::default()
             .data_dir(&data)
             .env("PM_INDEX_ATTRIBUTES", "team")
+            .env("PM_PROGRESS_EVERY_MS", "1")
             .without_waiting_for_ready(),
     );
     let client = daemon.client();
@@ -248,6 +249,14 @@ fn while_a_new_key_is_indexed_readyz_and_the_api_answer_503() {
     assert_eq!(readyz.status, 503, "{}", readyz.text);
     assert_eq!(listed.status, 503, "{}", listed.text);
     daemon.wait_ready();
+    // The log said how far the indexing had got, up to every process.
+    let counts = crate::support::progress_counts(&daemon.output(), "indexing attributes");
+    assert!(counts.len() >= 2, "{}", daemon.output());
+    assert!(
+        counts.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{counts:?}"
+    );
+    assert_eq!(counts.last(), Some(&60_000), "{counts:?}");
     let found = list_all(&client, "attr.team=team1", 1000);
     assert_eq!(found.len(), 60 * (0..1000).filter(|n| n % 7 == 1).count());
     let (status, _, _) = daemon.terminate();

@@ -707,3 +707,17 @@ pub fn sample(exposition: &str, series: &str) -> f64 {
         .parse()
         .expect("a number")
 }
+
+/// The counts (`done`) of the progress lines of the work called `work` in
+/// a JSON log, in order.
+pub fn progress_counts(log: &str, work: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|line| match line.get("fields") {
+            Some(fields) => fields.clone(),
+            None => line,
+        })
+        .filter(|line| line["work"] == work)
+        .filter_map(|line| line["done"].as_u64())
+        .collect()
+}
