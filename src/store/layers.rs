@@ -271,7 +271,7 @@ fn bytes_equal<K: Key>(a: &[u8], b: &[u8]) -> bool {
 /// the allocator's rounding). Most entries are index rows of a few dozen
 /// bytes, so this is most of what a layer holds; 64, the maps' shares
 /// alone, let a daemon at 10,000 active runs peak at 286 MiB with 64 MiB
-/// of pending state (246 MiB with this; 190 MiB with the default 32).
+/// of pending state (246 MiB with this; 190-208 MiB with the default 32).
 const ENTRY_OVERHEAD: usize = 208;
 
 /// Keys a reader copies out of a layer at a time, under its lock.
