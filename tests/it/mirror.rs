@@ -952,16 +952,7 @@ fn a_store_restored_from_an_older_backup_stops_the_mirror_until_a_reseed() {
     }
     let stderr = succeeded(&mirror_output(&restored, &pg, None, &["--reseed"]));
     assert_mirrored(&client, &mut sql, &id);
-    let counts: Vec<u64> = stderr
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .map(|line| match line.get("fields") {
-            Some(fields) => fields.clone(),
-            None => line,
-        })
-        .filter(|line| line["work"] == "mirror: reseeding processes")
-        .filter_map(|line| line["done"].as_u64())
-        .collect();
+    let counts = crate::support::progress_counts(&stderr, "mirror: reseeding processes");
     assert!(counts.len() >= 2, "progress page by page: {stderr}");
     assert!(
         counts.windows(2).all(|pair| pair[0] <= pair[1]),
@@ -1051,12 +1042,7 @@ fn another_store_or_a_trimmed_feed_stops_the_mirror_until_a_reseed() {
 /// The waits of a mirror's log, in order: `retry_in_ms` of each "cannot
 /// mirror now" line.
 fn waits(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .map(|line| match line.get("fields") {
-            Some(fields) => fields.clone(),
-            None => line,
-        })
+    crate::support::log_fields(log)
         .filter(|line| line["message"] == "cannot mirror now; waiting")
         .filter_map(|line| line["retry_in_ms"].as_u64())
         .collect()

@@ -6,7 +6,7 @@ use crate::support::{command, BIN};
 use processmanager::domain::{EventInput, IncomingEvent};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 /// A store of `processes` finished processes of three events each, in a
@@ -57,18 +57,16 @@ fn path(p: &Path) -> &str {
 /// The JSON log lines of `stderr` that report progress, as (timestamp,
 /// work, message, done).
 fn progress_lines(stderr: &str) -> Vec<(String, String, String, u64)> {
-    stderr
+    let stamps = stderr
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["fields"]["work"].is_string() || line["work"].is_string())
-        .map(|line| {
-            let fields = if line["fields"].is_object() {
-                line["fields"].clone()
-            } else {
-                line.clone()
-            };
+        .map(|line| line["timestamp"].as_str().unwrap_or_default().to_owned());
+    stamps
+        .zip(crate::support::log_fields(stderr))
+        .filter(|(_, fields)| fields["work"].is_string())
+        .map(|(stamp, fields)| {
             (
-                line["timestamp"].as_str().unwrap_or_default().to_owned(),
+                stamp,
                 fields["work"].as_str().unwrap_or_default().to_owned(),
                 fields["message"].as_str().unwrap_or_default().to_owned(),
                 fields["done"].as_u64().unwrap_or_default(),
@@ -263,43 +261,53 @@ fn ctrl_c_during_a_backup_leaves_nothing_and_says_so() {
     let dir = store_of(60_000);
     let out = tempfile::tempdir().unwrap();
     let backup: PathBuf = out.path().join("b.redb");
-    let mut child = command()
-        .args([
+    // Once it reports progress, it is copying.
+    let (status, said) = interrupted_once_progressing(
+        &[
             "backup",
             "--data-dir",
             path(dir.path()),
             "--out",
             path(&backup),
-        ])
+        ],
+        "\"progress\"",
+    );
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(
+        said.contains("interrupted: no backup was written"),
+        "{said}"
+    );
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Runs the binary with `args`, sends it SIGINT (as Ctrl-C does) once a
+/// progress line holding `marker` shows it is at the work, and returns how
+/// it exited and all it wrote to stderr.
+fn interrupted_once_progressing(args: &[&str], marker: &str) -> (ExitStatus, String) {
+    let mut child = command()
+        .args(args)
         .env("PM_PROGRESS_EVERY_MS", "10")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Once it reports progress, it is copying.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     loop {
         let mut line = String::new();
         let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "it ended before reporting progress: {seen}");
+        assert!(read > 0, "{args:?} ended before reporting progress: {seen}");
         seen += &line;
-        if line.contains("\"progress\"") {
+        if line.contains("\"progress\"") && line.contains(marker) {
             break;
         }
     }
     unsafe_free_interrupt(child.id());
     let status = crate::support::wait_exit(&mut child, Duration::from_secs(30)).expect("it stops");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    assert_eq!(status.code(), Some(130), "{seen}{rest}");
-    assert!(
-        rest.contains("interrupted: no backup was written"),
-        "{seen}{rest}"
-    );
-    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
+    (status, seen)
 }
 
 /// SIGINT to a child, as Ctrl-C sends it.
@@ -331,13 +339,7 @@ fn an_online_backup_reports_the_bytes_the_daemon_sends() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(0), "{stderr}");
-    let received: Vec<(u64, Option<u64>)> = stderr
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .map(|line| match line.get("fields") {
-            Some(fields) => fields.clone(),
-            None => line,
-        })
+    let received: Vec<(u64, Option<u64>)> = crate::support::log_fields(&stderr)
         .filter(|line| line["work"] == "backup: receiving")
         .map(|line| (line["done"].as_u64().unwrap(), line["total"].as_u64()))
         .collect();
@@ -401,33 +403,10 @@ fn ctrl_c_during_a_restore_or_a_compaction_leaves_nothing_half_written() {
             "interrupted",
         ),
     ] {
-        let mut child = command()
-            .args(&args)
-            .env("PM_PROGRESS_EVERY_MS", "10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut seen = String::new();
         // Once it reports progress on the records, it is at them.
-        loop {
-            let mut line = String::new();
-            let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-            assert!(read > 0, "{args:?} ended before reporting progress: {seen}");
-            seen += &line;
-            if line.contains("\"progress\"") && line.contains("records") {
-                break;
-            }
-        }
-        unsafe_free_interrupt(child.id());
-        let status =
-            crate::support::wait_exit(&mut child, Duration::from_secs(30)).expect("it stops");
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-        assert_eq!(status.code(), Some(130), "{args:?}: {seen}{rest}");
-        assert!(rest.contains(says), "{args:?}: {rest}");
+        let (status, said) = interrupted_once_progressing(&args, "records");
+        assert_eq!(status.code(), Some(130), "{args:?}: {said}");
+        assert!(said.contains(says), "{args:?}: {said}");
     }
     assert!(
         !processmanager::store::store_path(&target).exists(),

@@ -708,15 +708,21 @@ pub fn sample(exposition: &str, series: &str) -> f64 {
         .expect("a number")
 }
 
-/// The counts (`done`) of the progress lines of the work called `work` in
-/// a JSON log, in order.
-pub fn progress_counts(log: &str, work: &str) -> Vec<u64> {
+/// The JSON lines of a log, each as its fields: the daemon's format puts
+/// them at the top level, tracing's default JSON under `fields`.
+pub fn log_fields(log: &str) -> impl Iterator<Item = Value> + '_ {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .map(|line| match line.get("fields") {
             Some(fields) => fields.clone(),
             None => line,
         })
+}
+
+/// The counts (`done`) of the progress lines of the work called `work` in
+/// a JSON log, in order.
+pub fn progress_counts(log: &str, work: &str) -> Vec<u64> {
+    log_fields(log)
         .filter(|line| line["work"] == work)
         .filter_map(|line| line["done"].as_u64())
         .collect()
